@@ -1,0 +1,40 @@
+"""The `pyramidal-wan` command line. Each area registers its sub-commands from its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pyramidal_wan.errors import InputError
+
+# Modules under pyramidal_wan.cli that define `register(subparsers)`; each sub-command sets `func`.
+COMMAND_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyramidal-wan",
+        description="Pyramidal and few-step inference for Wan2.1 text-to-video models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"pyramidal_wan.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except InputError as err:
+        print(f"pyramidal-wan {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pyramidal-wan {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""User-facing errors: each carries a one-line message naming the problem and the fix.
+
+The CLI prints these as one line and exits with status 2; anything else is a bug and keeps its traceback.
+"""
+
+
+class InputError(ValueError):
+    """Bad user input (a size, a schedule, a flag): the message says what is wrong and how to fix it."""
+
+
+class CheckpointError(InputError):
+    """A missing, incomplete or corrupt checkpoint or model folder."""
