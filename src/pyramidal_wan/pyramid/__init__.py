@@ -1,1 +1,44 @@
+"""Pure math of pyramidal flow matching: geometry, operators, noise, forward process, samplers.
 
+Imports only torch and math (plus tqdm for progress); no models, no I/O.
+"""
+
+from pyramidal_wan.pyramid.config import PyramidConfig
+from pyramidal_wan.pyramid.geometry import StageGeometry, is_baseline_schedule, parse_schedule, stage_geometry
+from pyramidal_wan.pyramid.noise import inverse_jump_sigma, jump_sigma, randn, stage_boundaries
+from pyramidal_wan.pyramid.operators import WAVELETS, Transfer, top_up
+from pyramidal_wan.pyramid.pyramid import PLAIN_SEGMENT, Pyramid, Segment
+from pyramidal_wan.pyramid.sampling import (
+    StageSteps,
+    get_fewstep_grid,
+    get_multistep_grid,
+    sample_euler,
+    sample_pyramid_euler,
+    sample_pyramid_few_step,
+    start_stage,
+)
+
+__all__ = [
+    "PLAIN_SEGMENT",
+    "WAVELETS",
+    "Pyramid",
+    "PyramidConfig",
+    "Segment",
+    "StageGeometry",
+    "StageSteps",
+    "Transfer",
+    "get_fewstep_grid",
+    "get_multistep_grid",
+    "inverse_jump_sigma",
+    "is_baseline_schedule",
+    "jump_sigma",
+    "parse_schedule",
+    "randn",
+    "sample_euler",
+    "sample_pyramid_euler",
+    "sample_pyramid_few_step",
+    "stage_boundaries",
+    "stage_geometry",
+    "start_stage",
+    "top_up",
+]

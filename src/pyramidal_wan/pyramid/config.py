@@ -1,0 +1,60 @@
+"""The pyramid settings a checkpoint carries (saved as `pyramid_config.json` beside its weights)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.pyramid.geometry import check_factors, parse_schedule
+from pyramidal_wan.pyramid.operators import WAVELETS
+from pyramidal_wan.pyramid.pyramid import Pyramid, default_clean_ends
+
+SAMPLERS = ("multistep", "fewstep")
+
+
+@dataclass(frozen=True)
+class PyramidConfig:
+    """How a model must be sampled: its stages, operators, boundaries and default sampler."""
+
+    num_stages: int = 3  # S; 1 is plain Wan
+    factors: tuple[tuple[int, int, int], ...] | None = None  # (f_t, f_h, f_w) per transition; None: 2s
+    clean_ends: tuple[float, ...] | None = None  # sigma_c of stages 1..S-1; None = equal thirds
+    wavelet: str = "haar"  # transfer operator: "haar" (avg-pool / nearest) or "db2"
+    sampler: str = "multistep"  # "multistep" (Euler + jumps, CFG) or "fewstep" (x0 + re-noise, no CFG)
+    default_schedule: str = "20-20-10"  # steps per stage, lowest resolution first
+    shift: float = 1.0  # multi-step grid shift within each stage
+    guidance_scale: float = 5.0  # standard CFG w; 1.0 disables guidance
+
+    def __post_init__(self):
+        factors = check_factors(self.factors, self.num_stages)
+        object.__setattr__(self, "factors", factors)
+        clean = self.clean_ends if self.clean_ends is not None else default_clean_ends(self.num_stages)
+        object.__setattr__(self, "clean_ends", tuple(float(c) for c in clean))
+        if self.wavelet not in WAVELETS:
+            raise InputError(f"unknown wavelet {self.wavelet!r}; choose one of {', '.join(sorted(WAVELETS))}")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        parse_schedule(self.default_schedule, self.num_stages)
+        self.pyramid()  # validates the boundaries
+
+    def pyramid(self) -> Pyramid:
+        return Pyramid.build(self.num_stages, self.factors, self.clean_ends, self.wavelet)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["factors"] = [list(f) for f in self.factors]
+        d["clean_ends"] = list(self.clean_ends)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PyramidConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown pyramid config keys {unknown}; valid keys: {sorted(known)}")
+        d = dict(d)
+        if d.get("factors") is not None:
+            d["factors"] = tuple(tuple(f) for f in d["factors"])
+        if d.get("clean_ends") is not None:
+            d["clean_ends"] = tuple(d["clean_ends"])
+        return cls(**d)

@@ -1,0 +1,164 @@
+"""Step grids and samplers over a velocity model `model(x, sigma, **extra_args) -> dx/dsigma`.
+
+Samplers know nothing about transformers, text or VAEs: `sigma` is a (B,) tensor of noise levels in
+[0, 1] and the model returns the velocity dx/dsigma. A grid is data (a tuple of StageSteps in sampling
+order, lowest resolution first); samplers walk it without hidden state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import trange
+
+from pyramidal_wan.pyramid.geometry import is_baseline_schedule, parse_schedule
+from pyramidal_wan.pyramid.noise import randn
+from pyramidal_wan.pyramid.pyramid import PLAIN_SEGMENT, Pyramid, Segment
+
+# diffusers' Wan `flow_shift` at 480p, for the plain "0-...-0-N" baseline (METHOD.md 5.4).
+BASELINE_SHIFT = 3.0
+
+
+@dataclass(frozen=True)
+class StageSteps:
+    """The noise levels a sampler visits in one stage (for multi-step grids, ending at sigma_c)."""
+
+    segment: Segment
+    sigmas: tuple[float, ...]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas)
+
+
+def shift_levels(r: float, shift: float) -> float:
+    """phi_s(r) = s r / (1 + (s - 1) r): concentrates steps near the noisy end for s > 1."""
+    return shift * r / (1.0 + (shift - 1.0) * r)
+
+
+def get_multistep_grid(
+    pyramid: Pyramid, schedule, shift: float = 1.0, baseline_shift: float = BASELINE_SHIFT
+) -> tuple[StageSteps, ...]:
+    """Euler grids per stage: rho_k = phi_s(1 - k/n), k = 0..n, so the last step lands on sigma_c.
+
+    "0-...-0-N" is the plain baseline: one full-resolution segment [0, 1] with shift `baseline_shift`.
+    """
+    steps = parse_schedule(schedule, pyramid.num_stages)
+    if is_baseline_schedule(steps):
+        n = steps[-1]
+        sigmas = tuple(shift_levels(1 - k / n, baseline_shift) for k in range(n + 1))
+        return (StageSteps(PLAIN_SEGMENT, sigmas),)
+    grid = []
+    for stage, n in zip(reversed(range(pyramid.num_stages)), steps):
+        seg = pyramid.segments[stage]
+        grid.append(StageSteps(seg, tuple(seg.sigma(shift_levels(1 - k / n, shift)) for k in range(n + 1))))
+    return tuple(grid)
+
+
+def get_fewstep_grid(pyramid: Pyramid, schedule, rhos=None) -> tuple[StageSteps, ...]:
+    """Few-step grids: stage i evaluates at rho = 1 - k/n_i, k = 0..n_i-1 (METHOD.md 6.2, 6.3).
+
+    `rhos` optionally gives explicit rho lists per stage, lowest resolution first. "0-...-0-N" is the
+    plain baseline: sigma = 1 - k/N on the full-resolution segment [0, 1].
+    """
+    steps = parse_schedule(schedule, pyramid.num_stages)
+    if rhos is not None:
+        _check_rhos(rhos, steps)
+    if is_baseline_schedule(steps):
+        r = rhos[-1] if rhos is not None else [1 - k / steps[-1] for k in range(steps[-1])]
+        return (StageSteps(PLAIN_SEGMENT, tuple(float(v) for v in r)),)
+    grid = []
+    for j, (stage, n) in enumerate(zip(reversed(range(pyramid.num_stages)), steps)):
+        seg = pyramid.segments[stage]
+        r = rhos[j] if rhos is not None else [1 - k / n for k in range(n)]
+        grid.append(StageSteps(seg, tuple(seg.sigma(float(v)) for v in r)))
+    return tuple(grid)
+
+
+def _check_rhos(rhos, steps) -> None:
+    if [len(r) for r in rhos] != list(steps):
+        raise ValueError(f"explicit rho lists {rhos} do not match the schedule {steps}")
+    for r in rhos:
+        # A stage is entered at its noisy end (rho = 1), so its first evaluation must be there.
+        if r and (r[0] != 1 or any(not 0 < b < a for a, b in zip(r, r[1:]))):
+            raise ValueError(f"rho list {list(r)} must start at 1 and decrease strictly inside (0, 1]")
+
+
+def start_stage(grid: tuple[StageSteps, ...]) -> int:
+    """The stage whose resolution the initial noise must have."""
+    return grid[0].segment.stage
+
+
+@torch.no_grad()
+def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, desc=None):
+    """Euler steps in sigma on dx/dsigma = v (rectified flow; Karras et al. 2022, Algorithm 1 with v)."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    for i in trange(len(sigmas) - 1, disable=disable, desc=desc, leave=False):
+        velocity = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigmas[i], "velocity": velocity})
+        x = x + (sigmas[i + 1] - sigmas[i]) * velocity
+    return x
+
+
+@torch.no_grad()
+def sample_pyramid_euler(
+    model, x, pyramid: Pyramid, grid, extra_args=None, callback=None, disable=None, generator=None
+):
+    """Multi-step pyramidal Euler with jumps between stages (PyramidalWan, METHOD.md 5.3).
+
+    `x` is white noise at the resolution of `start_stage(grid)`. After each stage but the last, the
+    sample at sigma_c^(i) is carried to sigma_n^(i-1) by R_up_N plus the frame-0 top-up.
+    """
+    for n, stage_steps in enumerate(grid):
+        stage = stage_steps.segment.stage
+
+        def stage_callback(info, stage=stage, segment=stage_steps.segment):
+            denoised = pyramid.to_x0(info["x"], info["sigma"], info["velocity"], segment)
+            callback({**info, "stage": stage, "denoised": denoised})
+
+        x = sample_euler(
+            model,
+            x,
+            stage_steps.sigmas,
+            extra_args,
+            stage_callback if callback is not None else None,
+            disable,
+            desc=f"stage {stage}",
+        )
+        if n + 1 < len(grid):
+            x = pyramid.jump(x, stage - 1, generator)
+    return x
+
+
+@torch.no_grad()
+def sample_pyramid_few_step(
+    model, x, pyramid: Pyramid, grid, extra_args=None, callback=None, disable=None, generator=None
+):
+    """Few-step pyramidal sampler: x0 prediction, then fresh re-noising (METHOD.md 6.2; DMD2-style).
+
+    Inside a stage the clean estimate is re-noised onto the stage's path at the next rho (u = P x0_hat);
+    at a stage change it becomes the noisy end of the finer stage with u = R_up x0_hat and fresh white
+    noise, so neither correction noise nor a frame-0 top-up is needed. Returns the last clean estimate.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    evaluations = [(n, k) for n, st in enumerate(grid) for k in range(st.num_steps)]
+    for i in trange(len(evaluations), disable=disable, leave=False):
+        n, k = evaluations[i]
+        segment, sigmas = grid[n].segment, grid[n].sigmas
+        velocity = model(x, sigmas[k] * s_in, **extra_args)
+        denoised = pyramid.to_x0(x, sigmas[k], velocity, segment)
+        if callback is not None:
+            callback({"x": x, "i": i, "stage": segment.stage, "sigma": sigmas[k], "denoised": denoised})
+        if k + 1 < len(sigmas):  # re-noise inside the stage
+            u = None if segment.sigma_n == 1.0 else pyramid.project(denoised, segment.stage)
+            noise = randn(denoised.shape, denoised, generator)
+            x, _, _ = pyramid.training_point(denoised, u, noise, segment, segment.rho(sigmas[k + 1]))
+        elif n + 1 < len(grid):  # stage change: the noisy end of the finer stage
+            finer = grid[n + 1].segment
+            u = pyramid.up(denoised, finer.stage)
+            x = (1.0 - finer.sigma_n) * u + finer.sigma_n * randn(u.shape, u, generator)
+    return denoised
