@@ -1,0 +1,163 @@
+"""FLOPs of Wan transformer forwards and of pyramidal schedules, counted on the meta device.
+
+The real diffusers `WanTransformer3DModel` runs on `meta` tensors under `torch.utils.flop_counter`'s
+`FlopCounterMode`, so the count follows the model code rather than a hand formula, at no memory cost.
+FLOPs = 2 x multiply-accumulates (the convention of `FlopCounterMode` and of the paper's table).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.presets import build_on_meta, get_transformer_config
+
+# A schedule whose stages all take at most this many steps is a few-step (distilled) schedule: the paper
+# counts those without CFG (2-2-1 = 5 forwards = 282 TFLOPs) and multi-step schedules with it.
+FEW_STEP_MAX_STEPS = 4
+
+TERA = 1e12
+
+
+def _config_key(config: Mapping[str, Any]) -> str:
+    """A hashable, order-independent key for a complete transformer config."""
+    return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}, sort_keys=True)
+
+
+def check_latent_shape(
+    config: Mapping[str, Any], latent_shape_CTHW: Sequence[int]
+) -> tuple[int, int, int, int]:
+    """Check a (C, T, H, W) latent shape against the config's channels and patch size; return it as ints."""
+    shape = tuple(int(s) for s in latent_shape_CTHW)
+    if len(shape) != 4 or min(shape) < 1:
+        raise InputError(f"latent shape {shape} must be 4 positive sizes (C, T, H, W)")
+    if shape[0] != config["in_channels"]:
+        raise InputError(
+            f"latent shape {shape} has {shape[0]} channels; the model takes {config['in_channels']}"
+        )
+    for size, patch, axis in zip(shape[1:], config["patch_size"], "THW"):
+        if size % patch:
+            raise InputError(
+                f"latent {axis}={size} is not divisible by the patch size {patch}; use a multiple"
+            )
+    return shape
+
+
+def num_tokens(config: Mapping[str, Any], latent_shape_CTHW: Sequence[int]) -> int:
+    """Transformer sequence length N = (T/p_t)(H/p_h)(W/p_w) for a (C, T, H, W) latent."""
+    shape = check_latent_shape(config, latent_shape_CTHW)
+    return math.prod(size // patch for size, patch in zip(shape[1:], config["patch_size"]))
+
+
+@functools.lru_cache(maxsize=32)
+def _meta_model(config_key: str) -> torch.nn.Module:
+    return build_on_meta(json.loads(config_key))
+
+
+@functools.lru_cache(maxsize=256)
+def _count_by_op(
+    config_key: str, latent_shape: tuple[int, ...], text_len: int
+) -> tuple[tuple[str, int], ...]:
+    config = json.loads(config_key)
+    model = _meta_model(config_key)
+    latents = torch.empty((1, *latent_shape), device="meta")  # (B, C, T, H, W)
+    text = torch.empty((1, text_len, config["text_dim"]), device="meta")  # (B, N_txt, text_dim)
+    timestep = torch.empty((1,), device="meta")
+    # The math SDPA backend is a composite of matmul/bmm, which FlopCounterMode counts on every device;
+    # fused kernels are device-specific, and some (the CPU flash kernel) have no registered FLOP formula.
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        model(latents, timestep, text, return_dict=False)
+    counts = counter.get_flop_counts()["Global"]
+    return tuple(sorted((str(op), int(n)) for op, n in counts.items()))
+
+
+def transformer_forward_flop_breakdown(
+    config: str | Mapping[str, Any], latent_shape_CTHW: Sequence[int], text_len: int = 512
+) -> dict[str, int]:
+    """FLOPs of one batch-1 transformer forward, per aten op (e.g. `aten.addmm`, `aten.bmm` for attention)."""
+    config = get_transformer_config(config)
+    if text_len < 1:
+        raise InputError(f"text length {text_len} must be at least 1")
+    shape = check_latent_shape(config, latent_shape_CTHW)
+    return dict(_count_by_op(_config_key(config), shape, int(text_len)))
+
+
+def transformer_forward_flops(
+    config: str | Mapping[str, Any], latent_shape_CTHW: Sequence[int], text_len: int = 512
+) -> int:
+    """FLOPs of one batch-1 forward of the Wan transformer on a (C, T, H, W) latent, counted on meta.
+
+    Attention is included: its QK^T and AV products appear as `bmm` under the math SDPA backend.
+    Results are cached per (config, shape, text length).
+    """
+    return sum(transformer_forward_flop_breakdown(config, latent_shape_CTHW, text_len).values())
+
+
+def analytic_forward_flops(config: str | Mapping[str, Any], tokens: int, text_len: int = 512) -> int:
+    """FLOPs of one forward from METHOD.md §10.1, generalised to any width d = heads x head_dim.
+
+    L [2N(6d^2 + 2 d d_ffn) + 4N^2 d + 4 N N_txt d + 4 N_txt d^2]: self-attention QKVO, cross-attention Q/O
+    and FFN; self-attention QK^T and AV; cross-attention matmuls; text K/V projections. Embeddings,
+    patchify, modulation and the head are omitted.
+    """
+    config = get_transformer_config(config)
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    n, n_txt = int(tokens), int(text_len)
+    per_layer = 2 * n * (6 * d * d + 2 * d * config["ffn_dim"]) + 4 * n * n * d + 4 * n * n_txt * d
+    return config["num_layers"] * (per_layer + 4 * n_txt * d * d)
+
+
+def default_cfg(steps_per_stage: Sequence[int]) -> bool:
+    """Whether a schedule is counted with CFG by default: multi-step yes, few-step (all stages <= 4) no."""
+    return max(steps_per_stage) > FEW_STEP_MAX_STEPS
+
+
+def schedule_flops(
+    config: str | Mapping[str, Any],
+    stage_latent_shapes: Sequence[Sequence[int]],
+    steps_per_stage: Sequence[int],
+    cfg: bool,
+    text_len: int = 512,
+) -> dict[str, Any]:
+    """Cost of a pyramidal schedule: sum_i n_i FLOPs(N_i), doubled with CFG (METHOD.md §10.1).
+
+    Both sequences are indexed by stage, i = 0 the full resolution (the reverse of schedule strings).
+    Returns per-stage `tokens`, `tflops_per_forward`, `steps`, `tflops`, and `forwards`, `total_flops`,
+    `total_tflops` for the schedule.
+    """
+    if len(stage_latent_shapes) != len(steps_per_stage):
+        raise InputError(f"{len(steps_per_stage)} step counts for {len(stage_latent_shapes)} stages")
+    if any(int(n) < 0 for n in steps_per_stage) or sum(steps_per_stage) < 1:
+        raise InputError(f"steps per stage {tuple(steps_per_stage)} must be >= 0 with at least one step")
+    config = get_transformer_config(config)
+    branches = 2 if cfg else 1
+    stages, total = [], 0
+    for i, (shape, steps) in enumerate(zip(stage_latent_shapes, steps_per_stage)):
+        per_forward = transformer_forward_flops(config, shape, text_len)
+        flops = branches * int(steps) * per_forward
+        total += flops
+        stages.append(
+            {
+                "stage": i,
+                "latent": tuple(int(s) for s in shape),
+                "tokens": num_tokens(config, shape),
+                "tflops_per_forward": per_forward / TERA,
+                "steps": int(steps),
+                "tflops": flops / TERA,
+            }
+        )
+    return {
+        "cfg": bool(cfg),
+        "stages": stages,
+        "forwards": branches * sum(int(n) for n in steps_per_stage),
+        "total_flops": total,
+        "total_tflops": total / TERA,
+    }

@@ -1,0 +1,207 @@
+"""Named `WanTransformer3DModel` configurations, config-file reading, and meta-device builds.
+
+A transformer config here is a plain dict of `WanTransformer3DModel.__init__` keyword arguments, complete
+(every argument present) and with `patch_size` as a tuple, so two configs compare and hash by value.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import WanTransformer3DModel
+
+from pyramidal_wan.errors import CheckpointError, InputError
+
+# Shared by every Wan2.1 text-to-video transformer (diffusers' scripts/convert_wan_to_diffusers.py and the
+# Wan-AI/Wan2.1-T2V-*-Diffusers transformer/config.json files).
+_WAN21_COMMON: dict[str, Any] = {
+    "patch_size": (1, 2, 2),
+    "attention_head_dim": 128,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": 4096,  # umT5-XXL width
+    "freq_dim": 256,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "eps": 1e-6,
+    "image_dim": None,  # text-to-video: no CLIP image branch
+    "added_kv_proj_dim": None,
+    "rope_max_seq_len": 1024,
+    "pos_embed_seq_len": None,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "wan2.1-1.3b": {**_WAN21_COMMON, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
+    "wan2.1-14b": {**_WAN21_COMMON, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
+    # The toy model family (/work/shared/notes/toy-calibration.md): width 128, ~1 M parameters.
+    "toy-wan": {
+        **_WAN21_COMMON,
+        "num_attention_heads": 4,
+        "attention_head_dim": 32,
+        "text_dim": 32,
+        "ffn_dim": 256,
+        "num_layers": 4,
+    },
+}
+
+# Original Wan2.1 release (`WanModel` config.json) argument defaults, from the Wan2.1 repository's
+# `wan/modules/model.py`; release config files list only some of them.
+_ORIGINAL_DEFAULTS: dict[str, Any] = {
+    "model_type": "t2v",
+    "patch_size": (1, 2, 2),
+    "in_dim": 16,
+    "out_dim": 16,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "qk_norm": True,
+    "cross_attn_norm": True,
+    "eps": 1e-6,
+}
+_ORIGINAL_REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers")
+_ORIGINAL_IGNORED = {"text_len", "window_size"}  # prompt length and the unused local-attention window
+# The I2V variant adds a CLIP-image branch (image width 1280) with its own key/value projections.
+_I2V_IMAGE_DIM = 1280
+
+
+def _init_defaults() -> dict[str, Any]:
+    """All `WanTransformer3DModel.__init__` arguments with their defaults."""
+    params = inspect.signature(WanTransformer3DModel.__init__).parameters
+    return {name: p.default for name, p in params.items() if name != "self"}
+
+
+def _complete(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Fill `config` up to every `WanTransformer3DModel` argument; unknown keys raise."""
+    full = _init_defaults()
+    unknown = sorted(k for k in config if k not in full and not k.startswith("_"))
+    if unknown:
+        raise InputError(
+            f"{source}: unknown WanTransformer3DModel config keys {unknown}; valid keys are {sorted(full)}"
+        )
+    full.update({k: v for k, v in config.items() if not k.startswith("_")})
+    full["patch_size"] = tuple(int(p) for p in full["patch_size"])
+    return full
+
+
+def is_original_wan_config(config: Mapping[str, Any]) -> bool:
+    """True for a config.json of the original Wan2.1 release (`WanModel`: `dim`, `num_heads`, ...)."""
+    return config.get("_class_name") == "WanModel" or ("dim" in config and "num_heads" in config)
+
+
+def original_to_diffusers_config(original: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
+    """Translate an original Wan2.1 `WanModel` config to a complete `WanTransformer3DModel` config.
+
+    Mirrors diffusers' scripts/convert_wan_to_diffusers.py: `dim = num_heads * attention_head_dim`,
+    `in_dim/out_dim -> in/out_channels`, `qk_norm=True -> "rms_norm_across_heads"`, and for `i2v` an image
+    branch of width 1280 with key/value projections of width `dim`.
+    """
+    cfg = {**_ORIGINAL_DEFAULTS, **{k: v for k, v in original.items() if not k.startswith("_")}}
+    missing = [k for k in _ORIGINAL_REQUIRED if k not in cfg]
+    if missing:
+        raise CheckpointError(f"{source}: original Wan config lacks {missing}; expected a Wan2.1 config.json")
+    known = set(_ORIGINAL_DEFAULTS) | set(_ORIGINAL_REQUIRED) | _ORIGINAL_IGNORED
+    unknown = sorted(k for k in cfg if k not in known)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown keys {unknown} in an original Wan config.json")
+    if cfg["dim"] % cfg["num_heads"]:
+        raise CheckpointError(f"{source}: dim={cfg['dim']} is not a multiple of num_heads={cfg['num_heads']}")
+    if cfg["model_type"] not in ("t2v", "i2v"):
+        raise CheckpointError(
+            f"{source}: model_type {cfg['model_type']!r} is not supported; expected t2v or i2v"
+        )
+    i2v = cfg["model_type"] == "i2v"
+    return _complete(
+        {
+            "patch_size": cfg["patch_size"],
+            "num_attention_heads": cfg["num_heads"],
+            "attention_head_dim": cfg["dim"] // cfg["num_heads"],
+            "in_channels": cfg["in_dim"],
+            "out_channels": cfg["out_dim"],
+            "text_dim": cfg["text_dim"],
+            "freq_dim": cfg["freq_dim"],
+            "ffn_dim": cfg["ffn_dim"],
+            "num_layers": cfg["num_layers"],
+            "cross_attn_norm": cfg["cross_attn_norm"],
+            "qk_norm": "rms_norm_across_heads" if cfg["qk_norm"] else None,
+            "eps": cfg["eps"],
+            "image_dim": _I2V_IMAGE_DIM if i2v else None,
+            "added_kv_proj_dim": cfg["dim"] if i2v else None,
+        },
+        source,
+    )
+
+
+def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON object from `path`, a missing or malformed file raising a one-line `CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found; expected a transformer config.json")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); expected a transformer config.json") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{path}: expected a JSON object (a transformer config), got {type(data).__name__}"
+        )
+    return data
+
+
+def config_from_json(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """A complete `WanTransformer3DModel` config from a diffusers or an original-release config dict."""
+    if is_original_wan_config(data):
+        return original_to_diffusers_config(data, source)
+    class_name = data.get("_class_name", "WanTransformer3DModel")
+    if class_name != "WanTransformer3DModel":
+        raise CheckpointError(f"{source}: config is for {class_name}; expected WanTransformer3DModel")
+    return _complete(data, source)
+
+
+def find_transformer_config(folder: str | os.PathLike) -> Path:
+    """The transformer config.json inside `folder`: `transformer/config.json` (pipeline) or `config.json`."""
+    folder = Path(folder)
+    for candidate in (folder / "transformer" / "config.json", folder / "config.json"):
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"{folder}: no transformer/config.json or config.json; expected a Wan pipeline or transformer folder"
+    )
+
+
+def get_transformer_config(name_or_path: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """A complete `WanTransformer3DModel` config from a preset name, a config.json, a folder, or a dict."""
+    if isinstance(name_or_path, Mapping):
+        return config_from_json(name_or_path, "config")
+    text = os.fspath(name_or_path)
+    if text in PRESETS:
+        return _complete(PRESETS[text], text)
+    path = Path(text)
+    if path.is_dir():
+        config_path = find_transformer_config(path)
+        return config_from_json(read_config_json(config_path), str(config_path))
+    if path.is_file():
+        return config_from_json(read_config_json(path), str(path))
+    raise InputError(
+        f"unknown model {text!r}: not a preset ({', '.join(PRESETS)}), a config.json or a model folder"
+    )
+
+
+def build_on_meta(preset_or_config: str | os.PathLike | Mapping[str, Any]) -> WanTransformer3DModel:
+    """The diffusers `WanTransformer3DModel` for a preset or config, with every tensor on the meta device.
+
+    No memory is allocated, so the full-size models can be inspected (shapes, parameter counts, FLOPs).
+    """
+    config = get_transformer_config(preset_or_config)
+    with torch.device("meta"):
+        model = WanTransformer3DModel.from_config(config)
+    return model.eval()
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters of `model` (works on the meta device)."""
+    return sum(p.numel() for p in model.parameters())
