@@ -136,19 +136,20 @@ def original_to_diffusers_config(original: Mapping[str, Any], source: str = "con
     )
 
 
-def read_config_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a JSON object from `path`, a missing or malformed file raising a one-line `CheckpointError`."""
+def read_config_json(path: str | os.PathLike, what: str = "a transformer config.json") -> dict[str, Any]:
+    """Read a JSON object from `path`; a missing or malformed file raises a one-line `CheckpointError`.
+
+    `what` names the file in the message ("expected <what>").
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: file not found; expected a transformer config.json")
+        raise CheckpointError(f"{path}: file not found; expected {what}")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err}); expected a transformer config.json") from None
+        raise CheckpointError(f"{path}: not valid JSON ({err}); expected {what}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(
-            f"{path}: expected a JSON object (a transformer config), got {type(data).__name__}"
-        )
+        raise CheckpointError(f"{path}: expected {what} (a JSON object), got {type(data).__name__}")
     return data
 
 
