@@ -1,0 +1,159 @@
+"""`pyramidal-wan flops`: FLOPs per stage and per schedule, counted on the meta device.
+
+CFG: by default each schedule row is counted the way the paper counts it, with CFG (two forwards per step)
+for multi-step schedules and without for few-step ones (every stage <= 4 steps, e.g. 2-2-1, 0-0-2).
+`--cfg` or `--no-cfg` forces one choice on every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, schedule_flops
+from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
+
+# Without --schedule: plain Wan with the paper's 50 steps, at every stage count.
+DEFAULT_STEPS = 50
+
+
+def register(subparsers) -> None:
+    """Add the `flops` sub-command."""
+    parser = subparsers.add_parser(
+        "flops",
+        help="count transformer FLOPs per stage and per sampling schedule",
+        description=(
+            "Count Wan transformer FLOPs per pyramid stage and per schedule on the meta device (no weights, "
+            "no memory). Schedules list steps from the lowest resolution to the highest: 20-20-10 is 20 low, "
+            "20 mid, 10 full; 0-0-50 is plain Wan. Multi-step rows double for CFG; few-step rows (every "
+            f"stage <= {FEW_STEP_MAX_STEPS} steps) do not, unless --cfg/--no-cfg says otherwise."
+        ),
+    )
+    parser.add_argument("--model", default="wan2.1-1.3b", help="preset name, config.json or model folder")
+    parser.add_argument("--num-frames", type=int, default=81, help="pixel frames, 4k+1 (default 81)")
+    parser.add_argument("--height", type=int, default=448, help="pixel height (default 448)")
+    parser.add_argument("--width", type=int, default=832, help="pixel width (default 832)")
+    parser.add_argument("--stages", type=int, default=3, help="number of pyramid stages (default 3)")
+    parser.add_argument(
+        "--schedule",
+        action="extend",
+        nargs="+",
+        default=None,
+        help="one or more schedules (repeat the flag or list them), lowest resolution first; the first is "
+        f"the speed-up reference (default 0-...-0-{DEFAULT_STEPS}, plain Wan)",
+    )
+    parser.add_argument(
+        "--cfg",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count every row with (--cfg) or without (--no-cfg) classifier-free guidance; "
+        "default: CFG for multi-step rows only",
+    )
+    parser.add_argument("--text-len", type=int, default=512, help="text tokens (default 512)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(func=run)
+
+
+def compute_report(args: argparse.Namespace) -> dict:
+    """Per-stage sizes and FLOPs and one row per schedule, as a JSON-ready dict."""
+    config = get_transformer_config(args.model)
+    geometry = stage_geometry(
+        args.num_frames, args.height, args.width, num_stages=args.stages, patch_size=config["patch_size"]
+    )
+    schedules = args.schedule or ["-".join(["0"] * (args.stages - 1) + [str(DEFAULT_STEPS)])]
+    parsed = [parse_schedule(text, args.stages) for text in schedules]  # validate all before counting
+    shapes = [(config["in_channels"], *g.latent) for g in geometry]
+    rows = []
+    for steps in parsed:
+        by_stage = steps[::-1]  # schedule strings run lowest first; stage index 0 is full resolution
+        cfg = default_cfg(steps) if args.cfg is None else args.cfg
+        result = schedule_flops(config, shapes, by_stage, cfg, args.text_len)
+        rows.append(
+            {
+                "schedule": "-".join(str(n) for n in steps),
+                "cfg": cfg,
+                "forwards": result["forwards"],
+                "total_tflops": result["total_tflops"],
+                "stage_tflops": [s["tflops"] for s in result["stages"]],  # index 0 = full resolution
+            }
+        )
+    reference = rows[0]["total_tflops"]
+    for row in rows:
+        row["speedup"] = reference / row["total_tflops"]
+    stages = [
+        {
+            "stage": s["stage"],
+            "pixel": list(g.pixel),
+            "latent": list(s["latent"][1:]),
+            "tokens": s["tokens"],
+            "tflops_per_forward": s["tflops_per_forward"],
+        }
+        for s, g in zip(result["stages"], geometry)
+    ]
+    return {
+        "model": str(args.model),
+        "size": [args.num_frames, args.height, args.width],
+        "text_len": args.text_len,
+        "stages": stages,
+        "schedules": rows,
+        "total_tflops": rows[0]["total_tflops"],
+    }
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Plain right-aligned text table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def format_report(report: dict) -> str:
+    """The report as two text tables: stages, then schedules."""
+    frames, height, width = report["size"]
+    stage_rows = [
+        [
+            str(s["stage"]),
+            "x".join(map(str, s["pixel"])),
+            "x".join(map(str, s["latent"])),
+            f"{s['tokens']:,}",
+            f"{s['tflops_per_forward']:,.2f}",
+        ]
+        for s in report["stages"]
+    ]
+    schedule_rows = [
+        [
+            r["schedule"],
+            "yes" if r["cfg"] else "no",
+            str(r["forwards"]),
+            " / ".join(f"{t:,.1f}" for t in r["stage_tflops"][::-1]),
+            f"2 x {r['total_tflops'] / 2:,.1f}" if r["cfg"] else f"{r['total_tflops']:,.1f}",
+            f"{r['speedup']:.2f}x",
+        ]
+        for r in report["schedules"]
+    ]
+    title = f"{report['model']} at {frames}x{height}x{width}, {report['text_len']} text tokens"
+    return "\n".join(
+        [
+            title,
+            "",
+            _table(["stage", "pixels", "latent", "tokens", "TFLOPs/forward"], stage_rows),
+            "",
+            _table(
+                ["schedule", "CFG", "forwards", "TFLOPs per stage (low..full)", "total TFLOPs", "speed-up"],
+                schedule_rows,
+            ),
+        ]
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `pyramidal-wan flops`."""
+    report = compute_report(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0

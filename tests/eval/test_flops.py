@@ -1,0 +1,165 @@
+"""FLOPs counted on the meta device: attention is counted, the §10.1 formula and the paper's table agree."""
+
+import json
+
+import pytest
+
+from pyramidal_wan.cli import main
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.eval.flops import (
+    analytic_forward_flops,
+    default_cfg,
+    num_tokens,
+    schedule_flops,
+    transformer_forward_flop_breakdown,
+    transformer_forward_flops,
+)
+from pyramidal_wan.models.presets import get_transformer_config
+
+# Latents of the default 3-stage pyramid at 81x448x832 (METHOD.md §1.2), index 0 = full resolution.
+PAPER_SHAPES = [(16, 21, 56, 104), (16, 11, 28, 52), (16, 6, 14, 26)]
+# The paper's FLOPs table [P] (TFLOPs; CFG rows as 2 x per-branch) and whether the row uses CFG.
+PAPER_TABLE = {
+    "0-0-50": (2 * 12_592, True),
+    "20-20-10": (2 * 2_821, True),
+    "0-0-2": (504, False),
+    "2-2-1": (282, False),
+    "1-1-1": (267, False),
+}
+
+
+def test_token_counts_match_method():
+    config = get_transformer_config("wan2.1-1.3b")
+    assert [num_tokens(config, s) for s in PAPER_SHAPES] == [30_576, 4_004, 546]
+
+
+def test_attention_is_counted_exactly():
+    # Self-attention QK^T and AV (4 N^2 d) and cross-attention (4 N N_txt d) per layer must all appear as
+    # bmm FLOPs; anything less means SDPA went uncounted.
+    config = get_transformer_config("wan2.1-1.3b")
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    n, n_txt = 546, 512
+    counts = transformer_forward_flop_breakdown("wan2.1-1.3b", PAPER_SHAPES[2], text_len=n_txt)
+    assert counts["aten.bmm"] == config["num_layers"] * (4 * n * n * d + 4 * n * n_txt * d)
+
+
+def test_cross_attention_grows_linearly_with_text_length():
+    small = transformer_forward_flop_breakdown("toy-wan", (16, 2, 8, 8), text_len=8)["aten.bmm"]
+    large = transformer_forward_flop_breakdown("toy-wan", (16, 2, 8, 8), text_len=16)["aten.bmm"]
+    # toy: L=4, d=128, N=32 tokens; only the cross-attention term depends on the text length.
+    assert large - small == 4 * (4 * 32 * 8 * 128)
+
+
+@pytest.mark.parametrize("preset", ["wan2.1-1.3b", "wan2.1-14b"])
+@pytest.mark.parametrize("shape", PAPER_SHAPES)
+def test_counted_matches_analytic_formula(preset, shape):
+    counted = transformer_forward_flops(preset, shape, text_len=512)
+    analytic = analytic_forward_flops(preset, num_tokens(get_transformer_config(preset), shape), 512)
+    # The formula omits embeddings, patchify, modulation and the head: < 1% of the count.
+    assert counted >= analytic
+    assert counted == pytest.approx(analytic, rel=0.01)
+
+
+def test_per_forward_tflops_match_method():
+    expected = [251.82, 13.49, 1.62]  # METHOD.md §10.1, formula values
+    counted = [transformer_forward_flops("wan2.1-1.3b", s) / 1e12 for s in PAPER_SHAPES]
+    assert counted == pytest.approx(expected, rel=0.01)
+
+
+@pytest.mark.parametrize("schedule", list(PAPER_TABLE))
+def test_paper_flops_table(schedule):
+    expected, cfg = PAPER_TABLE[schedule]
+    steps = [int(n) for n in schedule.split("-")][::-1]  # schedule strings run lowest resolution first
+    assert default_cfg(steps) == cfg
+    result = schedule_flops("wan2.1-1.3b", PAPER_SHAPES, steps, cfg=cfg, text_len=512)
+    assert result["total_tflops"] == pytest.approx(expected, rel=0.01)
+    assert result["forwards"] == (2 if cfg else 1) * sum(steps)
+
+
+def test_cfg_doubles_and_zero_stages_cost_nothing():
+    with_cfg = schedule_flops("toy-wan", [(16, 5, 16, 16), (16, 3, 8, 8)], [0, 4], cfg=True, text_len=8)
+    without = schedule_flops("toy-wan", [(16, 5, 16, 16), (16, 3, 8, 8)], [0, 4], cfg=False, text_len=8)
+    assert with_cfg["total_flops"] == 2 * without["total_flops"]
+    assert with_cfg["stages"][0]["tflops"] == 0
+    assert without["total_flops"] == 4 * transformer_forward_flops("toy-wan", (16, 3, 8, 8), text_len=8)
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((16, 5, 15, 16), "not divisible"), ((4, 5, 16, 16), "channels"), ((16, 5, 16), "4 positive")],
+)
+def test_bad_latent_shapes_raise(shape, match):
+    with pytest.raises(InputError, match=match):
+        transformer_forward_flops("toy-wan", shape)
+
+
+def test_bad_schedule_lengths_raise():
+    with pytest.raises(InputError, match="step counts"):
+        schedule_flops("toy-wan", [(16, 5, 16, 16)], [1, 1], cfg=False)
+
+
+def test_cli_json_reproduces_paper_row(capsys):
+    assert main(["flops", "--schedule", "20-20-10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["total_tflops"] == pytest.approx(2 * 2_821, rel=0.01)
+    assert [s["tokens"] for s in report["stages"]] == [30_576, 4_004, 546]
+    assert [s["latent"] for s in report["stages"]] == [list(s[1:]) for s in PAPER_SHAPES]
+
+
+def test_cli_table_rows_and_speedups(capsys):
+    assert main(["flops", "--schedule", "0-0-50", "20-20-10", "--schedule", "2-2-1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 x 12,591" in out and "2 x 2,820" in out and "282.1" in out
+    assert "4.46x" in out  # 20-20-10 is ~4.5x cheaper than 0-0-50 [P]
+
+
+def test_cli_cfg_flag_overrides_default(capsys):
+    main(["flops", "--schedule", "20-20-10", "--no-cfg", "--json"])
+    no_cfg = json.loads(capsys.readouterr().out)
+    main(["flops", "--schedule", "2-2-1", "--cfg", "--json"])
+    cfg = json.loads(capsys.readouterr().out)
+    assert no_cfg["total_tflops"] == pytest.approx(2_821, rel=0.01)
+    assert cfg["total_tflops"] == pytest.approx(2 * 282, rel=0.01)
+
+
+def test_cli_toy_model_and_two_stages(capsys):
+    assert (
+        main(
+            [
+                "flops",
+                "--model",
+                "toy-wan",
+                "--num-frames",
+                "17",
+                "--height",
+                "64",
+                "--width",
+                "64",
+                "--stages",
+                "2",
+                "--text-len",
+                "8",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["schedules"][0]["schedule"] == "0-50"
+    assert [s["latent"] for s in report["stages"]] == [[5, 8, 8], [3, 4, 4]]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--schedule", "20-20"], "3 stages"),
+        (["--height", "480"], "divisible by 64"),
+        (["--num-frames", "80"], "4k+1"),
+        (["--model", "no-such-model"], "wan2.1-1.3b"),
+        (["--text-len", "0"], "text length"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(capsys, argv, message):
+    assert main(["flops", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
