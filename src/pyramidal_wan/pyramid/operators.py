@@ -31,27 +31,29 @@ WAVELETS: dict[str, tuple[float, ...]] = {
 
 
 def _analysis(x: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:
-    """a[k] = sum_n taps[n] x[(2k + n) mod N] along `dim` (periodic, stride 2)."""
-    x = x.movedim(dim, -1)
-    n = x.shape[-1]
-    if len(taps) > 2:  # periodic wrap; an index handles filters longer than the axis too
-        x = x.index_select(-1, torch.arange(n + len(taps) - 2, device=x.device) % n)
-    out = sum(t * x[..., j : j + n : 2] for j, t in enumerate(taps))
-    return out.movedim(-1, dim)
+    """a[k] = sum_j taps[j] x[(2k + j) mod N] along `dim` (periodic, stride 2)."""
+    pairs = x.unflatten(dim, (x.shape[dim] // 2, 2))
+    phases = (pairs.select(dim + 1, 0), pairs.select(dim + 1, 1))  # x[2k + j] = phases[j % 2][k + j // 2]
+    return sum(t * _roll(phases[j % 2], -(j // 2), dim) for j, t in enumerate(taps))
 
 
 def _synthesis(a: torch.Tensor, taps: tuple[float, ...], dim: int) -> torch.Tensor:
-    """Transpose of `_analysis`: x[(2k + n) mod N] += taps[n] a[k] along `dim`."""
-    a = a.movedim(dim, -1)
-    n = 2 * a.shape[-1]
-    if len(taps) == 2:  # no wrap: interleave directly (the Haar / nearest fast path)
-        out = torch.stack([taps[0] * a, taps[1] * a], dim=-1).flatten(-2)
-    else:
-        out = a.new_zeros(*a.shape[:-1], n)
-        base = torch.arange(0, n, 2, device=a.device)
-        for j, t in enumerate(taps):
-            out.index_add_(-1, (base + j) % n, t * a)
-    return out.movedim(-1, dim)
+    """Transpose of `_analysis`: x[(2k + j) mod N] += taps[j] a[k] along `dim`."""
+    # Output phase r collects the taps j = r (mod 2), each from a[k - (j - r) / 2].
+    phases = [sum(taps[j] * _roll(a, (j - r) // 2, dim) for j in range(r, len(taps), 2)) for r in (0, 1)]
+    return torch.stack(phases, dim=dim + 1).flatten(dim, dim + 1)
+
+
+def _repeat(y: torch.Tensor, factors) -> torch.Tensor:
+    """Nearest-neighbour repetition of (B, C, T, H, W) by per-axis factors, in one copy."""
+    b, c, t, h, w = y.shape
+    ft, fh, fw = factors
+    blocks = y[:, :, :, None, :, None, :, None].expand(b, c, t, ft, h, fh, w, fw)
+    return blocks.reshape(b, c, t * ft, h * fh, w * fw)
+
+
+def _roll(x: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
+    return x if shift % x.shape[dim] == 0 else torch.roll(x, shift, dims=dim)
 
 
 def _check_latent(x: torch.Tensor, name: str) -> None:
@@ -91,6 +93,8 @@ class Transfer:
         return tuple(scale * t for t in WAVELETS[self.wavelet])
 
     def _apply(self, x: torch.Tensor, axes_factors, up: bool) -> torch.Tensor:
+        if up and self.wavelet == "haar":  # scaled Haar synthesis is nearest repetition: one copy pass
+            return _repeat(x, axes_factors)
         taps = self._scaled_taps(up)
         op = _synthesis if up else _analysis
         for dim, f in zip((2, 3, 4), axes_factors):
@@ -142,31 +146,39 @@ class Transfer:
         z = randn(like.shape, like, generator)
         return z - self.project(z)
 
+    def _per_frame(self, values: tuple[float, float], num_frames: int, like: torch.Tensor) -> torch.Tensor:
+        """A (T, 1, 1) column holding values[0] on frame 0 and values[1] on frames >= 1."""
+        column = like.new_full((num_frames, 1, 1), values[1])
+        column[0] = values[0]
+        return column
+
     def up_with_noise(self, y: torch.Tensor, sigma_e: float, generator=None) -> torch.Tensor:
         """R_up_N: upsample a clean-end sample at sigma_e, filling the detail band with correction noise.
 
-        For y = (1 - sigma_e) R_down x0 + sigma_e eps_low the result is distributed as
-        (1 - sigma_n) P x0 + sigma_n eps with white eps and sigma_n = g_K(sigma_e) on every element:
-        frame 0, which reaches only g_K0(sigma_e) < sigma_n, is topped up with fresh noise (METHOD.md 2.5).
+        R_up_N(y) = lambda (R_up y + kappa Q z) with kappa = sqrt(K) sigma_e and
+        lambda = 1 / (1 + (sqrt(K) - 1) sigma_e). For y = (1 - sigma_e) R_down x0 + sigma_e eps_low the
+        result is distributed as (1 - sigma_n) P x0 + sigma_n eps with white eps and sigma_n = g_K(sigma_e)
+        on every element: frame 0, which reaches only g_K0(sigma_e) < sigma_n, is topped up with fresh
+        noise (METHOD.md 2.2, 2.5).
         """
         if not 0.0 <= sigma_e <= 1.0:
             raise ValueError(f"sigma_e must be in [0, 1], got {sigma_e}")
-        fine = self.up(y)
-        detail = self.detail_noise(fine, generator)
-        sigma_n = jump_sigma(sigma_e, self.block_size)
+        root_k = (math.sqrt(self.first_frame_block_size), math.sqrt(self.block_size))
+        kappa = tuple(r * sigma_e for r in root_k)
+        lam = tuple(1.0 / (1.0 + (r - 1.0) * sigma_e) for r in root_k)
+        fine_frames = 1 + (y.shape[2] - 1) * self.factors[0]
+        z = randn((*y.shape[:2], fine_frames, *self.fine_spatial(y)), y, generator)
+        # R_up y + kappa (z - R_up R_down z) = kappa z + R_up (y - kappa R_down z): one R_up instead of two.
+        coarse = y - self._per_frame(kappa, y.shape[2], y) * self.down(z)
+        x = self.up(coarse).addcmul_(self._per_frame(kappa, fine_frames, y), z)
+        x.mul_(self._per_frame(lam, fine_frames, y))
+        if self.splits_first_frame:
+            sigma_a = jump_sigma(sigma_e, self.first_frame_block_size)
+            x[:, :, :1] = top_up(x[:, :, :1], sigma_a, jump_sigma(sigma_e, self.block_size), generator)
+        return x
 
-        def renoise(parts: tuple[torch.Tensor, torch.Tensor], factors) -> torch.Tensor:
-            signal, noise = parts
-            root_k = math.sqrt(math.prod(factors))
-            lam = 1.0 / (1.0 + (root_k - 1.0) * sigma_e)
-            return lam * (signal + root_k * sigma_e * noise)
-
-        if not self.splits_first_frame:
-            return renoise((fine, detail), self.factors)
-        rest = renoise((fine[:, :, 1:], detail[:, :, 1:]), self.factors)
-        first = renoise((fine[:, :, :1], detail[:, :, :1]), (1, *self.factors[1:]))
-        first = top_up(first, jump_sigma(sigma_e, self.first_frame_block_size), sigma_n, generator)
-        return torch.cat([first, rest], dim=2)
+    def fine_spatial(self, y: torch.Tensor) -> tuple[int, int]:
+        return y.shape[3] * self.factors[1], y.shape[4] * self.factors[2]
 
 
 def top_up(x: torch.Tensor, sigma_from: float, sigma_to: float, generator=None) -> torch.Tensor:
