@@ -5,7 +5,13 @@ import torch
 from diffusers import WanTransformer3DModel
 
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.eval.latency import forward_latency_ms, percentile, summarize_ms, time_calls_ms
+from pyramidal_wan.eval.latency import (
+    cast_like_from_pretrained,
+    forward_latency_ms,
+    percentile,
+    summarize_ms,
+    time_calls_ms,
+)
 from pyramidal_wan.models.presets import get_transformer_config
 
 
@@ -50,3 +56,17 @@ def test_bad_arguments_raise(tiny, kwargs):
     args = {"latent_shape": (16, 2, 8, 8), "text_len": 4, "warmup": 0, "repeats": 1, **kwargs}
     with pytest.raises(InputError):
         forward_latency_ms(tiny, **args)
+
+
+def test_cast_like_from_pretrained_keeps_fp32_modules(tmp_path, tiny):
+    # Reference: what diffusers itself does when loading with torch_dtype=bfloat16.
+    tiny.save_pretrained(tmp_path)
+    loaded = WanTransformer3DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    torch.manual_seed(0)
+    cast = cast_like_from_pretrained(
+        WanTransformer3DModel.from_config({**get_transformer_config("toy-wan"), "num_layers": 1}),
+        torch.bfloat16,
+    )
+    expected = {name: p.dtype for name, p in loaded.named_parameters()}
+    assert {name: p.dtype for name, p in cast.named_parameters()} == expected
+    assert {torch.float32, torch.bfloat16} == set(expected.values())

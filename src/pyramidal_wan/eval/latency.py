@@ -51,6 +51,19 @@ def summarize_ms(times: Sequence[float]) -> dict[str, float]:
     }
 
 
+def cast_like_from_pretrained(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast a diffusers model to `dtype` in place as `from_pretrained(torch_dtype=dtype)` would.
+
+    Parameters and buffers under the class's `_keep_in_fp32_modules` (for Wan: rope, time embedder,
+    modulation tables, norms) stay float32, so random-weight timings match loaded checkpoints.
+    """
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if keep & set(name.split(".")) else dtype)
+    return model
+
+
 def forward_latency_ms(
     transformer: torch.nn.Module,
     latent_shape: Sequence[int],
