@@ -1,0 +1,369 @@
+"""The toy VAE: a tiny `AutoencoderKLWan` (4x time, 4x space, 16 channels) and its training recipe.
+
+`build_vae()` gives the calibrated architecture (1.88 M parameters; 17x64x64 RGB -> 16x5x16x16 latents).
+`train_vae(out_dir, config)` trains it on clips rendered on the fly from the toy world and writes:
+
+    out_dir/config.json          the `VAETrainConfig` of the run
+    out_dir/checkpoint/          resume point: model.safetensors, optimizer.pt, state.safetensors and
+                                 history.json (weights, optimiser state, step + generator state, losses)
+    out_dir/vae/                 a diffusers `save_pretrained` folder whose `latents_mean` / `latents_std` are
+                                 measured on the current weights (what `WanPipeline` normalises with)
+    out_dir/metrics.json         held-out PSNR, latent statistics and losses at the last checkpoint
+
+Training is exactly resumable: the clips of step s are a pure function of (seed, s), and the posterior-noise
+generator's state is saved as a tensor with the weights and optimiser state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLWan
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pyramidal_wan.data.video import to_pixel_tensor
+from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.toy.world import Scene, WorldConfig, eval_prompts, seeded_scene
+from pyramidal_wan.utils.io import atomic_path, write_json
+
+LATENT_CHANNELS = 16
+TEMPORAL_FACTOR = 4
+SPATIAL_FACTOR = 4
+
+# The calibrated toy architecture (docs: /work/shared/notes/toy-calibration.md). Wan2.1's VAE is the same
+# module with base_dim 96, dim_mult [1, 2, 4, 4] and 8x spatial compression.
+VAE_ARCHITECTURE = {
+    "base_dim": 16,
+    "z_dim": LATENT_CHANNELS,
+    "dim_mult": [1, 2, 4],
+    "num_res_blocks": 1,
+    "temperal_downsample": [True, True],
+    "attn_scales": [],
+    "scale_factor_temporal": TEMPORAL_FACTOR,
+    "scale_factor_spatial": SPATIAL_FACTOR,
+}
+
+
+def build_vae(seed: int = 0) -> AutoencoderKLWan:
+    """A freshly initialised toy `AutoencoderKLWan`: weights drawn from `seed`, identity latent statistics."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKLWan(
+            **VAE_ARCHITECTURE, latents_mean=[0.0] * LATENT_CHANNELS, latents_std=[1.0] * LATENT_CHANNELS
+        )
+
+
+def latent_shape(num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """Latent shape (C, T, H, W) of a (num_frames, height, width) clip; raises if the clip does not fit."""
+    if (num_frames - 1) % TEMPORAL_FACTOR or height % SPATIAL_FACTOR or width % SPATIAL_FACTOR:
+        raise InputError(
+            f"toy VAE clips need num_frames = 4k + 1 and sizes divisible by {SPATIAL_FACTOR}, "
+            f"got {num_frames} frames of {height}x{width}"
+        )
+    return (
+        LATENT_CHANNELS,
+        (num_frames - 1) // TEMPORAL_FACTOR + 1,
+        height // SPATIAL_FACTOR,
+        width // SPATIAL_FACTOR,
+    )
+
+
+@dataclass(frozen=True)
+class VAETrainConfig:
+    """Settings of one toy-VAE training run; the `TRAJECTORY_FIELDS` must match when resuming."""
+
+    steps: int = 1000  # optimiser steps in total (a resumed run may raise it)
+    batch_size: int = 4  # clips per step
+    lr: float = 1e-3  # AdamW learning rate after warm-up (constant, so a run can be extended exactly)
+    warmup_steps: int = 50  # linear learning-rate warm-up
+    weight_decay: float = 0.0  # AdamW weight decay
+    kl_weight: float = 1e-4  # weight of the mean per-element KL against per-pixel L1 + MSE
+    grad_clip: float = 1.0  # max global gradient norm
+    seed: int = 0  # weights, clip stream and posterior noise
+    num_frames: int = 17  # frames per training clip (4k + 1)
+    resolution: int = 64  # clip height and width in pixels (divisible by 4)
+    checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
+    stats_clips: int = 256  # clips for the latent mean / std measurement
+    eval_clips: int = 32  # held-out clips for the reconstruction PSNR
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "stats_clips", "eval_clips"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.kl_weight < 0:
+            raise InputError("warmup_steps, weight_decay and kl_weight must be non-negative")
+        latent_shape(self.num_frames, self.resolution, self.resolution)
+
+    def world(self) -> WorldConfig:
+        """The toy world the clips are drawn from (default sampling, this run's clip geometry)."""
+        return WorldConfig(num_frames=self.num_frames, height=self.resolution, width=self.resolution)
+
+
+# Changing any of these changes the sequence of weights, so a resumed run must keep them.
+TRAJECTORY_FIELDS = (
+    "batch_size",
+    "lr",
+    "warmup_steps",
+    "weight_decay",
+    "kl_weight",
+    "grad_clip",
+    "seed",
+    "num_frames",
+    "resolution",
+)
+
+
+def clip_batch(scenes: Sequence[Scene]) -> torch.Tensor:
+    """Render scenes into a float batch (B, 3, F, H, W) in [-1, 1]."""
+    return to_pixel_tensor(np.stack([scene.render() for scene in scenes]))
+
+
+def training_batch(config: VAETrainConfig, step: int) -> torch.Tensor:
+    """The clips of optimiser step `step` (0-based), (B, 3, F, H, W): a pure function of (seed, step)."""
+    world = config.world()
+    first = step * config.batch_size
+    return clip_batch(
+        [seeded_scene(config.seed, first + b, "train", world) for b in range(config.batch_size)]
+    )
+
+
+def compute_vae_loss(
+    vae: AutoencoderKLWan, video: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reconstruction (L1 + MSE per pixel) plus `kl_weight` times the mean per-element KL to N(0, I).
+
+    video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`.
+    """
+    posterior = vae.encode(video).latent_dist
+    recon = vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, F, H, W)
+    l1 = F.l1_loss(recon, video)
+    mse = F.mse_loss(recon, video)
+    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    loss = l1 + mse + kl_weight * kl
+    return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
+
+
+@torch.no_grad()
+def measure_latent_stats(
+    vae: AutoencoderKLWan, scenes: Sequence[Scene], batch_size: int = 8
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means of `scenes`' clips, over all latent positions.
+
+    These are the `latents_mean` / `latents_std` that make (z - mean) / std roughly unit-scale, the way
+    `WanPipeline` normalises latents.
+    """
+    total = torch.zeros(LATENT_CHANNELS, dtype=torch.float64)
+    total_sq = torch.zeros(LATENT_CHANNELS, dtype=torch.float64)
+    count = 0
+    for i in range(0, len(scenes), batch_size):
+        mean = vae.encode(clip_batch(scenes[i : i + batch_size])).latent_dist.mean.double()  # (B, C, T, H, W)
+        total += mean.sum(dim=(0, 2, 3, 4))
+        total_sq += mean.pow(2).sum(dim=(0, 2, 3, 4))
+        count += mean[:, 0].numel()
+    mu = total / count
+    # Float64 sums keep E[z^2] - E[z]^2 accurate over ~10^5 positions.
+    std = (total_sq / count - mu.pow(2)).clamp(min=1e-12).sqrt()
+    return mu.tolist(), std.tolist()
+
+
+@torch.no_grad()
+def reconstruction_psnr(vae: AutoencoderKLWan, scenes: Sequence[Scene], batch_size: int = 8) -> float:
+    """PSNR (dB, peak 1 on [0, 1] pixels) of decode(posterior mean) over all pixels of `scenes`' clips."""
+    squared_error, count = 0.0, 0
+    for i in range(0, len(scenes), batch_size):
+        video = clip_batch(scenes[i : i + batch_size])
+        recon = vae.decode(vae.encode(video).latent_dist.mode()).sample
+        squared_error += ((recon - video) / 2.0).pow(2).sum().item()
+        count += video.numel()
+    return -10.0 * math.log10(max(squared_error / count, 1e-12))
+
+
+def _learning_rate(config: VAETrainConfig, step: int) -> float:
+    """Linear warm-up to `lr`, then constant (a constant tail lets a finished run be extended exactly)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    return config.lr
+
+
+def _save_checkpoint(
+    folder: Path,
+    vae: AutoencoderKLWan,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    generator: torch.Generator,
+    history: list[dict],
+) -> None:
+    """Write the resume point atomically: weights, optimiser state, step, generator state and loss history."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors")
+        torch.save(
+            optimizer.state_dict(), tmp / "optimizer.pt"
+        )  # tensors and numbers only: weights_only loads it
+        save_file(
+            {"step": torch.tensor(step, dtype=torch.int64), "generator": generator.get_state()},
+            tmp / "state.safetensors",
+        )
+        (tmp / "history.json").write_text(json.dumps(history) + "\n")
+
+
+def _load_checkpoint(
+    folder: Path, vae: AutoencoderKLWan, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> tuple[int, list[dict]]:
+    """Restore a `_save_checkpoint` folder in place; returns (step, history)."""
+    try:
+        vae.load_state_dict(load_file(folder / "model.safetensors"))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        state = load_file(folder / "state.safetensors")
+        history = json.loads((folder / "history.json").read_text())
+    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:
+        first_line = str(err).splitlines()[0] if str(err) else repr(err)
+        raise CheckpointError(f"cannot load toy-VAE checkpoint {folder}: {first_line}") from err
+    generator.set_state(state["generator"])
+    return int(state["step"]), history
+
+
+def export_vae(vae: AutoencoderKLWan, folder: Path, config: VAETrainConfig) -> dict:
+    """Measure latent statistics and held-out PSNR, then write a diffusers folder with those statistics.
+
+    Returns the measurements. Statistics use a fixed, balanced set of train-split scenes and the PSNR a fixed
+    set of held-out scenes (`eval_prompts`), so numbers are comparable across checkpoints.
+    """
+    world = config.world()
+    was_training = vae.training
+    vae.eval()
+    mean, std = measure_latent_stats(vae, eval_prompts(config.stats_clips, "train", config.seed, world))
+    psnr = reconstruction_psnr(vae, eval_prompts(config.eval_clips, "heldout", config.seed, world))
+    vae.train(was_training)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    with atomic_path(folder) as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+    return {"psnr_heldout": psnr, "latents_mean": mean, "latents_std": std}
+
+
+def resume_config(out_dir: str | Path, **overrides) -> VAETrainConfig:
+    """The saved config of the run in `out_dir` with `overrides` applied (None values are ignored)."""
+    path = Path(out_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"no toy-VAE run to resume in {out_dir} (no config.json); drop --resume")
+    saved = json.loads(path.read_text())
+    return VAETrainConfig(**{**saved, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def _resolve_config(out_dir: Path, config: VAETrainConfig, resume: bool) -> VAETrainConfig:
+    """Check the output folder against the request; on resume, check the saved run matches `config`."""
+    saved_path = out_dir / "config.json"
+    has_checkpoint = (out_dir / "checkpoint").is_dir()
+    if not resume:
+        if has_checkpoint or saved_path.exists():
+            raise InputError(f"{out_dir} already holds a toy-VAE run; pass --resume or choose another --out")
+        return config
+    if not has_checkpoint or not saved_path.exists():
+        raise CheckpointError(
+            f"no toy-VAE checkpoint to resume in {out_dir}; drop --resume to start a new run"
+        )
+    saved = VAETrainConfig(**json.loads(saved_path.read_text()))
+    changed = [f for f in TRAJECTORY_FIELDS if getattr(saved, f) != getattr(config, f)]
+    if changed:
+        shown = ", ".join(f"{f}={getattr(saved, f)}" for f in changed)
+        raise InputError(f"--resume must keep the run's settings ({shown}); change only --steps or intervals")
+    return config
+
+
+def train_vae(
+    out_dir: str | Path,
+    config: VAETrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train the toy VAE into `out_dir` (layout in the module docstring); returns the final metrics.
+
+    Checkpoints (with a `vae/` export and metrics) every `checkpoint_every` steps and at the end. With
+    `resume`, continues from `out_dir/checkpoint` and reproduces the uninterrupted run exactly.
+    """
+    out_dir = Path(out_dir)
+    config = _resolve_config(out_dir, config, resume)
+    write_json(out_dir / "config.json", dataclasses.asdict(config))
+
+    vae = build_vae(config.seed).train()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    step, history = 0, []
+    if resume:
+        step, history = _load_checkpoint(out_dir / "checkpoint", vae, optimizer, generator)
+        log(f"resumed toy-VAE training at step {step}/{config.steps} from {out_dir / 'checkpoint'}")
+    else:
+        params = sum(p.numel() for p in vae.parameters())
+        log(f"toy-VAE: {params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} clips")
+
+    metrics = {}
+    smoothed = None
+    started, start_step = time.perf_counter(), step
+    bar = tqdm(total=config.steps, initial=step, desc="train-vae", disable=not progress, mininterval=5.0)
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(config, step)
+        loss, logs = compute_vae_loss(vae, training_batch(config, step), config.kl_weight, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        smoothed = logs["loss"] if smoothed is None else 0.95 * smoothed + 0.05 * logs["loss"]
+        history.append({"step": step, **{k: round(v, 6) for k, v in logs.items()}})
+        bar.update(1)
+        bar.set_postfix(loss=f"{smoothed:.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            seconds_per_step = (time.perf_counter() - started) / max(step - start_step, 1)
+            metrics = _checkpoint(out_dir, vae, optimizer, step, generator, history, config)
+            metrics.update(loss_smoothed=smoothed, seconds_per_step=seconds_per_step)
+            write_json(out_dir / "metrics.json", metrics)
+            log(
+                f"step {step}/{config.steps}: loss {smoothed:.4f} (l1 {logs['l1']:.4f}, "
+                f"mse {logs['mse']:.5f}, kl {logs['kl']:.2f}), "
+                f"held-out PSNR {metrics['psnr_heldout']:.2f} dB, {seconds_per_step:.2f} s/step; "
+                f"saved {out_dir / 'vae'}"
+            )
+    bar.close()
+    if not metrics:  # resumed a finished run: report the exported state without retraining
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+    return metrics
+
+
+def _checkpoint(
+    out_dir: Path,
+    vae: AutoencoderKLWan,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    generator: torch.Generator,
+    history: list[dict],
+    config: VAETrainConfig,
+) -> dict:
+    """Save the resume point, then export vae/ with measured statistics; returns the export's metrics."""
+    _save_checkpoint(out_dir / "checkpoint", vae, optimizer, step, generator, history)
+    return {"step": step, **export_vae(vae, out_dir / "vae", config)}
+
+
+def load_vae(folder: str | Path) -> AutoencoderKLWan:
+    """Load a toy-VAE diffusers folder (e.g. `out_dir/vae`), raising `CheckpointError` if it is not one."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(
+            f"{folder} is not a diffusers VAE folder (no config.json); train one with toy train-vae"
+        )
+    return AutoencoderKLWan.from_pretrained(folder).eval()

@@ -1,0 +1,137 @@
+"""The toy VAE: architecture and shapes, loss, exact resume, exported latent statistics."""
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from safetensors.torch import load_file
+
+from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.toy.vae import (
+    VAETrainConfig,
+    build_vae,
+    clip_batch,
+    compute_vae_loss,
+    latent_shape,
+    load_vae,
+    measure_latent_stats,
+    resume_config,
+    train_vae,
+    training_batch,
+)
+from pyramidal_wan.toy.world import eval_prompts, seeded_scene
+
+# Tiny settings: 5 frames of 32x32 (latent 16x2x8x8), so a training step costs a fraction of a second.
+TINY = dict(
+    num_frames=5, resolution=32, batch_size=1, checkpoint_every=2, warmup_steps=2, stats_clips=2, eval_clips=1
+)
+
+
+def quiet(_message):
+    return None
+
+
+def test_architecture_and_full_size_shapes():
+    vae = build_vae(0).eval()
+    assert 1.8e6 < sum(p.numel() for p in vae.parameters()) < 2.0e6
+    assert vae.config.scale_factor_spatial == 4 and vae.config.scale_factor_temporal == 4
+    video = clip_batch([seeded_scene(0, 0)])  # (1, 3, 17, 64, 64)
+    assert video.shape == (1, 3, 17, 64, 64)
+    with torch.no_grad():
+        posterior = vae.encode(video).latent_dist
+        assert posterior.mean.shape == (1, *latent_shape(17, 64, 64)) == (1, 16, 5, 16, 16)
+        assert vae.decode(posterior.mode()).sample.shape == video.shape
+
+
+def test_build_is_seeded():
+    a, b = build_vae(0).state_dict(), build_vae(0).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["encoder.conv_in.weight"], build_vae(1).state_dict()["encoder.conv_in.weight"])
+
+
+def test_latent_shape_rejects_misfit_clips():
+    assert latent_shape(5, 32, 48) == (16, 2, 8, 12)
+    with pytest.raises(InputError, match="4k \\+ 1"):
+        latent_shape(16, 64, 64)
+    with pytest.raises(InputError):
+        VAETrainConfig(resolution=30)
+
+
+def test_loss_backward_and_batches_are_deterministic():
+    config = VAETrainConfig(**TINY)
+    assert torch.equal(training_batch(config, 3), training_batch(config, 3))
+    assert not torch.equal(training_batch(config, 3), training_batch(config, 4))
+    vae = build_vae(0)
+    loss, logs = compute_vae_loss(vae, training_batch(config, 0), 1e-4, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and set(logs) == {"loss", "l1", "mse", "kl"}
+    assert vae.encoder.conv_in.weight.grad.abs().sum() > 0
+
+
+def test_training_writes_checkpoint_and_normalising_export(tmp_path):
+    config = VAETrainConfig(steps=3, **TINY)
+    metrics = train_vae(tmp_path / "run", config, progress=False, log=quiet)
+    run = tmp_path / "run"
+    assert metrics["step"] == 3 and metrics["psnr_heldout"] > 0
+    history = json.loads((run / "checkpoint" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3]
+    # The optimiser state holds only tensors and numbers: the safe loader accepts it.
+    assert "state" in torch.load(run / "checkpoint" / "optimizer.pt", weights_only=True)
+    vae = load_vae(run / "vae")
+    assert isinstance(vae, AutoencoderKLWan)
+    # Normalising with the exported statistics makes the measured latents zero-mean, unit-std per channel.
+    scenes = eval_prompts(config.stats_clips, "train", config.seed, config.world())
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(clip_batch(scenes)).latent_dist.mean])  # (B, C, T, H, W)
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+    normalised = (latents - mean) / std
+    torch.testing.assert_close(normalised.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        normalised.std(dim=(0, 2, 3, 4), correction=0), torch.ones(16), atol=1e-3, rtol=0
+    )
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    train_vae(tmp_path / "a", VAETrainConfig(steps=4, **TINY), progress=False, log=quiet)
+    train_vae(tmp_path / "b", VAETrainConfig(steps=2, **TINY), progress=False, log=quiet)
+    resumed = resume_config(tmp_path / "b", steps=4)
+    assert resumed == VAETrainConfig(steps=4, **TINY)
+    train_vae(tmp_path / "b", resumed, resume=True, progress=False, log=quiet)
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history_a = json.loads((tmp_path / "a" / "checkpoint" / "history.json").read_text())
+    history_b = json.loads((tmp_path / "b" / "checkpoint" / "history.json").read_text())
+    assert history_a == history_b
+
+
+def test_run_folder_guards(tmp_path):
+    config = VAETrainConfig(steps=2, **TINY)
+    with pytest.raises(CheckpointError, match="drop --resume"):
+        train_vae(tmp_path / "none", config, resume=True, progress=False, log=quiet)
+    train_vae(tmp_path / "run", config, progress=False, log=quiet)
+    with pytest.raises(InputError, match="pass --resume"):
+        train_vae(tmp_path / "run", config, progress=False, log=quiet)
+    with pytest.raises(InputError, match="lr=0.001"):
+        train_vae(
+            tmp_path / "run", resume_config(tmp_path / "run", lr=0.1), resume=True, progress=False, log=quiet
+        )
+    (tmp_path / "run" / "checkpoint" / "model.safetensors").write_bytes(b"corrupt")
+    with pytest.raises(CheckpointError, match="cannot load"):
+        train_vae(tmp_path / "run", config, resume=True, progress=False, log=quiet)
+    with pytest.raises(CheckpointError):
+        load_vae(tmp_path / "none")
+
+
+def test_latent_stats_match_direct_computation():
+    vae = build_vae(0).eval()
+    scenes = eval_prompts(3, "train", 0)
+    mean, std = measure_latent_stats(vae, scenes, batch_size=2)
+    with torch.no_grad():
+        latents = vae.encode(clip_batch(scenes)).latent_dist.mean.double()
+    expected_mean = latents.mean(dim=(0, 2, 3, 4))
+    expected_std = latents.std(dim=(0, 2, 3, 4), correction=0)
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), expected_mean, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), expected_std, atol=1e-5, rtol=0)
