@@ -6,10 +6,10 @@ import argparse
 import importlib
 import sys
 
-from pyramidal_wan.errors import InputError
+from pyramidal_wan.errors import PyramidalWanError
 
 # Modules under pyramidal_wan.cli that define `register(subparsers)`; each sub-command sets `func`.
-COMMAND_MODULES: list[str] = ["flops", "toy"]
+COMMAND_MODULES: list[str] = ["flops", "toy", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except InputError as err:
+    except PyramidalWanError as err:
         print(f"pyramidal-wan {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

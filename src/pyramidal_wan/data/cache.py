@@ -1,0 +1,243 @@
+"""`prepare-data`: cache every stage's clean latent and the prompt embedding to safetensors shards.
+
+Training never runs the VAE or the text encoder. A cache folder holds `manifest.json` (settings, shards,
+skipped videos), `shard-NNNNN.safetensors` files with `latents.{stage}` (N, C, T, H, W) and
+`prompt_embeds` (N, L, D), and `empty_prompt.safetensors` (the embedding used for text dropout / CFG).
+Shards are written atomically in dataset order, so an interrupted run resumes after its last shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pyramidal_wan.data.stages import TEMPORAL_FILTERS, stage_videos
+from pyramidal_wan.data.video import read_video, to_pixel_tensor
+from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.text import encode_prompts
+from pyramidal_wan.pyramid import Pyramid, stage_geometry
+from pyramidal_wan.utils.io import atomic_path, write_json
+
+MANIFEST = "manifest.json"
+EMPTY_PROMPT = "empty_prompt.safetensors"
+CONSTRUCTIONS = ("pixel", "latent")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What a cache was made with; a resume must match exactly."""
+
+    num_frames: int
+    height: int
+    width: int
+    num_stages: int = 3
+    factors: tuple[tuple[int, int, int], ...] | None = None
+    construction: str = "pixel"  # "pixel" (downsample RGB, then encode) or "latent" (R_down of stage 0)
+    temporal_filter: str = "average"  # pixel pairs (1,2),(3,4),...: "average" or "subsample"
+    dtype: str = "float16"  # storage dtype of latents and embeddings
+
+    def __post_init__(self):
+        if self.construction not in CONSTRUCTIONS:
+            raise InputError(f"unknown construction {self.construction!r}; choose one of {CONSTRUCTIONS}")
+        if self.temporal_filter not in TEMPORAL_FILTERS:
+            raise InputError(f"unknown temporal filter {self.temporal_filter!r}; choose {TEMPORAL_FILTERS}")
+        if self.dtype not in ("float16", "bfloat16", "float32"):
+            raise InputError(f"cache dtype must be float16, bfloat16 or float32, got {self.dtype!r}")
+
+
+def fit_video(frames, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """uint8 (F, H, W, 3) -> float (3, num_frames, height, width) in [-1, 1].
+
+    Takes the first `num_frames` frames, resizes (antialiased) to cover the target size, centre-crops.
+    """
+    if frames.shape[0] < num_frames:
+        raise InputError(f"has {frames.shape[0]} frames, fewer than the {num_frames} needed")
+    video = to_pixel_tensor(frames[:num_frames])  # (3, F, H, W)
+    h, w = video.shape[2:]
+    if (h, w) != (height, width):
+        scale = max(height / h, width / w)
+        size = (max(height, math.ceil(h * scale)), max(width, math.ceil(w * scale)))
+        video = F.interpolate(video.transpose(0, 1), size=size, mode="bilinear", antialias=True).transpose(
+            0, 1
+        )
+        top, left = (size[0] - height) // 2, (size[1] - width) // 2
+        video = video[:, :, top : top + height, left : left + width]
+    return video.clamp(-1, 1)
+
+
+class LatentEncoder:
+    """Pixel videos -> Wan's normalised latents: (posterior mean - latents_mean) / latents_std."""
+
+    def __init__(self, vae):
+        self.vae = vae.eval()
+        cfg = vae.config
+        self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+
+    @torch.no_grad()
+    def __call__(self, video: torch.Tensor) -> torch.Tensor:
+        param = next(self.vae.parameters())
+        latent = self.vae.encode(video.to(param.device, param.dtype)).latent_dist.mean.float()
+        return (latent - self.mean.to(latent.device)) * self.inv_std.to(latent.device)
+
+
+def _read_manifest(out: Path) -> dict | None:
+    path = out / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{path} is not valid JSON ({err.msg}); delete the cache folder to rebuild"
+        ) from err
+
+
+def prepare_data(
+    dataset: str | Path,
+    out: str | Path,
+    vae,
+    tokenizer,
+    text_encoder,
+    settings: CacheSettings,
+    shard_size: int = 256,
+    batch_size: int = 8,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Cache stage latents and prompt embeddings of a video dataset (MP4s + captions.jsonl); resumable.
+
+    Returns the manifest. Unreadable or too-short videos are skipped and listed in the manifest with the
+    reason; nothing is dropped silently.
+    """
+    from pyramidal_wan.toy.dataset import read_records  # the dataset format: folder + captions.jsonl
+
+    dataset, out = Path(dataset), Path(out)
+    records = read_records(dataset)[:limit]
+    geometry = stage_geometry(
+        settings.num_frames,
+        settings.height,
+        settings.width,
+        settings.num_stages,
+        settings.factors,
+        vae.config.scale_factor_temporal,
+        vae.config.scale_factor_spatial,
+    )
+    pyramid = Pyramid.build(settings.num_stages, settings.factors)
+    factors = [t.factors for t in pyramid.transfers]
+    settings_dict = {**asdict(settings), "factors": [list(f) for f in factors]}
+    manifest = _read_manifest(out) or {
+        "settings": settings_dict,
+        "dataset": str(dataset.resolve()),
+        "stage_latent_shapes": [[vae.config.z_dim, *g.latent] for g in geometry],
+        "shards": [],
+        "skipped": [],
+    }
+    if manifest["settings"] != settings_dict:
+        raise InputError(f"{out} was prepared with other settings {manifest['settings']}; use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    encoder = LatentEncoder(vae)
+    dtype = getattr(torch, settings.dtype)
+    if not (out / EMPTY_PROMPT).exists():
+        with atomic_path(out / EMPTY_PROMPT) as tmp:
+            save_file({"prompt_embeds": encode_prompts(tokenizer, text_encoder, [""])[0].to(dtype)}, tmp)
+
+    start = manifest["shards"][-1]["end"] if manifest["shards"] else 0
+    bar = tqdm(total=len(records), initial=start, desc="prepare-data", unit="video", disable=not progress)
+    for shard_start in range(start, len(records), shard_size):
+        chunk = records[shard_start : shard_start + shard_size]
+        tensors, skipped = _encode_chunk(
+            dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar
+        )
+        name = f"shard-{len(manifest['shards']):05d}.safetensors"
+        count = len(tensors["prompt_embeds"])
+        if count:
+            with atomic_path(out / name) as tmp:
+                save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, tmp)
+        manifest["shards"].append(
+            {
+                "file": name if count else None,
+                "start": shard_start,
+                "end": shard_start + len(chunk),
+                "count": count,
+            }
+        )
+        manifest["skipped"].extend(skipped)
+        write_json(out / MANIFEST, manifest)
+    bar.close()
+    return manifest
+
+
+def _encode_chunk(dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar):
+    """Stage latents (pixel or latent construction) and embeddings of one shard's records."""
+    per_stage, embeds, skipped = [[] for _ in range(settings.num_stages)], [], []
+    for i in range(0, len(chunk), batch_size):
+        videos, captions = [], []
+        for record in chunk[i : i + batch_size]:
+            try:
+                frames = read_video(dataset / record["video"])
+                videos.append(fit_video(frames, settings.num_frames, settings.height, settings.width))
+                captions.append(record["caption"])
+            except InputError as err:
+                skipped.append({"video": record["video"], "reason": str(err)})
+            bar.update(1)
+        if not videos:
+            continue
+        batch = torch.stack(videos)  # (B, 3, F, H, W)
+        if settings.construction == "pixel":
+            latents = [
+                encoder(v)
+                for v in stage_videos(batch, [t.factors for t in pyramid.transfers], settings.temporal_filter)
+            ]
+        else:
+            full = encoder(batch)
+            latents = [pyramid.down_to(full, s) for s in range(settings.num_stages)]
+        for stage, latent in enumerate(latents):
+            per_stage[stage].append(latent)
+        embeds.append(encode_prompts(tokenizer, text_encoder, captions).float())
+    if not embeds:
+        return {"prompt_embeds": torch.zeros(0)}, skipped
+    tensors = {f"latents.{s}": torch.cat(x) for s, x in enumerate(per_stage)}
+    tensors["prompt_embeds"] = torch.cat(embeds)
+    return tensors, skipped
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """Items of a prepared cache: {"latents": [stage 0 .. S-1 tensors], "prompt_embeds": (L, D)}.
+
+    Shards are read once (safetensors, no pickle) and kept in memory; the toy caches are a few hundred MB.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        manifest = _read_manifest(self.folder)
+        if manifest is None:
+            raise CheckpointError(f"{self.folder} has no {MANIFEST}; run `pyramidal-wan prepare-data` first")
+        self.manifest = manifest
+        self.num_stages = manifest["settings"]["num_stages"]
+        shards = [load_file(self.folder / s["file"]) for s in manifest["shards"] if s["file"]]
+        if not shards:
+            raise CheckpointError(f"{self.folder} holds no cached videos")
+        self.latents = [torch.cat([s[f"latents.{i}"] for s in shards]) for i in range(self.num_stages)]
+        self.prompt_embeds = torch.cat([s["prompt_embeds"] for s in shards])
+        self.empty_prompt = load_file(self.folder / EMPTY_PROMPT)["prompt_embeds"]
+
+    def __len__(self) -> int:
+        return len(self.prompt_embeds)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"latents": [x[index] for x in self.latents], "prompt_embeds": self.prompt_embeds[index]}
+
+    def batch(self, indices: torch.Tensor) -> dict:
+        """A batch by index tensor, without a DataLoader: float32 stage latents and embeddings."""
+        return {
+            "latents": [x[indices].float() for x in self.latents],
+            "prompt_embeds": self.prompt_embeds[indices].float(),
+        }

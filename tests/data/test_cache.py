@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pyramidal_wan.data.cache import MANIFEST, CachedLatents, CacheSettings, fit_video, prepare_data
+from pyramidal_wan.data.stages import downsample_video, stage_videos
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.pyramid import Pyramid
+from pyramidal_wan.toy.dataset import clip_name, make_dataset
+from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
+from pyramidal_wan.toy.vae import build_vae
+
+
+def test_pixel_pyramid_keeps_frame_zero_and_averages_pairs():
+    video = torch.randn(1, 3, 9, 8, 8, generator=torch.Generator().manual_seed(0))
+    low = downsample_video(video, (2, 2, 2))
+    assert low.shape == (1, 3, 5, 4, 4)
+    torch.testing.assert_close(low[:, :, 0], torch.nn.functional.avg_pool2d(video[:, :, 0], 2))
+    pair = (video[:, :, 1] + video[:, :, 2]) / 2
+    torch.testing.assert_close(low[:, :, 1], torch.nn.functional.avg_pool2d(pair, 2))
+    sub = downsample_video(video, (2, 2, 2), "subsample")
+    torch.testing.assert_close(sub[:, :, 1], torch.nn.functional.avg_pool2d(video[:, :, 2], 2))
+    assert [v.shape[2:] for v in stage_videos(video, [(2, 2, 2), (2, 2, 2)])] == [
+        (9, 8, 8),
+        (5, 4, 4),
+        (3, 2, 2),
+    ]
+
+
+def test_pixel_and_latent_pyramids_agree_for_a_linear_encoder():
+    """Box filters in pixel space commute with a per-pixel linear map: same stages either way (Haar)."""
+    video = torch.randn(1, 3, 9, 8, 8, generator=torch.Generator().manual_seed(1))
+    p = Pyramid.build(2, factors=[(2, 2, 2)])
+    mix = torch.randn(4, 3, generator=torch.Generator().manual_seed(2))
+    encode = lambda v: torch.einsum("oc,bcfhw->bofhw", mix, v)  # noqa: E731
+    # Frame-wise encoder: latent frame j = pixel frame j; pixel pairs (1,2),(3,4) = latent pairs.
+    torch.testing.assert_close(encode(downsample_video(video, (2, 2, 2))), p.down(encode(video), 0))
+
+
+def test_fit_video_crops_and_checks_length():
+    frames = np.zeros((10, 40, 60, 3), dtype=np.uint8)
+    frames[:, :, 25:35] = 255  # a bright centre stripe survives the centre crop
+    out = fit_video(frames, 9, 16, 16)
+    assert out.shape == (3, 9, 16, 16) and out.max() == 1.0
+    with pytest.raises(InputError, match="fewer than the 17 needed"):
+        fit_video(frames, 17, 16, 16)
+
+
+def test_prepare_data_resumes_and_reports_corrupt_videos(tmp_path):
+    make_dataset(tmp_path / "data", n=5, progress=False)
+    (tmp_path / "data" / clip_name(3)).write_bytes(b"not a video")
+    args = (build_vae(0), build_tokenizer(), build_text_encoder(0), CacheSettings(17, 64, 64))
+    manifest = prepare_data(
+        tmp_path / "data", tmp_path / "cache", *args, shard_size=2, limit=3, progress=False
+    )
+    assert [s["count"] for s in manifest["shards"]] == [2, 1]
+    manifest = prepare_data(tmp_path / "data", tmp_path / "cache", *args, shard_size=2, progress=False)
+    assert [s["count"] for s in manifest["shards"]] == [2, 1, 1]  # resumed after video 3; one skipped
+    assert [s["video"] for s in manifest["skipped"]] == [clip_name(3)]
+    assert json.loads((tmp_path / "cache" / MANIFEST).read_text()) == manifest
+    data = CachedLatents(tmp_path / "cache")
+    assert len(data) == 4
+    assert [tuple(x.shape) for x in data[0]["latents"]] == [(16, 5, 16, 16), (16, 3, 8, 8), (16, 2, 4, 4)]
+    with pytest.raises(InputError, match="prepared with other settings"):
+        prepare_data(
+            tmp_path / "data", tmp_path / "cache", *args[:3], CacheSettings(17, 64, 64, 2), progress=False
+        )

@@ -1,0 +1,98 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pyramidal_wan.errors import InputError, TrainingDiverged
+from pyramidal_wan.training import objectives
+from pyramidal_wan.training.config import load_config
+from pyramidal_wan.training.trainer import train
+
+
+def tiny_config(cache, out, *overrides):
+    return load_config(
+        None,
+        [
+            f"data.cache={cache}",
+            f"train.out={out}",
+            "train.batch_size=3",
+            "train.steps=2",
+            "train.log_every=1",
+            "train.checkpoint_every=1",
+            "model.pipeline=None",
+            *overrides,
+        ],
+    )
+
+
+@pytest.mark.parametrize("objective", ["flow-matching", "multires-fm", "pyramidal"])
+def test_each_objective_trains_and_exports(tiny_cache, tmp_path, objective):
+    out = train(tiny_config(tiny_cache, tmp_path / objective, f"objective.name={objective}"), progress=False)
+    weights = load_file(out / "checkpoint" / "model.safetensors")
+    assert weights and all(torch.isfinite(t).all() for t in weights.values())
+    assert (out / "model" / "transformer" / "config.json").is_file()
+    assert (out / "config.yaml").is_file()
+    assert (out / "model" / "pyramid_config.json").is_file() == (objective == "pyramidal")
+
+
+def test_resume_reaches_the_same_weights(tiny_cache, tmp_path):
+    """4 steps at once == 2 steps, stop, resume, 2 more (optimizer, scheduler, RNG and EMA all restored)."""
+    common = ["train.ema=0.9", "objective.name=pyramidal", "train.checkpoint_every=2"]
+    straight = train(tiny_config(tiny_cache, tmp_path / "a", "train.steps=4", *common), progress=False)
+    train(tiny_config(tiny_cache, tmp_path / "b", "train.steps=2", *common), progress=False)
+    resumed = train(tiny_config(tiny_cache, tmp_path / "b", "train.steps=4", *common), progress=False)
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(straight / "checkpoint" / name), load_file(resumed / "checkpoint" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = objectives.FlowMatching.generator_loss
+
+    def poisoned(self, batch, generator):
+        calls["n"] += 1
+        loss, logs = original(self, batch, generator)
+        return (loss * float("nan") if calls["n"] == 2 else loss), logs
+
+    monkeypatch.setattr(objectives.FlowMatching, "generator_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step 2"):
+        train(tiny_config(tiny_cache, tmp_path / "nan", "train.steps=3"), progress=False)
+    state = torch.load(tmp_path / "nan" / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 1
+
+
+def test_lora_trains_only_the_adapter(tiny_cache, tmp_path):
+    out = train(
+        tiny_config(tiny_cache, tmp_path / "lora", "model.lora_rank=4", "objective.name=pyramidal"),
+        progress=False,
+    )
+    weights = load_file(out / "checkpoint" / "model.safetensors")
+    assert weights and all("lora" in k for k in weights)
+    assert (out / "model" / "lora").is_dir()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.nope=1", "unknown config key train.nope"),
+        ("bogus.lr=1", "unknown config section 'bogus'"),
+        ("train.steps=abc", "train.steps must be a number"),
+        ("train.steps=1.5", "train.steps must be an integer"),
+        ("objective.name=magic", "unknown objective 'magic'"),
+    ],
+)
+def test_bad_config_is_one_line(tiny_cache, tmp_path, override, message):
+    with pytest.raises(InputError, match=message):
+        config = tiny_config(tiny_cache, tmp_path / "bad", override)
+        train(config, progress=False)
+
+
+def test_config_types_and_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 3.0e-4\n  betas: [0.9, 0.95]\nobjective:\n  stages: [0, 1]\n")
+    config = load_config(path, ["train.steps=7", "objective.clean_ends=[0.3, 0.6]", "model.pipeline=none"])
+    assert config.train.lr == 3e-4 and config.train.betas == (0.9, 0.95) and config.train.steps == 7
+    assert config.objective.stages == (0, 1) and config.objective.clean_ends == (0.3, 0.6)
+    assert config.model.pipeline is None
