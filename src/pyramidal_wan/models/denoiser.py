@@ -1,0 +1,131 @@
+"""Denoiser wrappers: the Wan transformer as a velocity model `model(x, sigma, **cond) -> dx/dsigma`.
+
+Samplers and training objectives see only these wrappers (house style rule 5): they never handle the text
+encoder, the VAE or Wan's timestep scale. `WanVelocity` is the one place where sigma in [0, 1] becomes
+the transformer's timestep 1000 * sigma; `CFGVelocity` adds classifier-free guidance in the standard form
+uncond + w (cond - uncond), with both branches in one batched transformer call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# Wan2.1 (and diffusers' FlowMatchEulerDiscreteScheduler) use num_train_timesteps = 1000: t = 1000 sigma.
+TIMESTEP_SCALE = 1000.0
+
+
+def _per_sample(value: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """A float or a 0-d / (B,) tensor as a float32 (B,) tensor on `like`'s device."""
+    values = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if values.ndim == 0:
+        return values.expand(batch)
+    if values.shape != (batch,):
+        raise ValueError(f"expected a scalar or a ({batch},) tensor, got shape {tuple(values.shape)}")
+    return values
+
+
+class WanVelocity(nn.Module):
+    """A diffusers `WanTransformer3DModel` as a velocity model: `forward(x, sigma, ...)` returns dx/dsigma.
+
+    Wan2.1 predicts the flow-matching velocity eps - x0, which is dx/dsigma for x = (1 - sigma) x0 +
+    sigma eps. The input is cast to the transformer's dtype and the output back to `x`'s, so samplers can
+    keep their state in float32 while the transformer runs in bfloat16.
+    """
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> torch.Tensor:
+        """Velocity at noise levels `sigma` (a float or one per sample).
+
+        Args:
+            x (`torch.Tensor`): noisy latents (B, C, T, H, W).
+            sigma (`float` or `torch.Tensor`): noise level(s) in [0, 1], a scalar or shape (B,).
+            encoder_hidden_states (`torch.Tensor`): text embeddings (B, N_txt, text_dim).
+            attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. `{"scale": s}` for LoRA).
+
+        Returns:
+            `torch.Tensor`: dx/dsigma, shaped and typed like `x`.
+        """
+        # Float32 timesteps, as WanPipeline passes them: Wan keeps its time embedder in float32.
+        timestep = TIMESTEP_SCALE * _per_sample(sigma, x.shape[0], x)  # (B,)
+        dtype = self.transformer.dtype
+        velocity = self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states.to(dtype),
+            attention_kwargs=attention_kwargs,
+            return_dict=False,
+        )[0]
+        return velocity.to(x.dtype)
+
+
+class CFGVelocity(nn.Module):
+    """Classifier-free guidance around a velocity model: v = v_uncond + w (v_cond - v_uncond).
+
+    Both branches run as one call on the batch [uncond; cond] (x, sigma and the text embeddings
+    concatenated along the batch axis), which halves the number of transformer calls. With w = 1 only the
+    conditional branch is evaluated. `guidance_scale` is a float or a (B,) tensor (one scale per sample).
+    """
+
+    def __init__(self, model: nn.Module, guidance_scale: float | torch.Tensor = 5.0):
+        super().__init__()
+        self.model = model
+        self.guidance_scale = guidance_scale
+
+    @property
+    def uses_guidance(self) -> bool:
+        """False when every scale is 1 (a single conditional call)."""
+        scale = self.guidance_scale
+        return bool((torch.as_tensor(scale) != 1.0).any())
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        sigma: float | torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        negative_encoder_hidden_states: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """Guided velocity; `negative_encoder_hidden_states` (the unconditional text) is needed unless w = 1.
+
+        Args:
+            x (`torch.Tensor`): noisy latents (B, C, T, H, W).
+            sigma (`float` or `torch.Tensor`): noise level(s), a scalar or shape (B,).
+            encoder_hidden_states (`torch.Tensor`): prompt embeddings (B, N_txt, D).
+            negative_encoder_hidden_states (`torch.Tensor`, *optional*): negative-prompt embeddings, the same
+                shape as `encoder_hidden_states`.
+            **kwargs: passed to the wrapped model (e.g. `attention_kwargs`).
+
+        Returns:
+            `torch.Tensor`: the guided velocity, shaped like `x`.
+        """
+        if not self.uses_guidance:
+            return self.model(x, sigma, encoder_hidden_states, **kwargs)
+        if negative_encoder_hidden_states is None:
+            raise ValueError(
+                "guidance_scale != 1 needs negative_encoder_hidden_states (the unconditional text)"
+            )
+        if negative_encoder_hidden_states.shape != encoder_hidden_states.shape:
+            raise ValueError(
+                f"negative text embeddings {tuple(negative_encoder_hidden_states.shape)} must have the shape "
+                f"of the prompt embeddings {tuple(encoder_hidden_states.shape)} to share one batched call"
+            )
+        batch = x.shape[0]
+        sigma_in = _per_sample(sigma, batch, x).repeat(2)  # (2B,)
+        text = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # (2B, N_txt, D)
+        uncond, cond = self.model(torch.cat([x, x]), sigma_in, text, **kwargs).chunk(2)  # (B, ...) each
+        scale = self.guidance_scale
+        if isinstance(scale, torch.Tensor) and scale.ndim > 0:
+            scale = _per_sample(scale, batch, x).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        return uncond + scale * (cond - uncond)
