@@ -1,0 +1,584 @@
+"""`PyramidalWanPipeline`: text-to-video with a Wan2.1 model, sampled through a resolution pyramid.
+
+The pipeline is a thin shell around the samplers of `pyramidal_wan.pyramid` (house style rule 6): it checks
+inputs, encodes the text once, draws the start noise, hands a velocity model (`WanVelocity` + `CFGVelocity`)
+to `sample_pyramid_euler` or `sample_pyramid_few_step`, and decodes with the VAE exactly as diffusers'
+`WanPipeline` does. Schedule "0-...-0-N" is plain Wan sampling (N Euler steps at full resolution, shift 3).
+
+Pipeline-level defaults live in the pipeline config (`register_to_config`, saved in model_index.json):
+the default video size and negative prompt. A Wan folder that lacks them gets Wan2.1's: 81x448x832 (the
+paper's size, divisible for three stages) and Wan2.1's `sample_neg_prompt`. The toy models store their own
+(e.g. 17x64x64 and ""). The pyramid settings travel as `pyramid_config.json` beside the components.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKLWan,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    WanTransformer3DModel,
+)
+from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
+from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+from diffusers.utils.torch_utils import get_module_execution_device
+from diffusers.video_processor import VideoProcessor
+
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.checkpoint import PLAIN_MODEL_CONFIG, pyramid_config_or_plain, save_pyramid_config
+from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
+from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
+from pyramidal_wan.pyramid import (
+    Pyramid,
+    PyramidConfig,
+    StageGeometry,
+    get_fewstep_grid,
+    get_multistep_grid,
+    is_baseline_schedule,
+    parse_schedule,
+    randn,
+    sample_pyramid_euler,
+    sample_pyramid_few_step,
+    stage_geometry,
+    start_stage,
+)
+from pyramidal_wan.pyramid.config import SAMPLERS
+from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
+
+# Wan2.1's default negative prompt (`sample_neg_prompt` in the Wan2.1 repo's wan/configs/shared_config.py).
+WAN21_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+# Pipeline settings kept in model_index.json (see the module docstring).
+PIPELINE_SETTINGS = ("default_num_frames", "default_height", "default_width", "default_negative_prompt")
+OUTPUT_TYPES = ("np", "pil", "pt", "latent")
+# Wan2.1's text length; shorter tokenizers (the toy's 32) set their own via `model_max_length`.
+MAX_SEQUENCE_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What one call samples, resolved from the arguments and the checkpoint's `PyramidConfig`."""
+
+    steps: tuple[int, ...]  # steps per stage, lowest resolution first
+    sampler: str  # "multistep" or "fewstep"
+    guidance_scale: float  # standard CFG w; 1 = no guidance
+    geometry: tuple[StageGeometry, ...]  # stage sizes, index 0 = full resolution (one stage for 0-...-0-N)
+
+    @property
+    def schedule(self) -> str:
+        return "-".join(str(n) for n in self.steps)
+
+
+class PyramidalWanPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            Tokenizer of the text encoder (Wan2.1: umT5's).
+        text_encoder ([`~transformers.UMT5EncoderModel`]):
+            Text encoder (Wan2.1: umT5-XXL).
+        vae ([`AutoencoderKLWan`]):
+            Video VAE; `latents_mean` / `latents_std` of its config normalise the latent space.
+        transformer ([`WanTransformer3DModel`]):
+            The denoiser, predicting the flow-matching velocity at timestep 1000 * sigma.
+        scheduler ([`FlowMatchEulerDiscreteScheduler`], *optional*):
+            Not used for sampling (the pyramid samplers walk their own grids); kept so that a saved folder is
+            a complete `WanPipeline` layout. Defaults to flow-matching Euler with shift 3.
+        pyramid_config ([`PyramidConfig`], *optional*):
+            How the model must be sampled; defaults to `PLAIN_MODEL_CONFIG` (plain Wan, schedule 0-0-50).
+        default_num_frames (`int`, defaults to 81), default_height (`int`, defaults to 448),
+        default_width (`int`, defaults to 832):
+            The video size used when a call does not give one.
+        default_negative_prompt (`str`, defaults to Wan2.1's negative prompt):
+            The unconditional text used for CFG when a call does not give `negative_prompt`.
+    """
+
+    model_cpu_offload_seq = "text_encoder->transformer->vae"
+    _optional_components = ["scheduler"]
+
+    def __init__(
+        self,
+        tokenizer,
+        text_encoder,
+        vae: AutoencoderKLWan,
+        transformer: WanTransformer3DModel,
+        scheduler: FlowMatchEulerDiscreteScheduler | None = None,
+        pyramid_config: PyramidConfig | None = None,
+        default_num_frames: int = 81,
+        default_height: int = 448,
+        default_width: int = 832,
+        default_negative_prompt: str = WAN21_NEGATIVE_PROMPT,
+    ):
+        super().__init__()
+        if scheduler is None:
+            scheduler = FlowMatchEulerDiscreteScheduler(shift=BASELINE_SHIFT)
+        self.register_modules(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
+        self.register_to_config(
+            default_num_frames=default_num_frames,
+            default_height=default_height,
+            default_width=default_width,
+            default_negative_prompt=default_negative_prompt,
+        )
+        self.pyramid_config = PLAIN_MODEL_CONFIG if pyramid_config is None else pyramid_config
+        self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
+        self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    # Loading and saving ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        torch_dtype: torch.dtype | dict[str, torch.dtype] | None = None,
+        pyramid_config: PyramidConfig | None = None,
+    ) -> PyramidalWanPipeline:
+        r"""
+        Load a local diffusers Wan pipeline folder and its `pyramid_config.json`.
+
+        Args:
+            pretrained_model_name_or_path (`str` or `os.PathLike`):
+                A `WanPipeline`-layout folder (model_index.json, tokenizer, text_encoder, vae, transformer and
+                optionally scheduler). Nothing is downloaded.
+            torch_dtype (`torch.dtype` or `dict[str, torch.dtype]`, *optional*):
+                One dtype for every model component, or one per component name (others keep their saved
+                dtype).
+            pyramid_config ([`PyramidConfig`], *optional*):
+                Overrides the folder's `pyramid_config.json`. Without either, the model is plain Wan.
+
+        Returns:
+            [`PyramidalWanPipeline`]: the pipeline on the CPU. Missing or corrupt files raise a one-line
+            `CheckpointError`.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        index = read_model_index(folder)
+        config = pyramid_config if pyramid_config is not None else pyramid_config_or_plain(folder)
+        names = tuple(
+            n for n in PIPELINE_COMPONENTS if n != "scheduler" or index.get(n) not in (None, [None, None])
+        )
+        components = load_pipeline_components(folder, names, torch_dtype)
+        settings = {k: index[k] for k in PIPELINE_SETTINGS if k in index}
+        return cls(**components, pyramid_config=config, **settings)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
+        r"""
+        Save the components as a diffusers Wan folder (`WanPipeline` loads it too) and `pyramid_config.json`.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the folder to write (created if missing).
+            safe_serialization (`bool`, defaults to `True`): write safetensors weights.
+            **kwargs: passed to [`~DiffusionPipeline.save_pretrained`].
+        """
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
+        save_pyramid_config(save_directory, self.pyramid_config)
+
+    # Inputs ------------------------------------------------------------------------------------------
+
+    def resolve_sampling(
+        self, schedule=None, sampler=None, guidance_scale=None
+    ) -> tuple[tuple[int, ...], str, float]:
+        """Steps per stage, sampler and CFG scale of a call: the arguments, else the checkpoint's defaults.
+
+        Few-step sampling runs without CFG unless `guidance_scale` is passed; multi-step defaults to the
+        checkpoint's `guidance_scale`.
+        """
+        config = self.pyramid_config
+        sampler = config.sampler if sampler is None else sampler
+        if sampler not in SAMPLERS:
+            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        steps = parse_schedule(config.default_schedule if schedule is None else schedule, config.num_stages)
+        if guidance_scale is None:
+            guidance_scale = config.guidance_scale if sampler == "multistep" else 1.0
+        if not guidance_scale >= 1.0:
+            raise InputError(f"guidance_scale {guidance_scale} must be >= 1 (1 disables CFG)")
+        return steps, sampler, float(guidance_scale)
+
+    def check_inputs(
+        self,
+        prompt,
+        negative_prompt,
+        num_frames: int,
+        height: int,
+        width: int,
+        schedule=None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator=None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+    ) -> SamplingPlan:
+        r"""
+        Check every argument before any model work; raise a one-line `InputError` naming the problem and fix.
+
+        Args:
+            (as in [`~PyramidalWanPipeline.__call__`], with the size already resolved)
+
+        Returns:
+            [`SamplingPlan`]: the resolved steps, sampler, guidance scale and stage geometry.
+        """
+        steps, sampler, guidance_scale = self.resolve_sampling(schedule, sampler, guidance_scale)
+        config = self.pyramid_config
+        # Plain sampling needs only the full-resolution geometry, so e.g. 480x832 stays valid for 0-0-N.
+        plain = is_baseline_schedule(steps)
+        geometry = stage_geometry(
+            num_frames,
+            height,
+            width,
+            num_stages=1 if plain else config.num_stages,
+            factors=None if plain else config.factors,
+            vae_scale_temporal=self.vae_scale_factor_temporal,
+            vae_scale_spatial=self.vae_scale_factor_spatial,
+            patch_size=tuple(self.transformer.config.patch_size),
+        )
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type {output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
+        batch_size = self._check_prompts(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale
+        )
+        if num_videos_per_prompt < 1:
+            raise InputError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
+        total = batch_size * num_videos_per_prompt
+        if isinstance(generator, (list, tuple)) and len(generator) != total:
+            raise InputError(
+                f"got {len(generator)} generators for {total} videos; pass one per video or a single one"
+            )
+        # Sampling starts at the lowest stage: every entry of a pyramidal schedule is >= 1.
+        expected = (total, self.transformer.config.in_channels, *geometry[-1].latent)
+        if latents is not None and tuple(latents.shape) != expected:
+            raise InputError(
+                f"latents of shape {tuple(latents.shape)} do not fit; schedule {'-'.join(map(str, steps))} "
+                f"starts from noise of shape {expected}"
+            )
+        return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry))
+
+    def _check_prompts(
+        self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale
+    ) -> int:
+        """Check prompts and embeddings as WanPipeline does, raising InputError; returns the batch size."""
+        if (prompt is None) == (prompt_embeds is None):
+            raise InputError("pass exactly one of prompt and prompt_embeds")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise InputError("pass at most one of negative_prompt and negative_prompt_embeds")
+        for name, value in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if value is not None and not (
+                isinstance(value, str)
+                or (isinstance(value, list) and value and all(isinstance(p, str) for p in value))
+            ):
+                raise InputError(
+                    f"{name} must be a string or a non-empty list of strings, got {type(value).__name__}"
+                )
+        if prompt_embeds is not None and prompt_embeds.ndim != 3:
+            raise InputError(
+                f"prompt_embeds must be (batch, tokens, dim), got shape {tuple(prompt_embeds.shape)}"
+            )
+        batch_size = (
+            1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
+        )
+        if isinstance(negative_prompt, list) and len(negative_prompt) != batch_size:
+            raise InputError(
+                f"{len(negative_prompt)} negative prompts for {batch_size} prompts; give one per prompt"
+            )
+        if (
+            guidance_scale > 1.0
+            and prompt_embeds is not None
+            and negative_prompt_embeds is not None
+            and prompt_embeds.shape != negative_prompt_embeds.shape
+        ):
+            raise InputError(
+                f"negative_prompt_embeds {tuple(negative_prompt_embeds.shape)} must have the shape of "
+                f"prompt_embeds {tuple(prompt_embeds.shape)} (both branches share one batched call)"
+            )
+        return batch_size
+
+    # Text ----------------------------------------------------------------------------------------------
+
+    def _get_t5_prompt_embeds(
+        self, prompt: list[str], num_videos_per_prompt: int, max_sequence_length: int, device: torch.device
+    ) -> torch.Tensor:
+        """Text embeddings (B * num_videos_per_prompt, max_sequence_length, D), zero after each prompt."""
+        prompt = [prompt_clean(p) for p in prompt]
+        inputs = self.tokenizer(
+            prompt,
+            padding="max_length",
+            max_length=max_sequence_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        model_device = get_module_execution_device(self.text_encoder)
+        mask = inputs.attention_mask.to(model_device)
+        embeds = self.text_encoder(inputs.input_ids.to(model_device), mask).last_hidden_state  # (B, L, D)
+        # Wan's cross-attention has no mask: like WanPipeline, hand it exact zeros after the last real token.
+        embeds = torch.where(mask.bool()[..., None], embeds, 0.0).to(device)
+        return embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        do_classifier_free_guidance: bool = True,
+        num_videos_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        max_sequence_length: int | None = None,
+        device: torch.device | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r"""
+        Encode the prompt and, with CFG, the negative prompt (as `WanPipeline.encode_prompt` does).
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*): the prompt(s); or pass `prompt_embeds`.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                The unconditional text; defaults to the pipeline's `default_negative_prompt`.
+            do_classifier_free_guidance (`bool`, defaults to `True`): whether to encode the negative prompt.
+            num_videos_per_prompt (`int`, defaults to 1): copies of each embedding.
+            prompt_embeds (`torch.Tensor`, *optional*): pre-computed prompt embeddings (B, L, D).
+            negative_prompt_embeds (`torch.Tensor`, *optional*): pre-computed negative embeddings (B, L, D).
+            max_sequence_length (`int`, *optional*):
+                Text tokens (padding / truncation length); defaults to the tokenizer's `model_max_length`,
+                at most 512.
+            device (`torch.device`, *optional*): where to put the embeddings.
+
+        Returns:
+            `tuple`: prompt embeddings and negative-prompt embeddings (None without CFG), each
+            (B * num_videos_per_prompt, L, D).
+        """
+        device = device or self._execution_device
+        if max_sequence_length is None:
+            max_sequence_length = self.default_max_sequence_length(prompt_embeds)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if prompt_embeds is None:
+            prompt_embeds = self._get_t5_prompt_embeds(
+                prompts, num_videos_per_prompt, max_sequence_length, device
+            )
+        else:
+            prompt_embeds = prompt_embeds.to(device).repeat_interleave(num_videos_per_prompt, dim=0)
+        if not do_classifier_free_guidance:
+            return prompt_embeds, None
+        if negative_prompt_embeds is None:
+            batch_size = prompt_embeds.shape[0] // num_videos_per_prompt
+            negative = self.config.default_negative_prompt if negative_prompt is None else negative_prompt
+            negative = batch_size * [negative] if isinstance(negative, str) else negative
+            negative_prompt_embeds = self._get_t5_prompt_embeds(
+                negative, num_videos_per_prompt, max_sequence_length, device
+            )
+        else:
+            negative_prompt_embeds = negative_prompt_embeds.to(device).repeat_interleave(
+                num_videos_per_prompt, dim=0
+            )
+        return prompt_embeds, negative_prompt_embeds
+
+    def default_max_sequence_length(self, prompt_embeds: torch.Tensor | None = None) -> int:
+        """Text length of a call: that of given `prompt_embeds`, else the tokenizer's (at most 512)."""
+        if prompt_embeds is not None:
+            return prompt_embeds.shape[1]
+        return min(int(self.tokenizer.model_max_length), MAX_SEQUENCE_LENGTH)
+
+    # Sampling ------------------------------------------------------------------------------------------
+
+    def get_grid(self, plan: SamplingPlan, pyramid: Pyramid):
+        """The stage grids (sigmas per stage, lowest resolution first) the sampler walks."""
+        if plan.sampler == "fewstep":
+            return get_fewstep_grid(pyramid, plan.steps)
+        return get_multistep_grid(pyramid, plan.steps, shift=self.pyramid_config.shift)
+
+    def prepare_latents(
+        self,
+        batch_size: int,
+        num_channels_latents: int,
+        latent_size: tuple[int, int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Start noise (B, C, T, H, W), drawn on the generator's device (CPU), then moved (as WanPipeline)."""
+        if latents is not None:
+            return latents.to(device=device, dtype=dtype)
+        like = torch.empty(0, device=device, dtype=dtype)
+        return randn((batch_size, num_channels_latents, *latent_size), like, generator)
+
+    def _progress_disabled(self) -> bool:
+        config = self._progress_bar_config if hasattr(self, "_progress_bar_config") else {}
+        return bool(config.get("disable", False))
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        schedule: str | tuple[int, ...] | None = None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+        max_sequence_length: int | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        attention_kwargs: dict[str, Any] | None = None,
+    ) -> WanPipelineOutput | tuple:
+        r"""
+        Generate videos from text, sampling through the model's resolution pyramid.
+
+        Args:
+            prompt (`str` or `list[str]`, *optional*):
+                The prompt(s) to guide generation. If not defined, pass `prompt_embeds` instead.
+            negative_prompt (`str` or `list[str]`, *optional*):
+                The unconditional text for CFG; defaults to the pipeline's `default_negative_prompt`. Ignored
+                without guidance (`guidance_scale` = 1).
+            num_frames (`int`, *optional*):
+                Pixel frames, 4k + 1 (the VAE's temporal factor); defaults to `config.default_num_frames`.
+            height (`int`, *optional*), width (`int`, *optional*):
+                Pixel size; must divide into every stage (VAE factor x patch x pyramid factors, e.g. 64 for
+                Wan's three stages). Default to `config.default_height` / `config.default_width`.
+            schedule (`str` or `tuple[int]`, *optional*):
+                Steps per stage, lowest resolution first: "20-20-10", "2-2-1"; "0-0-N" is plain Wan sampling.
+                Defaults to the checkpoint's `default_schedule`.
+            sampler (`str`, *optional*):
+                "multistep" (Euler with stage jumps, METHOD.md 5) or "fewstep" (x0 prediction and fresh
+                re-noising, METHOD.md 6). Defaults to the checkpoint's.
+            guidance_scale (`float`, *optional*):
+                Standard CFG scale w in uncond + w (cond - uncond); 1 disables guidance. Defaults to the
+                checkpoint's for multi-step sampling and to 1 for few-step sampling.
+            num_videos_per_prompt (`int`, defaults to 1):
+                The number of videos to generate per prompt.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
+                Generator(s) for the start noise and every stage-jump / re-noising draw; one per video for a
+                list. A CPU generator gives the same videos on every device.
+            latents (`torch.Tensor`, *optional*):
+                Start noise at the shape of the schedule's first stage, instead of drawing it.
+            prompt_embeds (`torch.Tensor`, *optional*), negative_prompt_embeds (`torch.Tensor`, *optional*):
+                Pre-computed text embeddings (B, L, D); with CFG both must have the same shape.
+            output_type (`str`, defaults to `"np"`):
+                "np" (B, F, H, W, 3) floats in [0, 1], "pt", "pil" (lists of images) or "latent" (the
+                normalised latents, not decoded).
+            return_dict (`bool`, defaults to `True`):
+                Whether to return a [`WanPipelineOutput`] instead of a plain tuple.
+            max_sequence_length (`int`, *optional*):
+                Text tokens; defaults to the tokenizer's `model_max_length` (at most 512).
+            callback (`Callable`, *optional*):
+                Called after every model evaluation with the sampler's dict (`x`, `i`, `stage`, `sigma`,
+                `denoised`).
+            attention_kwargs (`dict`, *optional*):
+                Passed to the transformer's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
+
+        Returns:
+            [`WanPipelineOutput`] or `tuple`: the videos in `.frames` (or the first element of the tuple).
+        """
+        # 1. Check inputs. Raise error if not correct
+        num_frames = self.config.default_num_frames if num_frames is None else num_frames
+        height = self.config.default_height if height is None else height
+        width = self.config.default_width if width is None else width
+        plan = self.check_inputs(
+            prompt,
+            negative_prompt,
+            num_frames,
+            height,
+            width,
+            schedule,
+            sampler,
+            guidance_scale,
+            num_videos_per_prompt,
+            generator,
+            latents,
+            prompt_embeds,
+            negative_prompt_embeds,
+            output_type,
+        )
+
+        # 2. Define call parameters
+        device = self._execution_device
+        do_classifier_free_guidance = plan.guidance_scale > 1.0
+
+        # 3. Encode input prompt (once: both CFG branches reuse it at every step of every stage)
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            negative_prompt,
+            do_classifier_free_guidance,
+            num_videos_per_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            max_sequence_length,
+            device,
+        )
+
+        # 4. Prepare timesteps: the per-stage sigma grids
+        pyramid = self.pyramid_config.pyramid()
+        grid = self.get_grid(plan, pyramid)
+
+        # 5. Prepare latent variables (float32 state, as WanPipeline; the velocity model casts per call)
+        latents = self.prepare_latents(
+            prompt_embeds.shape[0],
+            self.transformer.config.in_channels,
+            plan.geometry[start_stage(grid)].latent,
+            torch.float32,
+            device,
+            generator,
+            latents,
+        )
+
+        # 6. Denoising loop: one call to the pyramid sampler
+        model = CFGVelocity(WanVelocity(self.transformer), plan.guidance_scale)
+        extra_args = {
+            "encoder_hidden_states": prompt_embeds,
+            "negative_encoder_hidden_states": negative_prompt_embeds,
+            "attention_kwargs": attention_kwargs,
+        }
+        sample = sample_pyramid_few_step if plan.sampler == "fewstep" else sample_pyramid_euler
+        latents = sample(
+            model,
+            latents,
+            pyramid,
+            grid,
+            extra_args=extra_args,
+            callback=callback,
+            disable=self._progress_disabled(),
+            generator=generator,
+        )
+
+        # 7. Decode (un-normalise with the VAE's latent statistics exactly as WanPipeline does)
+        if output_type == "latent":
+            video = latents
+        else:
+            latents = latents.to(get_module_execution_device(self.vae), dtype=self.vae.dtype)
+            z_dim = self.vae.config.z_dim
+            latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
+            latents_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
+            latents_mean = latents_mean.to(latents.device, latents.dtype)
+            latents_std = latents_std.to(latents.device, latents.dtype)
+            latents = latents / latents_std + latents_mean
+            video = self.vae.decode(latents, return_dict=False)[0]
+            video = self.video_processor.postprocess_video(video, output_type=output_type)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (video,)
+        return WanPipelineOutput(frames=video)
