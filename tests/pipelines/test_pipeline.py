@@ -220,6 +220,13 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     # Same weights; transformers picks its attention kernel per load path, so allow float rounding.
     torch.testing.assert_close(before, after, atol=1e-5, rtol=0)
 
+    # Settings can be checked against the folder before any weights are loaded.
+    plan = PyramidalWanPipeline.plan_from_folder(tmp_path / "model")
+    assert plan == loaded.check_inputs(PROMPT, None, 17, 64, 64)
+    assert (plan.schedule, plan.sampler, plan.guidance_scale) == ("2-1", "fewstep", 1.0)
+    with pytest.raises(InputError, match="num_frames 19"):
+        PyramidalWanPipeline.plan_from_folder(tmp_path / "model", num_frames=19)
+
     # The folder is still a plain diffusers Wan folder.
     wan = load_wan_pipeline(tmp_path / "model")
     assert isinstance(wan, WanPipeline)

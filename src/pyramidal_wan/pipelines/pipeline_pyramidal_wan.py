@@ -13,6 +13,7 @@ paper's size, divisible for three stages) and Wan2.1's `sample_neg_prompt`. The 
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import PLAIN_MODEL_CONFIG, pyramid_config_or_plain, save_pyramid_config
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
+from pyramidal_wan.models.presets import get_transformer_config, read_config_json
 from pyramidal_wan.pyramid import (
     Pyramid,
     PyramidConfig,
@@ -58,6 +60,8 @@ WAN21_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
+# The paper's video size (frames, height, width): Wan2.1's 81 frames at 448x832, divisible for 3 stages.
+WAN21_SIZE = (81, 448, 832)
 # Pipeline settings kept in model_index.json (see the module docstring).
 PIPELINE_SETTINGS = ("default_num_frames", "default_height", "default_width", "default_negative_prompt")
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
@@ -77,6 +81,61 @@ class SamplingPlan:
     @property
     def schedule(self) -> str:
         return "-".join(str(n) for n in self.steps)
+
+
+def resolve_sampling(
+    pyramid_config: PyramidConfig,
+    schedule=None,
+    sampler: str | None = None,
+    guidance_scale: float | None = None,
+) -> tuple[tuple[int, ...], str, float]:
+    """Steps per stage, sampler and CFG scale of a call: the arguments, else the checkpoint's defaults.
+
+    Few-step sampling runs without CFG unless `guidance_scale` is passed; multi-step defaults to the
+    checkpoint's `guidance_scale`.
+    """
+    sampler = pyramid_config.sampler if sampler is None else sampler
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    schedule = pyramid_config.default_schedule if schedule is None else schedule
+    steps = parse_schedule(schedule, pyramid_config.num_stages)
+    if guidance_scale is None:
+        guidance_scale = pyramid_config.guidance_scale if sampler == "multistep" else 1.0
+    if not guidance_scale >= 1.0:
+        raise InputError(f"guidance_scale {guidance_scale} must be >= 1 (1 disables CFG)")
+    return steps, sampler, float(guidance_scale)
+
+
+def plan_sampling(
+    pyramid_config: PyramidConfig,
+    num_frames: int,
+    height: int,
+    width: int,
+    schedule=None,
+    sampler: str | None = None,
+    guidance_scale: float | None = None,
+    vae_scale_temporal: int = 4,
+    vae_scale_spatial: int = 8,
+    patch_size: tuple[int, int, int] = (1, 2, 2),
+) -> SamplingPlan:
+    """Check a video size and sampling settings against a model's configs (no weights needed).
+
+    Plain sampling (0-...-0-N) needs only the full-resolution geometry, so e.g. 480x832 stays valid there;
+    a pyramidal schedule needs every stage to divide cleanly. Raises one-line `InputError`s.
+    """
+    steps, sampler, guidance_scale = resolve_sampling(pyramid_config, schedule, sampler, guidance_scale)
+    plain = is_baseline_schedule(steps)
+    geometry = stage_geometry(
+        num_frames,
+        height,
+        width,
+        num_stages=1 if plain else pyramid_config.num_stages,
+        factors=None if plain else pyramid_config.factors,
+        vae_scale_temporal=vae_scale_temporal,
+        vae_scale_spatial=vae_scale_spatial,
+        patch_size=patch_size,
+    )
+    return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry))
 
 
 class PyramidalWanPipeline(DiffusionPipeline):
@@ -115,9 +174,9 @@ class PyramidalWanPipeline(DiffusionPipeline):
         transformer: WanTransformer3DModel,
         scheduler: FlowMatchEulerDiscreteScheduler | None = None,
         pyramid_config: PyramidConfig | None = None,
-        default_num_frames: int = 81,
-        default_height: int = 448,
-        default_width: int = 832,
+        default_num_frames: int = WAN21_SIZE[0],
+        default_height: int = WAN21_SIZE[1],
+        default_width: int = WAN21_SIZE[2],
         default_negative_prompt: str = WAN21_NEGATIVE_PROMPT,
     ):
         super().__init__()
@@ -189,26 +248,57 @@ class PyramidalWanPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
         save_pyramid_config(save_directory, self.pyramid_config)
 
+    @classmethod
+    def plan_from_folder(
+        cls,
+        folder: str | os.PathLike,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        schedule=None,
+        sampler: str | None = None,
+        guidance_scale: float | None = None,
+    ) -> SamplingPlan:
+        r"""
+        Check a call's size and sampling settings against a saved folder's configs, without loading weights.
+
+        Args:
+            folder (`str` or `os.PathLike`): a pipeline folder (as for `from_pretrained`).
+            num_frames, height, width, schedule, sampler, guidance_scale: as in
+                [`~PyramidalWanPipeline.__call__`]; `None` takes the folder's defaults.
+
+        Returns:
+            [`SamplingPlan`]: what `__call__` would sample (the size is `plan.geometry[0].pixel`).
+        """
+        folder = Path(folder)
+        index = read_model_index(folder)
+        vae = read_config_json(folder / "vae" / "config.json", "the AutoencoderKLWan config.json")
+        vae_defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
+        defaults = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
+        size = {
+            name: value if value is not None else index.get(f"default_{name}", defaults[name])
+            for name, value in (("num_frames", num_frames), ("height", height), ("width", width))
+        }
+        return plan_sampling(
+            pyramid_config_or_plain(folder),
+            **size,
+            schedule=schedule,
+            sampler=sampler,
+            guidance_scale=guidance_scale,
+            vae_scale_temporal=vae.get(
+                "scale_factor_temporal", vae_defaults["scale_factor_temporal"].default
+            ),
+            vae_scale_spatial=vae.get("scale_factor_spatial", vae_defaults["scale_factor_spatial"].default),
+            patch_size=get_transformer_config(folder)["patch_size"],
+        )
+
     # Inputs ------------------------------------------------------------------------------------------
 
     def resolve_sampling(
         self, schedule=None, sampler=None, guidance_scale=None
     ) -> tuple[tuple[int, ...], str, float]:
-        """Steps per stage, sampler and CFG scale of a call: the arguments, else the checkpoint's defaults.
-
-        Few-step sampling runs without CFG unless `guidance_scale` is passed; multi-step defaults to the
-        checkpoint's `guidance_scale`.
-        """
-        config = self.pyramid_config
-        sampler = config.sampler if sampler is None else sampler
-        if sampler not in SAMPLERS:
-            raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        steps = parse_schedule(config.default_schedule if schedule is None else schedule, config.num_stages)
-        if guidance_scale is None:
-            guidance_scale = config.guidance_scale if sampler == "multistep" else 1.0
-        if not guidance_scale >= 1.0:
-            raise InputError(f"guidance_scale {guidance_scale} must be >= 1 (1 disables CFG)")
-        return steps, sampler, float(guidance_scale)
+        """Steps per stage, sampler and CFG scale of a call (see `resolve_sampling` at module level)."""
+        return resolve_sampling(self.pyramid_config, schedule, sampler, guidance_scale)
 
     def check_inputs(
         self,
@@ -236,16 +326,14 @@ class PyramidalWanPipeline(DiffusionPipeline):
         Returns:
             [`SamplingPlan`]: the resolved steps, sampler, guidance scale and stage geometry.
         """
-        steps, sampler, guidance_scale = self.resolve_sampling(schedule, sampler, guidance_scale)
-        config = self.pyramid_config
-        # Plain sampling needs only the full-resolution geometry, so e.g. 480x832 stays valid for 0-0-N.
-        plain = is_baseline_schedule(steps)
-        geometry = stage_geometry(
+        plan = plan_sampling(
+            self.pyramid_config,
             num_frames,
             height,
             width,
-            num_stages=1 if plain else config.num_stages,
-            factors=None if plain else config.factors,
+            schedule,
+            sampler,
+            guidance_scale,
             vae_scale_temporal=self.vae_scale_factor_temporal,
             vae_scale_spatial=self.vae_scale_factor_spatial,
             patch_size=tuple(self.transformer.config.patch_size),
@@ -253,7 +341,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type {output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
         batch_size = self._check_prompts(
-            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, plan.guidance_scale
         )
         if num_videos_per_prompt < 1:
             raise InputError(f"num_videos_per_prompt must be >= 1, got {num_videos_per_prompt}")
@@ -263,13 +351,13 @@ class PyramidalWanPipeline(DiffusionPipeline):
                 f"got {len(generator)} generators for {total} videos; pass one per video or a single one"
             )
         # Sampling starts at the lowest stage: every entry of a pyramidal schedule is >= 1.
-        expected = (total, self.transformer.config.in_channels, *geometry[-1].latent)
+        expected = (total, self.transformer.config.in_channels, *plan.geometry[-1].latent)
         if latents is not None and tuple(latents.shape) != expected:
             raise InputError(
-                f"latents of shape {tuple(latents.shape)} do not fit; schedule {'-'.join(map(str, steps))} "
+                f"latents of shape {tuple(latents.shape)} do not fit; schedule {plan.schedule} "
                 f"starts from noise of shape {expected}"
             )
-        return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry))
+        return plan
 
     def _check_prompts(
         self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, guidance_scale

@@ -1,0 +1,152 @@
+"""`pyramidal-wan generate`: one video from a prompt with a (pyramidal) Wan model folder, as MP4 and GIF.
+
+Every argument is checked before the model runs, and the video files are written atomically at the end,
+so a bad argument gives a one-line error (exit status 2) and no output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+import transformers
+
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.eval.flops import schedule_flops
+from pyramidal_wan.models.bundled import DEFAULT_MODEL, bundled_model_path
+from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video
+from pyramidal_wan.pipelines.export import DEFAULT_FPS
+from pyramidal_wan.pyramid.config import SAMPLERS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+OUT_SUFFIX = ".mp4"
+
+
+def register(subparsers) -> None:
+    """Add the `generate` sub-command."""
+    parser = subparsers.add_parser(
+        "generate",
+        help="generate a video from a prompt (MP4, optionally GIF)",
+        description=(
+            "Generate one video from a text prompt with a diffusers Wan model folder and its "
+            "pyramid_config.json. Unset options take the model's defaults (size, schedule, sampler, CFG). "
+            "Schedules list steps per stage from the lowest resolution to the highest: 20-20-10 "
+            "(multi-step), 2-2-1 (few-step), 0-0-50 (plain Wan)."
+        ),
+    )
+    parser.add_argument("prompt", help="the text prompt")
+    parser.add_argument(
+        "--model", help=f"diffusers Wan pipeline folder (default: the bundled model, {DEFAULT_MODEL})"
+    )
+    parser.add_argument("--schedule", help="steps per stage, lowest resolution first (default: the model's)")
+    parser.add_argument("--sampler", help=f"{' or '.join(SAMPLERS)} (default: the model's)")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        help="standard CFG scale, 1 = off (default: the model's for multistep, 1 for fewstep)",
+    )
+    parser.add_argument("--negative-prompt", help="unconditional text for CFG (default: the model's)")
+    parser.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: the model's)")
+    parser.add_argument("--height", type=int, help="pixel height (default: the model's)")
+    parser.add_argument("--width", type=int, help="pixel width (default: the model's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of all sampling noise (default 0)")
+    parser.add_argument("--out", default="video.mp4", help="output .mp4 path (default video.mp4)")
+    parser.add_argument("--gif", action="store_true", help="also write a GIF beside the MP4")
+    parser.add_argument(
+        "--fps", type=float, default=DEFAULT_FPS, help=f"frame rate (default {DEFAULT_FPS:g})"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="float32", help=f"{' or '.join(DTYPES)} (default float32)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run)
+
+
+def resolve_device(name: str) -> torch.device:
+    """A torch device from --device; CUDA must be present."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r} is not supported; use cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was given but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """The transformer and text-encoder dtype from --dtype."""
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}; use {' or '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def plan_flops(transformer_config: Mapping[str, Any], plan: SamplingPlan, text_len: int) -> dict[str, Any]:
+    """Transformer FLOPs of one video sampled by `plan` (eval.flops on the meta device; CFG doubles)."""
+    steps_by_stage = plan.steps[::-1][: len(plan.geometry)]  # stage 0 first; a plain run has one stage
+    config = get_transformer_config(dict(transformer_config))
+    shapes = [(config["in_channels"], *g.latent) for g in plan.geometry]
+    return schedule_flops(config, shapes, steps_by_stage, plan.guidance_scale > 1.0, text_len)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `pyramidal-wan generate`."""
+    out = Path(args.out)
+    if out.suffix.lower() != OUT_SUFFIX:
+        raise InputError(f"--out {out} must end in {OUT_SUFFIX} (add --gif for a GIF beside it)")
+    if not args.fps > 0:
+        raise InputError(f"--fps must be positive, got {args.fps}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    folder = Path(args.model) if args.model is not None else bundled_model_path()
+    sampling = {"schedule": args.schedule, "sampler": args.sampler, "guidance_scale": args.guidance_scale}
+    # Every setting is checked against the folder's configs before any weights are loaded.
+    plan = PyramidalWanPipeline.plan_from_folder(folder, args.num_frames, args.height, args.width, **sampling)
+    num_frames, height, width = plan.geometry[0].pixel
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    quiet_loading()
+    # The VAE stays float32, as Wan runs it; --dtype applies to the transformer and the text encoder.
+    pipe = PyramidalWanPipeline.from_pretrained(
+        folder, torch_dtype={"transformer": dtype, "text_encoder": dtype}
+    )
+    pipe.to(device)
+    started = time.perf_counter()
+    video = pipe(
+        args.prompt,
+        negative_prompt=args.negative_prompt,
+        num_frames=num_frames,
+        height=height,
+        width=width,
+        **sampling,
+        generator=torch.Generator().manual_seed(args.seed),
+    ).frames[0]
+    seconds = time.perf_counter() - started
+    written = export_video(video, out, fps=args.fps, gif=args.gif)
+
+    flops = plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length())
+    cfg = f"CFG {plan.guidance_scale:g}" if plan.guidance_scale > 1 else "no CFG"
+    print(f"wrote {' and '.join(str(p) for p in written)}")
+    print(
+        f"  {num_frames} frames of {height}x{width} at {args.fps:g} fps, "
+        f"schedule {plan.schedule} ({plan.sampler}, {cfg}), seed {args.seed}"
+    )
+    print(
+        f"  {seconds:.1f} s on {device.type} ({args.dtype}); {flops['total_tflops']:.4g} TFLOPs in "
+        f"{flops['forwards']} transformer forwards"
+    )
+    return 0
+
+
+def quiet_loading() -> None:
+    """Hide diffusers' and transformers' weight-loading progress bars (the sampling bars stay)."""
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()

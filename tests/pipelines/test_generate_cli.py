@@ -1,0 +1,110 @@
+"""`pyramidal-wan generate` on a tiny saved model: files written, what is printed, one-line errors."""
+
+import numpy as np
+import pytest
+from pipeline_helpers import PROMPT, build_pipeline
+
+from pyramidal_wan.cli import main
+from pyramidal_wan.data.video import read_video
+from pyramidal_wan.models import bundled
+from pyramidal_wan.pipelines import export_video, to_uint8_video
+from pyramidal_wan.pyramid import PyramidConfig
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    build_pipeline(PyramidConfig(sampler="fewstep", default_schedule="2-2-1")).save_pretrained(folder)
+    return folder
+
+
+def test_generate_writes_mp4_and_gif_and_reports_them(model_dir, tmp_path, capsys):
+    out = tmp_path / "clips" / "video.mp4"
+    code = main(["generate", PROMPT, "--model", str(model_dir), "--out", str(out), "--gif", "--threads", "1"])
+    assert code == 0
+    frames = read_video(out)
+    assert frames.shape == (17, 64, 64, 3)
+    assert read_video(out.with_suffix(".gif")).shape[1:] == (64, 64, 3)
+    printed = capsys.readouterr().out
+    assert f"wrote {out} and {out.with_suffix('.gif')}" in printed
+    assert "17 frames of 64x64 at 16 fps, schedule 2-2-1 (fewstep, no CFG), seed 0" in printed
+    assert "TFLOPs in 5 transformer forwards" in printed
+    assert sorted(p.name for p in out.parent.iterdir()) == ["video.gif", "video.mp4"]  # no temporary files
+
+
+def test_generate_follows_the_seed_and_overrides(model_dir, tmp_path, capsys):
+    def generate(name, *extra):
+        path = tmp_path / name
+        args = ["generate", PROMPT, "--model", str(model_dir), "--out", str(path), "--threads", "1", *extra]
+        assert main(args) == 0
+        return read_video(path)
+
+    a = generate("a.mp4", "--seed", "3")
+    b = generate("b.mp4", "--seed", "3")
+    c = generate("c.mp4", "--seed", "4")
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    d = generate("d.mp4", "--schedule", "3-2-2", "--sampler", "multistep", "--guidance-scale", "3")
+    assert "17 frames of 64x64 at 16 fps, schedule 3-2-2 (multistep, CFG 3)" in capsys.readouterr().out
+    # Plain Wan sampling needs only full-resolution geometry: 9x48x64 is fine there.
+    e = generate(
+        "e.mp4", "--schedule", "0-0-2", "--num-frames", "9", "--height", "48", "--negative-prompt", "a"
+    )
+    assert "9 frames of 48x64 at 16 fps, schedule 0-0-2 (fewstep, no CFG)" in capsys.readouterr().out
+    assert d.shape == (17, 64, 64, 3) and e.shape == (9, 48, 64, 3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--num-frames", "16"], "num_frames 16 must be 4k+1"),
+        (["--height", "48"], "height 48 must be divisible by 32"),
+        (["--schedule", "2-1"], "2 entries but the model has 3 stages"),
+        (["--sampler", "ddim"], "unknown sampler"),
+        (["--guidance-scale", "0.5"], "guidance_scale"),
+        (["--out", "{tmp}/video.avi"], "must end in .mp4"),
+        (["--dtype", "float8"], "unknown dtype"),
+        (["--device", "tpu"], "device"),
+        (["--fps", "0"], "--fps must be positive"),
+        (["--threads", "0"], "--threads"),
+        (["--model", "{tmp}/no-such-model"], "not found"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_with_no_output(model_dir, tmp_path, capsys, args, message):
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(model_dir)]
+    out = tmp_path / "video.mp4"
+    code = main(
+        ["generate", PROMPT, "--out", str(out), *args] if "--out" not in args else ["generate", PROMPT, *args]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no partial output file
+
+
+def test_missing_bundled_model_says_how_to_make_it(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bundled, "REPO_ROOT", tmp_path)
+    assert main(["generate", PROMPT, "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "models/toy/default does not exist yet" in err and "pyramidal-wan toy" in err and "--model" in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "v.mp4").exists()
+
+
+def test_bundled_model_is_the_best_existing_member(monkeypatch, tmp_path):
+    monkeypatch.setattr(bundled, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(bundled, "BUNDLED_MODELS", ("models/toy/fewstep", bundled.DEFAULT_MODEL))
+    for member in ("models/toy/default", "models/toy/fewstep"):
+        (tmp_path / member).mkdir(parents=True)
+        (tmp_path / member / "model_index.json").write_text("{}")
+        assert bundled.bundled_model_path() == tmp_path / member
+
+
+def test_export_converts_pipeline_frames(tmp_path):
+    frames = np.linspace(0.0, 1.0, 5 * 8 * 8 * 3, dtype=np.float32).reshape(5, 8, 8, 3)
+    pixels = to_uint8_video(frames)
+    assert pixels.dtype == np.uint8 and pixels.min() == 0 and pixels.max() == 255
+    written = export_video(frames, tmp_path / "v.mp4", fps=8, gif=True)
+    assert written == [tmp_path / "v.mp4", tmp_path / "v.gif"]
+    assert np.abs(read_video(written[0]).astype(int) - pixels).max() <= 2  # lossless H.264 up to YUV rounding
