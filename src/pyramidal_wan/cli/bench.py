@@ -1,0 +1,400 @@
+"""`pyramidal-wan bench`: per-stage forward latency, pipeline time per schedule, and the WanPipeline anchor.
+
+All numbers come from one run on one device:
+
+- the median latency of one batch-1 transformer forward at every stage (`eval.latency`);
+- the wall-clock time of the whole pipeline call up to the latents (text encoding, noise, every sampler
+  step, stage jumps) for each schedule, its speed-up over the first schedule (the 0-0-N reference), and
+  the speed-up the transformer FLOPs predict (`eval.flops`, meta device): their ratio shows how much
+  time outside the transformer eats the savings. The VAE decode is the same for every schedule; it is
+  timed once and shown separately, with the speed-ups it would leave;
+- our 0-0-N pipeline (cond and uncond batched into one call) against diffusers' `WanPipeline` (two
+  batch-1 calls per step) on the same components, steps and guidance.
+
+Without --model, random-weight components are built: the `BENCH_TRANSFORMER` below with the toy VAE and
+text stack, at 17x128x128. Why that size: the toy model (width 128) at 17x64x64 has 8 tokens at the lowest
+stage, where a CPU forward is mostly fixed per-call overhead (about 7 GFLOP/s against 40 at full
+resolution), so no CPU could turn its FLOPs savings into time. Width 256 at 17x128x128 (1280 / 192 / 32
+tokens) keeps every stage's forward compute-bound, as the full-size model is on a GPU (546 tokens at
+its lowest stage), and 0-0-50 with CFG still takes only about 12 s on one CPU core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+
+from pyramidal_wan.cli.generate import plan_flops, quiet_loading, resolve_device, resolve_dtype
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg
+from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
+from pyramidal_wan.models.presets import count_parameters, get_transformer_config
+from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule, parse_schedule
+from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
+from pyramidal_wan.toy.text import TEXT_DIM, build_text_encoder, build_tokenizer, text_encoder_config
+from pyramidal_wan.toy.vae import build_vae
+
+# The toy architecture widened to 256 (4 heads of 64) with 2 blocks: see the module docstring.
+BENCH_TRANSFORMER: dict[str, Any] = {
+    **get_transformer_config("toy-wan"),
+    "attention_head_dim": 64,
+    "ffn_dim": 1024,
+    "num_layers": 2,
+}
+BENCH_SIZE = (17, 128, 128)  # frames, height, width (toy VAE: latent 16x5x32x32)
+DEFAULT_SCHEDULES = ("0-0-50", "20-20-10", "0-0-2", "2-2-1")
+PROMPT = "a red circle moving left on a dark blue background"
+# Efficiency target of the issue: a pyramidal multi-step schedule keeps >= 90% of its FLOPs speed-up.
+TARGET_EFFICIENCY = 0.9
+
+
+def register(subparsers) -> None:
+    """Add the `bench` sub-command."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="time transformer forwards per stage and the pipeline per schedule",
+        description=(
+            "Median forward latency per pyramid stage, pipeline time per schedule with measured and "
+            "FLOPs-predicted speed-ups over the first schedule, and our 0-0-N pipeline against diffusers' "
+            "WanPipeline, all in one run. Without --model, random-weight components are built "
+            "(a width-256, 2-block Wan transformer at 17x128x128 by default). Schedules with every stage "
+            f"<= {FEW_STEP_MAX_STEPS} steps run the few-step sampler without CFG; others multi-step with CFG."
+        ),
+    )
+    parser.add_argument("--model", help="a diffusers Wan pipeline folder (default: random-weight components)")
+    parser.add_argument(
+        "--transformer",
+        help="for random components: a preset name or config.json (default: the width-256 bench config)",
+    )
+    parser.add_argument("--num-frames", type=int, help="pixel frames (default: 17, or the model's)")
+    parser.add_argument("--height", type=int, help="pixel height (default: 128, or the model's)")
+    parser.add_argument("--width", type=int, help="pixel width (default: 128, or the model's)")
+    parser.add_argument(
+        "--schedule",
+        action="extend",
+        nargs="+",
+        default=None,
+        help=f"schedules to time, the first is the reference (default {' '.join(DEFAULT_SCHEDULES)})",
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, default=5.0, help="CFG of multi-step rows (default 5)"
+    )
+    parser.add_argument(
+        "--wan-steps", type=int, default=5, help="steps of the 0-0-N vs WanPipeline comparison (default 5)"
+    )
+    parser.add_argument(
+        "--wan-repeats", type=int, default=3, help="interleaved timed runs of that pair (default 3)"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each pipeline (default 1)")
+    parser.add_argument("--forward-repeats", type=int, default=5, help="timed forwards per stage (default 5)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default float32)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: steady on a shared machine)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(func=run)
+
+
+def build_text_stack(text_dim: int, seed: int = 0):
+    """The toy tokenizer and a random UMT5 encoder of width `text_dim` (the toy encoder for width 32)."""
+    tokenizer = build_tokenizer()
+    if text_dim == TEXT_DIM:
+        return tokenizer, build_text_encoder(seed)
+    from transformers import UMT5EncoderModel
+
+    config = text_encoder_config(len(tokenizer))
+    config.d_model, config.d_ff, config.num_layers = text_dim, 2 * text_dim, 1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return tokenizer, UMT5EncoderModel(config).eval().requires_grad_(False)
+
+
+def build_random_pipeline(transformer_config=None, seed: int = 0) -> PyramidalWanPipeline:
+    """A pipeline of random-weight components: a Wan transformer, the toy VAE and a toy text stack."""
+    config = get_transformer_config(BENCH_TRANSFORMER if transformer_config is None else transformer_config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel.from_config(config).eval()
+    tokenizer, text_encoder = build_text_stack(config["text_dim"], seed)
+    frames, height, width = BENCH_SIZE
+    return PyramidalWanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=build_vae(seed).eval(),
+        transformer=transformer,
+        pyramid_config=PyramidConfig(),
+        default_num_frames=frames,
+        default_height=height,
+        default_width=width,
+        default_negative_prompt="",
+    )
+
+
+def sampling_for(steps: tuple[int, ...], guidance_scale: float) -> dict[str, Any]:
+    """How a bench row samples: few-step without CFG (all stages <= 4 steps), else multi-step with CFG."""
+    if default_cfg(steps):
+        return {"sampler": "multistep", "guidance_scale": guidance_scale}
+    return {"sampler": "fewstep", "guidance_scale": 1.0}
+
+
+def time_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of one call of `fn`, with the device queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: torch.device) -> dict:
+    """Measure everything (see the module docstring) and return the report as a JSON-ready dict."""
+    config = pipe.config
+    size = {
+        "num_frames": config.default_num_frames if args.num_frames is None else args.num_frames,
+        "height": config.default_height if args.height is None else args.height,
+        "width": config.default_width if args.width is None else args.width,
+    }
+    num_stages = pipe.pyramid_config.num_stages
+    schedules = list(args.schedule or DEFAULT_SCHEDULES)
+    rows = []  # validate every schedule before timing anything
+    for text in schedules:
+        steps = parse_schedule(text, num_stages)
+        sampling = sampling_for(steps, args.guidance_scale)
+        plan = pipe.check_inputs(PROMPT, None, **size, schedule=steps, **sampling)
+        rows.append({"schedule": text, **sampling, "plan": plan})
+    wan_schedule = "-".join(["0"] * (num_stages - 1) + [str(args.wan_steps)])
+    wan_plan = pipe.check_inputs(
+        PROMPT, None, **size, schedule=wan_schedule, guidance_scale=args.guidance_scale
+    )
+    full = pipe.check_inputs(PROMPT, None, **size, schedule="-".join(["1"] * num_stages), sampler="multistep")
+    text_len = pipe.default_max_sequence_length()
+    channels = pipe.transformer.config.in_channels
+
+    stages = []
+    for index, geometry in enumerate(full.geometry):
+        latency = forward_latency_ms(
+            pipe.transformer, (channels, *geometry.latent), text_len, warmup=1, repeats=args.forward_repeats
+        )
+        stages.append(
+            {"stage": index, "latent": list(geometry.latent), "tokens": geometry.num_tokens, **latency}
+        )
+
+    def ours(schedule: str, sampler: str, guidance_scale: float) -> Callable[[], object]:
+        sampling = {"schedule": schedule, "sampler": sampler, "guidance_scale": guidance_scale}
+        return lambda: pipe(
+            PROMPT, **size, **sampling, generator=torch.Generator().manual_seed(0), output_type="latent"
+        )
+
+    wan = WanPipeline(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        transformer=pipe.transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=BASELINE_SHIFT),
+    )
+    wan.set_progress_bar_config(disable=True)
+
+    def theirs() -> object:
+        return wan(
+            PROMPT,
+            negative_prompt=config.default_negative_prompt,
+            **size,
+            num_inference_steps=args.wan_steps,
+            guidance_scale=args.guidance_scale,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            max_sequence_length=text_len,
+        )
+
+    # Untimed warm-up of every code path and shape: CFG and no-CFG calls at every stage, and WanPipeline.
+    ones = "-".join(["1"] * num_stages)
+    for warm_up in (ours(ones, "multistep", args.guidance_scale), ours(ones, "fewstep", 1.0), theirs):
+        warm_up()
+    calls = {row["schedule"]: ours(row["schedule"], row["sampler"], row["guidance_scale"]) for row in rows}
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(args.repeats):  # rounds, so that every schedule sees the same machine load
+        for name, call in calls.items():
+            seconds[name].append(time_seconds(call, device))
+    # The 0-0-N pair alternates, and its ratio is the median of per-pair ratios: a shared machine's load
+    # drifts, and each pair sees nearly the same load.
+    ours_wan = ours(wan_schedule, "multistep", args.guidance_scale)
+    pairs = [(time_seconds(ours_wan, device), time_seconds(theirs, device)) for _ in range(args.wan_repeats)]
+
+    latents = torch.randn((1, channels, *full.geometry[0].latent), generator=torch.Generator().manual_seed(0))
+    latents = latents.to(device, pipe.vae.dtype)
+    decode_s = time_seconds(lambda: pipe.vae.decode(latents, return_dict=False), device)
+
+    reference = None
+    report_rows = []
+    for row in rows:
+        plan = row["plan"]
+        flops = plan_flops(pipe.transformer.config, plan, text_len)
+        time_s = _median(seconds[row["schedule"]])
+        reference = reference or {"tflops": flops["total_tflops"], "seconds": time_s}
+        measured = reference["seconds"] / time_s
+        predicted = reference["tflops"] / flops["total_tflops"]
+        report_rows.append(
+            {
+                "schedule": plan.schedule,
+                "sampler": plan.sampler,
+                "guidance_scale": plan.guidance_scale,
+                "pyramidal": not is_baseline_schedule(plan.steps),
+                "forwards": flops["forwards"],
+                "tflops": flops["total_tflops"],
+                "seconds": time_s,
+                "speedup": measured,
+                "predicted_speedup": predicted,
+                "efficiency": measured / predicted,
+                "speedup_with_decode": (reference["seconds"] + decode_s) / (time_s + decode_s),
+            }
+        )
+    ours_s, theirs_s = _median([a for a, _ in pairs]), _median([b for _, b in pairs])
+    transformer_config = get_transformer_config(dict(pipe.transformer.config))
+    return {
+        "model": args.model or "random weights",
+        "transformer": {
+            "width": transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"],
+            "layers": transformer_config["num_layers"],
+            "parameters": count_parameters(pipe.transformer),
+        },
+        "size": [size["num_frames"], size["height"], size["width"]],
+        "text_len": text_len,
+        "device": str(device),
+        "dtype": str(pipe.transformer.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "repeats": args.repeats,
+        "stages": stages,
+        "schedules": report_rows,
+        "decode_seconds": decode_s,
+        "wan_pipeline": {
+            "schedule": wan_plan.schedule,
+            "guidance_scale": wan_plan.guidance_scale,
+            "ours_seconds": ours_s,
+            "wan_pipeline_seconds": theirs_s,
+            "ratio": _median([a / b for a, b in pairs]),
+            "ratios": [a / b for a, b in pairs],
+        },
+    }
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Plain right-aligned text table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in rows]
+    return "\n".join(lines)
+
+
+def format_bench(report: dict) -> str:
+    """The report as text: a header, the stage table, the schedule table, decode, WanPipeline, targets."""
+    t = report["transformer"]
+    frames, height, width = report["size"]
+    header = (
+        f"{report['model']}: Wan transformer width {t['width']}, {t['layers']} blocks, "
+        f"{t['parameters'] / 1e6:.2f} M parameters; {frames}x{height}x{width}, "
+        f"{report['text_len']} text tokens; {report['device']} {report['dtype']}, "
+        f"{report['threads']} thread(s), {report['repeats']} timed run(s)"
+    )
+    stage_rows = [
+        [
+            str(s["stage"]),
+            "x".join(map(str, s["latent"])),
+            str(s["tokens"]),
+            f"{s['median']:.2f}",
+            f"{s['p10']:.2f}-{s['p90']:.2f}",
+        ]
+        for s in report["stages"]
+    ]
+    schedule_rows = [
+        [
+            r["schedule"],
+            r["sampler"],
+            f"{r['guidance_scale']:g}" if r["guidance_scale"] > 1 else "-",
+            str(r["forwards"]),
+            f"{r['tflops']:.4g}",
+            f"{r['seconds']:.2f}",
+            f"{r['speedup']:.2f}x",
+            f"{r['predicted_speedup']:.2f}x",
+            f"{r['efficiency']:.0%}",
+            f"{r['speedup_with_decode']:.2f}x",
+        ]
+        for r in report["schedules"]
+    ]
+    wan = report["wan_pipeline"]
+    lines = [
+        header,
+        "",
+        _table(["stage", "latent", "tokens", "ms/forward", "p10-p90"], stage_rows),
+        "",
+        _table(
+            [
+                "schedule",
+                "sampler",
+                "CFG",
+                "forwards",
+                "TFLOPs",
+                "pipeline s",
+                "speed-up",
+                "FLOPs-predicted",
+                "measured/predicted",
+                "incl. decode",
+            ],
+            schedule_rows,
+        ),
+        f"pipeline s = the whole call up to the latents; the VAE decode ({report['decode_seconds']:.2f} s, "
+        "the same for every schedule) is only in the last column",
+        "",
+        f"ours {wan['schedule']} (CFG {wan['guidance_scale']:g}, cond+uncond in one batched call): "
+        f"{wan['ours_seconds']:.2f} s; diffusers WanPipeline (two batch-1 calls per step): "
+        f"{wan['wan_pipeline_seconds']:.2f} s (medians); ours / WanPipeline = {wan['ratio']:.3f} "
+        f"(median of {len(wan['ratios'])} interleaved pairs: {', '.join(f'{r:.3f}' for r in wan['ratios'])})",
+    ]
+    for row in report["schedules"]:
+        if row["pyramidal"] and row["sampler"] == "multistep":
+            met = "met" if row["efficiency"] >= TARGET_EFFICIENCY else "NOT met"
+            lines.append(
+                f"target: {row['schedule']} keeps {row['efficiency']:.0%} of its FLOPs-predicted speed-up "
+                f"(>= {TARGET_EFFICIENCY:.0%}): {met}"
+            )
+    met = "met" if wan["ratio"] <= 1.0 else "NOT met"
+    lines.append(f"target: ours at {wan['schedule']} at least as fast as WanPipeline: {met}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `pyramidal-wan bench`."""
+    for name in ("repeats", "forward_repeats", "wan_steps", "wan_repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.model is not None and args.transformer is not None:
+        raise InputError("--transformer builds random components; it cannot be combined with --model")
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    torch.set_num_threads(args.threads)
+    quiet_loading()
+    if args.model is not None:
+        pipe = PyramidalWanPipeline.from_pretrained(
+            Path(args.model), torch_dtype={"transformer": dtype, "text_encoder": dtype}
+        )
+    else:
+        pipe = build_random_pipeline(args.transformer)
+        cast_like_from_pretrained(pipe.transformer, dtype)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    report = compute_bench(pipe, args, device)
+    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    return 0

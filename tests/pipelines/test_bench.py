@@ -1,0 +1,114 @@
+"""`pyramidal-wan bench` mechanics on a tiny config: what is timed, with which calls; never how fast."""
+
+import json
+
+import pytest
+from pipeline_helpers import build_pipeline
+
+from pyramidal_wan.cli import build_parser, main
+from pyramidal_wan.cli.bench import build_random_pipeline, build_text_stack, compute_bench, format_bench
+from pyramidal_wan.cli.generate import plan_flops
+from pyramidal_wan.pyramid import PyramidConfig
+
+SMALL = ["--num-frames", "17", "--height", "64", "--width", "64", "--forward-repeats", "1"]
+SMALL += ["--wan-steps", "2", "--wan-repeats", "1"]
+
+
+def bench_args(*extra):
+    return build_parser().parse_args(["bench", *SMALL, *extra])
+
+
+def test_bench_times_every_schedule_with_the_right_calls():
+    pipe = build_pipeline(PyramidConfig())
+    batches = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append(
+            kwargs.get("hidden_states", args[0] if args else None).shape[0]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        report = compute_bench(pipe, bench_args("--schedule", "0-0-6", "6-6-5", "2-2-1"), pipe.device)
+    finally:
+        hook.remove()
+
+    # Batch-2 calls are ours with CFG: warm-up 1-1-1 (3), 0-0-6 (6), 6-6-5 (17), ours 0-0-2 (2).
+    # Batch-1 calls: stage latencies (3 x (1 warm-up + 1)), few-step warm-up 1-1-1 (3), WanPipeline warm-up
+    # and timed run (2 x 2 steps x cond and uncond), 2-2-1 (5).
+    assert batches.count(2) == 3 + 6 + 17 + 2
+    assert batches.count(1) == 6 + 3 + 8 + 5
+    assert [s["tokens"] for s in report["stages"]] == [320, 48, 8]
+    assert all(0 < s["p10"] <= s["median"] <= s["p90"] for s in report["stages"])
+
+    rows = {r["schedule"]: r for r in report["schedules"]}
+    assert [(r["sampler"], r["guidance_scale"], r["forwards"]) for r in rows.values()] == [
+        ("multistep", 5.0, 12),
+        ("multistep", 5.0, 34),
+        ("fewstep", 1.0, 5),
+    ]
+    reference = rows["0-0-6"]
+    assert reference["speedup"] == reference["predicted_speedup"] == reference["efficiency"] == 1.0
+    for row in rows.values():
+        plan = pipe.check_inputs(
+            "a", None, 17, 64, 64, row["schedule"], row["sampler"], row["guidance_scale"]
+        )
+        assert row["tflops"] == pytest.approx(plan_flops(pipe.transformer.config, plan, 32)["total_tflops"])
+        assert row["predicted_speedup"] == pytest.approx(reference["tflops"] / row["tflops"])
+        assert row["speedup"] == pytest.approx(reference["seconds"] / row["seconds"])
+        assert row["efficiency"] == pytest.approx(row["speedup"] / row["predicted_speedup"])
+    assert rows["6-6-5"]["pyramidal"] and not rows["0-0-6"]["pyramidal"]
+
+    wan = report["wan_pipeline"]
+    assert wan["schedule"] == "0-0-2" and len(wan["ratios"]) == 1
+    assert wan["ratio"] == pytest.approx(wan["ours_seconds"] / wan["wan_pipeline_seconds"])
+    assert report["decode_seconds"] > 0
+
+    text = format_bench(report)
+    for expected in ("ms/forward", "FLOPs-predicted", "measured/predicted", "ours 0-0-2", "WanPipeline"):
+        assert expected in text
+    assert "target: 6-6-5 keeps" in text and "target: ours at 0-0-2" in text
+
+
+def test_bench_command_builds_random_components_and_prints_json(capsys):
+    code = main(["bench", *SMALL, "--transformer", "toy-wan", "--schedule", "0-0-5", "1-1-1", "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "random weights" and report["size"] == [17, 64, 64]
+    assert report["transformer"]["width"] == 128 and report["transformer"]["layers"] == 4
+    assert [r["schedule"] for r in report["schedules"]] == ["0-0-5", "1-1-1"]
+
+
+def test_random_components_default_to_the_bench_config():
+    pipe = build_random_pipeline()
+    config = pipe.transformer.config
+    assert (config.num_attention_heads * config.attention_head_dim, config.num_layers) == (256, 2)
+    assert (pipe.config.default_num_frames, pipe.config.default_height, pipe.config.default_width) == (
+        17,
+        128,
+        128,
+    )
+    tokenizer, encoder = build_text_stack(64)
+    assert encoder.config.d_model == 64 and len(tokenizer) == encoder.config.vocab_size
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--schedule", "2-1"], "2 entries"),
+        (["--height", "48"], "divisible by 32"),
+        (["--model", "m", "--transformer", "toy-wan"], "cannot be combined"),
+        (["--transformer", "no-such-preset"], "unknown model"),
+    ],
+)
+def test_bad_bench_arguments_are_one_line_errors(capsys, args, message):
+    assert (
+        main(
+            ["bench", *SMALL, "--transformer", "toy-wan", *args]
+            if "--model" not in args
+            else ["bench", *args]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
