@@ -28,7 +28,6 @@ from diffusers import (
     WanTransformer3DModel,
 )
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
-from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
 
@@ -37,6 +36,8 @@ from pyramidal_wan.models.checkpoint import PLAIN_MODEL_CONFIG, pyramid_config_o
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.presets import get_transformer_config, read_config_json
+from pyramidal_wan.models.text import encode_prompts
+from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
 from pyramidal_wan.pyramid import (
     Pyramid,
     PyramidConfig,
@@ -65,8 +66,6 @@ WAN21_SIZE = (81, 448, 832)
 # Pipeline settings kept in model_index.json (see the module docstring).
 PIPELINE_SETTINGS = ("default_num_frames", "default_height", "default_width", "default_negative_prompt")
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
-# Wan2.1's text length; shorter tokenizers (the toy's 32) set their own via `model_max_length`.
-MAX_SEQUENCE_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -403,23 +402,14 @@ class PyramidalWanPipeline(DiffusionPipeline):
     def _get_t5_prompt_embeds(
         self, prompt: list[str], num_videos_per_prompt: int, max_sequence_length: int, device: torch.device
     ) -> torch.Tensor:
-        """Text embeddings (B * num_videos_per_prompt, max_sequence_length, D), zero after each prompt."""
-        prompt = [prompt_clean(p) for p in prompt]
-        inputs = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=max_sequence_length,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        model_device = get_module_execution_device(self.text_encoder)
-        mask = inputs.attention_mask.to(model_device)
-        embeds = self.text_encoder(inputs.input_ids.to(model_device), mask).last_hidden_state  # (B, L, D)
-        # Wan's cross-attention has no mask: like WanPipeline, hand it exact zeros after the last real token.
-        embeds = torch.where(mask.bool()[..., None], embeds, 0.0).to(device)
-        return embeds.repeat_interleave(num_videos_per_prompt, dim=0)
+        """Text embeddings (B * num_videos_per_prompt, max_sequence_length, D), zero after each prompt.
+
+        The same function (`models.text.encode_prompts`) fills the training caches, so a model samples with
+        exactly the embeddings it was trained on; it matches WanPipeline's (zero padding: Wan's
+        cross-attention has no mask).
+        """
+        embeds = encode_prompts(self.tokenizer, self.text_encoder, prompt, max_sequence_length)  # (B, L, D)
+        return embeds.to(device).repeat_interleave(num_videos_per_prompt, dim=0)
 
     def encode_prompt(
         self,
@@ -481,7 +471,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         """Text length of a call: that of given `prompt_embeds`, else the tokenizer's (at most 512)."""
         if prompt_embeds is not None:
             return prompt_embeds.shape[1]
-        return min(int(self.tokenizer.model_max_length), MAX_SEQUENCE_LENGTH)
+        return tokenizer_max_length(self.tokenizer)
 
     # Sampling ------------------------------------------------------------------------------------------
 
