@@ -1,7 +1,7 @@
 """Print the pipeline benchmark table: per-stage forward latency, pipeline time per schedule with measured
 and FLOPs-predicted speed-ups, and our 0-0-N pipeline against diffusers' WanPipeline, all in one run.
 
-    python benchmarks/bench_pipeline.py                        # random width-256 model, 17x128x128, CPU
+    python benchmarks/bench_pipeline.py                        # random width-384 model, 17x128x128, CPU
     python benchmarks/bench_pipeline.py --repeats 3            # steadier medians on a shared machine
     python benchmarks/bench_pipeline.py --model models/toy/default       # a saved model folder
     python benchmarks/bench_pipeline.py --device cuda --dtype bfloat16   # on a GPU

@@ -81,7 +81,7 @@ def test_bench_command_builds_random_components_and_prints_json(capsys):
 def test_random_components_default_to_the_bench_config():
     pipe = build_random_pipeline()
     config = pipe.transformer.config
-    assert (config.num_attention_heads * config.attention_head_dim, config.num_layers) == (256, 2)
+    assert (config.num_attention_heads * config.attention_head_dim, config.num_layers) == (384, 2)
     assert (pipe.config.default_num_frames, pipe.config.default_height, pipe.config.default_width) == (
         17,
         128,

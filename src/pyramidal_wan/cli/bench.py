@@ -9,14 +9,21 @@ All numbers come from one run on one device:
   time outside the transformer eats the savings. The VAE decode is the same for every schedule; it is
   timed once and shown separately, with the speed-ups it would leave;
 - our 0-0-N pipeline (cond and uncond batched into one call) against diffusers' `WanPipeline` (two
-  batch-1 calls per step) on the same components, steps and guidance.
+  batch-1 calls per step) on the same components, steps and guidance. On one CPU core batching saves
+  nothing (the same matrix products, no launch overhead to amortise), and glibc's allocator, which hands
+  large freed buffers back to the OS, makes every call fault them in again, which costs the batch-2
+  buffers more: measured here, ours / WanPipeline was 1.04-1.19 by default and 0.99-1.01 with
+  `MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000` (freed memory stays in the heap,
+  as CUDA's caching allocator keeps it on a GPU).
 
 Without --model, random-weight components are built: the `BENCH_TRANSFORMER` below with the toy VAE and
 text stack, at 17x128x128. Why that size: the toy model (width 128) at 17x64x64 has 8 tokens at the lowest
-stage, where a CPU forward is mostly fixed per-call overhead (about 7 GFLOP/s against 40 at full
-resolution), so no CPU could turn its FLOPs savings into time. Width 256 at 17x128x128 (1280 / 192 / 32
-tokens) keeps every stage's forward compute-bound, as the full-size model is on a GPU (546 tokens at
-its lowest stage), and 0-0-50 with CFG still takes only about 12 s on one CPU core.
+stage, where a CPU forward is mostly fixed per-call overhead (about 7 GFLOP/s against 20-40 at full
+resolution), so no CPU could turn its FLOPs savings into time. At 17x128x128 the stages have 1280 / 192 /
+32 tokens; width 384 (6 heads of 64) keeps even the 32-token stage's matrix products large enough to run
+near the full-resolution rate, as the full-size model's stages do on a GPU (546 tokens at width 1536).
+Measured on one core of the shared 2-core CPU: width 256 kept 89-92% of the FLOPs-predicted 20-20-10
+speed-up, width 384 99-101%. Two blocks keep 0-0-50 with CFG at about 20-35 s there.
 """
 
 from __future__ import annotations
@@ -42,11 +49,12 @@ from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
 from pyramidal_wan.toy.text import TEXT_DIM, build_text_encoder, build_tokenizer, text_encoder_config
 from pyramidal_wan.toy.vae import build_vae
 
-# The toy architecture widened to 256 (4 heads of 64) with 2 blocks: see the module docstring.
+# The toy architecture widened to 384 (6 heads of 64) with 2 blocks: see the module docstring.
 BENCH_TRANSFORMER: dict[str, Any] = {
     **get_transformer_config("toy-wan"),
+    "num_attention_heads": 6,
     "attention_head_dim": 64,
-    "ffn_dim": 1024,
+    "ffn_dim": 1536,
     "num_layers": 2,
 }
 BENCH_SIZE = (17, 128, 128)  # frames, height, width (toy VAE: latent 16x5x32x32)
@@ -65,14 +73,14 @@ def register(subparsers) -> None:
             "Median forward latency per pyramid stage, pipeline time per schedule with measured and "
             "FLOPs-predicted speed-ups over the first schedule, and our 0-0-N pipeline against diffusers' "
             "WanPipeline, all in one run. Without --model, random-weight components are built "
-            "(a width-256, 2-block Wan transformer at 17x128x128 by default). Schedules with every stage "
+            "(a width-384, 2-block Wan transformer at 17x128x128 by default). Schedules with every stage "
             f"<= {FEW_STEP_MAX_STEPS} steps run the few-step sampler without CFG; others multi-step with CFG."
         ),
     )
     parser.add_argument("--model", help="a diffusers Wan pipeline folder (default: random-weight components)")
     parser.add_argument(
         "--transformer",
-        help="for random components: a preset name or config.json (default: the width-256 bench config)",
+        help="for random components: a preset name or config.json (default: the width-384 bench config)",
     )
     parser.add_argument("--num-frames", type=int, help="pixel frames (default: 17, or the model's)")
     parser.add_argument("--height", type=int, help="pixel height (default: 128, or the model's)")
@@ -88,7 +96,7 @@ def register(subparsers) -> None:
         "--guidance-scale", type=float, default=5.0, help="CFG of multi-step rows (default 5)"
     )
     parser.add_argument(
-        "--wan-steps", type=int, default=5, help="steps of the 0-0-N vs WanPipeline comparison (default 5)"
+        "--wan-steps", type=int, default=3, help="steps of the 0-0-N vs WanPipeline comparison (default 3)"
     )
     parser.add_argument(
         "--wan-repeats", type=int, default=3, help="interleaved timed runs of that pair (default 3)"
