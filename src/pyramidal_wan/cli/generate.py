@@ -30,16 +30,23 @@ OUT_SUFFIX = ".mp4"
 
 def register(subparsers) -> None:
     """Add the `generate` sub-command."""
-    parser = subparsers.add_parser(
-        "generate",
-        help="generate a video from a prompt (MP4, optionally GIF)",
-        description=(
-            "Generate one video from a text prompt with a diffusers Wan model folder and its "
-            "pyramid_config.json. Unset options take the model's defaults (size, schedule, sampler, CFG). "
-            "Schedules list steps per stage from the lowest resolution to the highest: 20-20-10 "
-            "(multi-step), 2-2-1 (few-step), 0-0-50 (plain Wan)."
-        ),
+    add_arguments(
+        subparsers.add_parser(
+            "generate",
+            help="generate a video from a prompt (MP4, optionally GIF)",
+            description=(
+                "Generate one video from a text prompt with a diffusers Wan model folder and its "
+                "pyramid_config.json. Unset options take the model's defaults (size, schedule, sampler, "
+                "CFG). "
+                "Schedules list steps per stage from the lowest resolution to the highest: 20-20-10 "
+                "(multi-step), 2-2-1 (few-step), 0-0-50 (plain Wan)."
+            ),
+        )
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of `generate` (also used to build a namespace programmatically)."""
     parser.add_argument("prompt", help="the text prompt")
     parser.add_argument(
         "--model", help=f"diffusers Wan pipeline folder (default: the bundled model, {DEFAULT_MODEL})"
@@ -65,6 +72,17 @@ def register(subparsers) -> None:
     parser.add_argument("--dtype", default="float32", help=f"{' or '.join(DTYPES)} (default float32)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run)
+    return parser
+
+
+def build_parser_namespace(prompt: str, **options) -> argparse.Namespace:
+    """A `generate` namespace with its defaults, e.g. `build_parser_namespace("a red circle", seed=1)`."""
+    args = add_arguments(argparse.ArgumentParser()).parse_args([prompt])
+    for key, value in options.items():
+        if not hasattr(args, key):
+            raise KeyError(f"generate has no option {key!r}")
+        setattr(args, key, value)
+    return args
 
 
 def resolve_device(name: str) -> torch.device:
