@@ -37,7 +37,9 @@ def register(subparsers) -> None:
         description="Run the training loop on a prepared cache. Overrides look like train.lr=1e-4; "
         "a run resumes from OUT/checkpoint unless --no-resume.",
     )
-    tune.add_argument("--config", required=True, help="YAML config (see configs/)")
+    tune.add_argument(
+        "--config", default=None, help="YAML config (see configs/); defaults + overrides without"
+    )
     tune.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
     tune.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     tune.set_defaults(func=run_finetune)

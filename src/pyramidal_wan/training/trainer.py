@@ -114,6 +114,17 @@ def load_checkpoint(out: Path, model, optimizer, scheduler, generators, ema: EMA
     return int(state["step"])
 
 
+def check_ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module, step: int) -> None:
+    """Raise if data-parallel ranks hold different weights (a fingerprint of every trainable tensor)."""
+    if accelerator.num_processes == 1:
+        return
+    sums = [p.detach().double().sum() for p in model.parameters() if p.requires_grad]
+    fingerprint = torch.stack(sums).sum()
+    values = accelerator.gather(fingerprint.reshape(1).to(accelerator.device))
+    if not torch.allclose(values, values[0].expand_as(values), rtol=1e-9, atol=0):
+        raise RuntimeError(f"ranks diverged at step {step}: weight fingerprints {values.tolist()}")
+
+
 def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     """Run `config` to `config.train.steps`, resuming from `train.out/checkpoint` when present."""
     tc = config.train
@@ -202,9 +213,11 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
             )
         bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.update(1)
-        if (step % tc.checkpoint_every == 0 or step == tc.steps) and accelerator.is_main_process:
-            save_checkpoint(out, step, model, optimizer, scheduler, generators, ema)
-        accelerator.wait_for_everyone()
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+            check_ranks_in_sync(accelerator, model, step)
+            if accelerator.is_main_process:
+                save_checkpoint(out, step, model, optimizer, scheduler, generators, ema)
+            accelerator.wait_for_everyone()
     bar.close()
     accelerator.end_training()
     if accelerator.is_main_process:
