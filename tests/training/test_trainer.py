@@ -27,7 +27,7 @@ def tiny_config(cache, out, *overrides):
 @pytest.mark.parametrize("objective", ["flow-matching", "multires-fm", "pyramidal"])
 def test_each_objective_trains_and_exports(tiny_cache, tmp_path, objective):
     out = train(tiny_config(tiny_cache, tmp_path / objective, f"objective.name={objective}"), progress=False)
-    weights = load_file(out / "checkpoint" / "model.safetensors")
+    weights = load_file(out / "checkpoint" / "generator.safetensors")
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
     assert (out / "model" / "transformer" / "config.json").is_file()
     assert (out / "config.yaml").is_file()
@@ -40,7 +40,7 @@ def test_resume_reaches_the_same_weights(tiny_cache, tmp_path):
     straight = train(tiny_config(tiny_cache, tmp_path / "a", "train.steps=4", *common), progress=False)
     train(tiny_config(tiny_cache, tmp_path / "b", "train.steps=2", *common), progress=False)
     resumed = train(tiny_config(tiny_cache, tmp_path / "b", "train.steps=4", *common), progress=False)
-    for name in ("model.safetensors", "ema.safetensors"):
+    for name in ("generator.safetensors", "ema.safetensors"):
         a, b = load_file(straight / "checkpoint" / name), load_file(resumed / "checkpoint" / name)
         assert a.keys() == b.keys()
         for key in a:
@@ -68,7 +68,7 @@ def test_lora_trains_only_the_adapter(tiny_cache, tmp_path):
         tiny_config(tiny_cache, tmp_path / "lora", "model.lora_rank=4", "objective.name=pyramidal"),
         progress=False,
     )
-    weights = load_file(out / "checkpoint" / "model.safetensors")
+    weights = load_file(out / "checkpoint" / "generator.safetensors")
     assert weights and all("lora" in k for k in weights)
     assert (out / "model" / "lora").is_dir()
 

@@ -53,6 +53,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    critic_lr: float = 2e-6  # learning rate of the critic group (fake score / discriminator heads)
 
 
 @dataclass
@@ -69,6 +70,21 @@ class ObjectiveConfig:
     noisy_end_signal: str = "upsampled"  # "upsampled" (R_up x0^(i+1)) or "projected" (P x0^(i))
     dist_weight: float = 1.0  # lambda_dist of L_dist against the frozen original model (0 disables)
     dist_stage_weights: tuple[float, ...] | None = None  # per stage; None: 1 for i < S-1, 0 for the lowest
+    # Step distillation (METHOD.md 6-8); the student is model.init.
+    schedule: str = "2-2-1"  # the few-step student's steps per stage, lowest resolution first
+    teacher: str | None = None  # frozen teacher folder; None: model.init (DMD-PT: the student's base)
+    fake: str | None = None  # fake-score initialisation; None: the teacher
+    guidance_scale: float = 5.0  # teacher CFG, standard form uncond + w (cond - uncond)
+    critic_ratio: int = 5  # critic (fake score / discriminator) updates per generator update
+    teach_weight: float = 0.01  # L_teach: MSE of the student's x0 to the data latent (data-noised inputs)
+    tau_range: tuple[float, float] = (0.02, 0.98)  # re-noising rho_tau ~ U(range) within the stage
+    pt_form: str = "eps"  # DMD-PT detail-band weight: "eps" (gamma_1) or "x0" (1 / D)
+    student_input: str = "data"  # "data" (noised cached latents) or "backward" (simulated from noise)
+    adv_blocks: tuple[int, ...] | None = None  # hooked blocks; None: floor(L/2)-1, floor(3L/4)-1, L-1
+    adv_weight: float = 1.0  # lambda_adv
+    rec_weight: float = 2.0  # lambda_rec
+    rec_steps: int = 10  # Euler steps of the reconstruction teacher per student step
+    head_channels: int = 256  # discriminator head width
 
 
 @dataclass

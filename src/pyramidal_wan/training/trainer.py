@@ -19,36 +19,11 @@ from tqdm.auto import tqdm
 
 from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import CheckpointError, TrainingDiverged
-from pyramidal_wan.models.denoiser import WanVelocity
 from pyramidal_wan.training.config import Config, save_config
 from pyramidal_wan.training.objectives import build_objective
 from pyramidal_wan.utils.io import atomic_path
 
 CHECKPOINT = "checkpoint"
-# LoRA targets (METHOD.md 7.2): attention projections of both attention layers and the FFN.
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
-
-
-def build_transformer(config: Config):
-    """The transformer to train: a preset (random init from the run seed) or pretrained weights."""
-    from diffusers import WanTransformer3DModel
-
-    from pyramidal_wan.models.loading import load_transformer
-    from pyramidal_wan.models.presets import PRESETS, get_transformer_config
-
-    if config.model.init in PRESETS:
-        torch.manual_seed(config.train.seed)
-        return WanTransformer3DModel(**get_transformer_config(config.model.init))
-    return load_transformer(config.model.init)
-
-
-def add_lora(transformer, rank: int, alpha: float | None):
-    """Freeze the base weights and attach a peft LoRA adapter to the METHOD.md 7.2 targets."""
-    from peft import LoraConfig
-
-    transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=LORA_TARGETS))
-    return transformer
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -74,39 +49,45 @@ def _lr_lambda(warmup: int):
     return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, generators, ema: EMA | None) -> None:
-    """Write `out/checkpoint/` atomically: weights (safetensors), EMA, optimiser/scheduler/RNG state."""
+def save_checkpoint(
+    out: Path, step: int, nets: dict, optimizers: dict, schedulers: dict, generators, ema: EMA | None
+) -> None:
+    """Write `out/checkpoint/` atomically: weights per group (safetensors), EMA, optimiser/scheduler/RNG."""
     with atomic_path(out / CHECKPOINT) as tmp:
         tmp.mkdir()
-        save_file(trainable_state(model), tmp / "model.safetensors")
+        for group, net in nets.items():
+            save_file(trainable_state(net), tmp / f"{group}.safetensors")
         if ema is not None:
             save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
         state = {
             "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
+            "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
+            "schedulers": {g: s.state_dict() for g, s in schedulers.items()},
             "generators": {name: g.get_state() for name, g in generators.items()},
         }
         torch.save(state, tmp / "train_state.pt")
 
 
-def load_checkpoint(out: Path, model, optimizer, scheduler, generators, ema: EMA | None) -> int:
+def load_checkpoint(
+    out: Path, nets: dict, optimizers: dict, schedulers: dict, generators, ema: EMA | None
+) -> int:
     """Restore a `save_checkpoint` folder (weights_only loading, no pickle); returns the step."""
     folder = out / CHECKPOINT
     try:
-        weights = load_file(folder / "model.safetensors")
         state = torch.load(folder / "train_state.pt", weights_only=True)
+        weights = {group: load_file(folder / f"{group}.safetensors") for group in nets}
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"cannot resume from {folder}: {err}; delete it to start over") from err
-    missing = set(trainable_state(model)) - set(weights)
-    if missing:
-        raise CheckpointError(f"{folder} does not match this model ({len(missing)} tensors missing)")
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in weights:
-                param.copy_(weights[name])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    for group, net in nets.items():
+        missing = set(trainable_state(net)) - set(weights[group])
+        if missing:
+            raise CheckpointError(f"{folder} does not match this {group} ({len(missing)} tensors missing)")
+        with torch.no_grad():
+            for name, param in net.named_parameters():
+                if name in weights[group]:
+                    param.copy_(weights[group][name])
+        optimizers[group].load_state_dict(state["optimizers"][group])
+        schedulers[group].load_state_dict(state["schedulers"][group])
     for name, g in generators.items():
         g.set_state(state["generators"][name])
     if ema is not None:
@@ -126,7 +107,7 @@ def check_ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module, step: 
 
 
 def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
-    """Run `config` to `config.train.steps`, resuming from `train.out/checkpoint` when present."""
+    """Run `config` to `config.train.steps` iterations, resuming from `train.out/checkpoint` if present."""
     tc = config.train
     out = Path(tc.out)
     if tc.threads > 0:
@@ -139,98 +120,113 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
         "noise": torch.Generator().manual_seed(seed + 1),
     }
 
-    # Build: data, networks, objective, optimiser.
+    # Build: data, the objective (it builds its networks), one optimiser per trained group.
     data = CachedLatents(config.data.cache)
-    transformer = build_transformer(config)
-    reference = None
-    if config.objective.dist_weight > 0 and config.objective.name == "pyramidal":
-        reference = WanVelocity(copy.deepcopy(transformer).requires_grad_(False).eval())
-    if config.model.lora_rank > 0:
-        add_lora(transformer, config.model.lora_rank, config.model.lora_alpha)
-    if config.model.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    model = WanVelocity(transformer).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tc.warmup))
-    ema = EMA(model, tc.ema) if tc.ema > 0 else None
+    objective = build_objective(config)
+    nets = objective.nets
+    optimizers = {
+        group: torch.optim.AdamW(
+            [p for p in net.parameters() if p.requires_grad],
+            lr=tc.lr if group == "generator" else tc.critic_lr,
+            betas=tc.betas,
+            weight_decay=tc.weight_decay,
+        )
+        for group, net in nets.items()
+    }
+    schedulers = {
+        g: torch.optim.lr_scheduler.LambdaLR(o, _lr_lambda(tc.warmup)) for g, o in optimizers.items()
+    }
+    ema = EMA(nets["generator"], tc.ema) if tc.ema > 0 else None
     step = 0
     if resume and (out / CHECKPOINT).exists():
-        step = load_checkpoint(out, model, optimizer, scheduler, generators, ema)
-    prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if reference is not None:
-        reference.to(accelerator.device)
-    objective = build_objective(config.objective, prepared, reference)
-    empty = data.empty_prompt.float()
+        step = load_checkpoint(out, nets, optimizers, schedulers, generators, ema)
+    groups = list(nets)
+    prepared = accelerator.prepare(
+        *[nets[g] for g in groups], *[optimizers[g] for g in groups], *[schedulers[g] for g in groups]
+    )
+    n = len(groups)
+    objective.use(dict(zip(groups, prepared[:n])))
+    optimizers, schedulers = dict(zip(groups, prepared[n : 2 * n])), dict(zip(groups, prepared[2 * n :]))
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
         accelerator.init_trackers("logs")
+        counts = ", ".join(
+            f"{g} {sum(p.numel() for p in nets[g].parameters() if p.requires_grad):,}" for g in groups
+        )
         print(
-            f"training {sum(p.numel() for p in params):,} parameters on {len(data)} cached videos, "
-            f"{world} process(es), seed {seed}, from step {step}"
+            f"training {counts} parameters on {len(data)} cached videos, {world} process(es), seed {seed}, "
+            f"from step {step}"
         )
 
     bar = tqdm(
         total=tc.steps, initial=step, desc="train", disable=not (progress and accelerator.is_main_process)
     )
     while step < tc.steps:
-        # Batch: random cached videos; text dropout replaces prompts by the empty prompt (for CFG).
-        indices = torch.randint(len(data), (tc.batch_size,), generator=generators["data"])
-        batch = data.batch(indices)
-        drop = torch.rand(tc.batch_size, generator=generators["data"]) < config.data.text_dropout
-        batch["prompt_embeds"][drop] = empty
-        batch = {
-            "latents": [x.to(accelerator.device) for x in batch["latents"]],
-            "prompt_embeds": batch["prompt_embeds"].to(accelerator.device),
-        }
-
-        with accelerator.autocast():
-            loss, logs = objective.generator_loss(batch, generators["noise"])
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at step {step + 1}; stopped, the last good checkpoint is "
-                f"{out / CHECKPOINT if (out / CHECKPOINT).exists() else 'none (no checkpoint yet)'}"
+        # One iteration: a generator update every critic_ratio iterations (every one without a critic),
+        # then a critic update; each on its own batch.
+        logs = {}
+        updates = ["generator"] if objective.critic_ratio == 0 or step % objective.critic_ratio == 0 else []
+        updates += ["critic"] if objective.critic_ratio > 0 else []
+        for group in updates:
+            batch = sample_batch(
+                data, tc.batch_size, config.data.text_dropout, generators["data"], accelerator.device
             )
-        accelerator.backward(loss)
-        if tc.grad_clip > 0:
-            accelerator.clip_grad_norm_(params, tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(model)
+            loss_fn = objective.generator_loss if group == "generator" else objective.critic_loss
+            with accelerator.autocast():
+                loss, group_logs = loss_fn(batch, generators["noise"])
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(
+                    f"{group} loss is {loss.item()} at step {step + 1}; stopped, the last good checkpoint is "
+                    f"{out / CHECKPOINT if (out / CHECKPOINT).exists() else 'none (no checkpoint yet)'}"
+                )
+            params = [p for p in nets[group].parameters() if p.requires_grad]
+            accelerator.backward(loss)
+            if tc.grad_clip > 0:
+                accelerator.clip_grad_norm_(params, tc.grad_clip)
+            optimizers[group].step()
+            schedulers[group].step()
+            optimizers[group].zero_grad(set_to_none=True)
+            if group == "generator" and ema is not None:
+                ema.update(nets["generator"])
+            logs.update({f"{group}/loss": loss.item(), **{k: v.item() for k, v in group_logs.items()}})
         step += 1
 
         if step % tc.log_every == 0 or step == tc.steps:
-            accelerator.log(
-                {
-                    "loss": loss.item(),
-                    "lr": scheduler.get_last_lr()[0],
-                    **{k: v.item() for k, v in logs.items()},
-                },
-                step=step,
-            )
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+            accelerator.log({**logs, "lr": schedulers["generator"].get_last_lr()[0]}, step=step)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k.endswith("/loss")})
         bar.update(1)
         if step % tc.checkpoint_every == 0 or step == tc.steps:
-            check_ranks_in_sync(accelerator, model, step)
+            for net in nets.values():
+                check_ranks_in_sync(accelerator, net, step)
             if accelerator.is_main_process:
-                save_checkpoint(out, step, model, optimizer, scheduler, generators, ema)
+                save_checkpoint(out, step, nets, optimizers, schedulers, generators, ema)
             accelerator.wait_for_everyone()
     bar.close()
     accelerator.end_training()
     if accelerator.is_main_process:
-        export_model(config, model, ema, out / "model")
+        export_model(config, nets["generator"], ema, objective.export_config(), out / "model")
     return out
 
 
-def export_model(config: Config, model, ema: EMA | None, folder: Path) -> None:
-    """Write a diffusers Wan folder: the trained transformer (EMA weights if kept) beside the base
-    pipeline's tokenizer, text encoder, VAE and scheduler, plus `pyramid_config.json` for pyramidal runs."""
-    from pyramidal_wan.models.checkpoint import save_pyramid_config
-    from pyramidal_wan.pyramid import PyramidConfig
+def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, generator, device) -> dict:
+    """Random cached videos; text dropout swaps prompts for the empty prompt (trains the CFG branch)."""
+    indices = torch.randint(len(data), (batch_size,), generator=generator)
+    batch = data.batch(indices)
+    drop = torch.rand(batch_size, generator=generator) < text_dropout
+    batch["prompt_embeds"][drop] = data.empty_prompt.float()
+    return {
+        "latents": [x.to(device) for x in batch["latents"]],
+        "prompt_embeds": batch["prompt_embeds"].to(device),
+    }
 
+
+def export_model(config: Config, model, ema: EMA | None, pyramid_config, folder: Path) -> None:
+    """Write a diffusers Wan folder: the trained transformer (EMA weights if kept) beside the base
+    pipeline's tokenizer, text encoder, VAE and scheduler, plus `pyramid_config.json` for pyramidal models."""
+    from pyramidal_wan.models.checkpoint import save_pyramid_config
+
+    model = getattr(model, "module", model)  # unwrap DDP
     transformer = copy.deepcopy(model.transformer)
     if ema is not None:
         with torch.no_grad():
@@ -251,8 +247,5 @@ def export_model(config: Config, model, ema: EMA | None, folder: Path) -> None:
                     copy_fn = shutil.copytree if item.is_dir() else shutil.copy2
                     copy_fn(item, tmp / item.name)
         transformer.save_pretrained(tmp / "transformer")
-        oc = config.objective
-        if oc.name == "pyramidal":
-            save_pyramid_config(
-                tmp, PyramidConfig(num_stages=oc.num_stages, clean_ends=oc.clean_ends, wavelet=oc.wavelet)
-            )
+        if pyramid_config is not None:
+            save_pyramid_config(tmp, pyramid_config)
