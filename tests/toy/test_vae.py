@@ -13,19 +13,31 @@ from pyramidal_wan.toy.vae import (
     build_vae,
     clip_batch,
     compute_vae_loss,
+    crop_offsets,
     latent_shape,
     load_vae,
     measure_latent_stats,
+    prepare_for_training,
     resume_config,
     train_vae,
     training_batch,
 )
-from pyramidal_wan.toy.world import eval_prompts, seeded_scene
+from pyramidal_wan.toy.world import WorldConfig, eval_prompts, seeded_scene
 
-# Tiny settings: 5 frames of 32x32 (latent 16x2x8x8), so a training step costs a fraction of a second.
+# Tiny settings: crops of 5 frames of 16x16 from 5-frame 32x32 clips, so a step costs a fraction of a second.
 TINY = dict(
-    num_frames=5, resolution=32, batch_size=1, checkpoint_every=2, warmup_steps=2, stats_clips=2, eval_clips=1
+    num_frames=5,
+    resolution=32,
+    crop_frames=5,
+    crop_size=16,
+    batch_size=1,
+    checkpoint_every=2,
+    warmup_steps=2,
+    stats_clips=2,
+    eval_clips=1,
 )
+
+TINY_WORLD = WorldConfig(num_frames=5, height=32, width=32)
 
 
 def quiet(_message):
@@ -56,6 +68,29 @@ def test_latent_shape_rejects_misfit_clips():
         latent_shape(16, 64, 64)
     with pytest.raises(InputError):
         VAETrainConfig(resolution=30)
+    with pytest.raises(InputError, match="must fit the clips"):
+        VAETrainConfig(num_frames=5, crop_frames=9)
+
+
+def test_training_crops_come_from_full_size_clips():
+    config = VAETrainConfig(batch_size=3)
+    batch = training_batch(config, 0)  # (3, 3, 9, 32, 32)
+    assert batch.shape == (3, 3, 9, 32, 32)
+    clips = clip_batch([seeded_scene(0, b) for b in range(3)])  # (3, 3, 17, 64, 64)
+    offsets = crop_offsets(config, 0)
+    for b, (t, y, x) in enumerate(offsets):
+        # The crop is a window of clip b, so objects keep their full-size pixel size and speed.
+        assert torch.equal(batch[b], clips[b, :, t : t + 9, y : y + 32, x : x + 32])
+    assert len(set(offsets + crop_offsets(config, 1))) == 6
+
+
+def test_prepare_for_training_sets_output_mean_and_small_posterior_variance():
+    vae = build_vae(0)
+    prepare_for_training(vae, torch.tensor([-0.5, -0.6, -0.7]), logvar_init=-8.0)
+    with torch.no_grad():
+        posterior = vae.encode(clip_batch([seeded_scene(0, 0, config=TINY_WORLD)])).latent_dist
+    assert posterior.std.max() < 0.1
+    torch.testing.assert_close(vae.decoder.conv_out.bias, torch.tensor([-0.5, -0.6, -0.7]))
 
 
 def test_loss_backward_and_batches_are_deterministic():
@@ -114,7 +149,7 @@ def test_run_folder_guards(tmp_path):
     train_vae(tmp_path / "run", config, progress=False, log=quiet)
     with pytest.raises(InputError, match="pass --resume"):
         train_vae(tmp_path / "run", config, progress=False, log=quiet)
-    with pytest.raises(InputError, match="lr=0.001"):
+    with pytest.raises(InputError, match="lr=0.0001"):
         train_vae(
             tmp_path / "run", resume_config(tmp_path / "run", lr=0.1), resume=True, progress=False, log=quiet
         )

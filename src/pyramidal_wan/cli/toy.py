@@ -44,7 +44,8 @@ def _register_train_vae(commands) -> None:
         "train-vae",
         help="train the toy AutoencoderKLWan on clips rendered on the fly",
         description=(
-            "Train the toy VAE (17x64x64 -> 16x5x16x16) with L1 + MSE + a small KL. Checkpoints to "
+            "Train the toy VAE (17x64x64 -> 16x5x16x16) with L1 + MSE + a small KL on random crops of "
+            "clips rendered on the fly. Checkpoints to "
             "OUT/checkpoint and exports a diffusers folder OUT/vae with measured latents_mean/latents_std "
             "every --checkpoint-every steps and at the end. Unset flags take the defaults, or with --resume "
             "the saved run's values."
@@ -52,14 +53,16 @@ def _register_train_vae(commands) -> None:
     )
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--steps", type=int, help="total optimiser steps (default 1000)")
-    parser.add_argument("--batch-size", type=int, help="clips per step (default 4)")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--batch-size", type=int, help="training crops per step (default 8)")
+    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, help="seed of weights, clips and noise (default 0)")
     parser.add_argument("--kl-weight", type=float, help="KL weight (default 1e-4)")
     parser.add_argument("--warmup-steps", type=int, help="learning-rate warm-up steps (default 50)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
     parser.add_argument("--num-frames", type=int, help="frames per clip, 4k+1 (default 17)")
     parser.add_argument("--resolution", type=int, help="clip height and width, divisible by 4 (default 64)")
+    parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 9)")
+    parser.add_argument("--crop-size", type=int, help="training crop height and width (default 32)")
     parser.add_argument("--stats-clips", type=int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -86,6 +89,8 @@ _TRAIN_VAE_FIELDS = (
     "checkpoint_every",
     "num_frames",
     "resolution",
+    "crop_frames",
+    "crop_size",
     "stats_clips",
     "eval_clips",
 )

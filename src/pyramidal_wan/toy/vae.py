@@ -84,15 +84,18 @@ class VAETrainConfig:
     """Settings of one toy-VAE training run; the `TRAJECTORY_FIELDS` must match when resuming."""
 
     steps: int = 1000  # optimiser steps in total (a resumed run may raise it)
-    batch_size: int = 4  # clips per step
-    lr: float = 1e-3  # AdamW learning rate after warm-up (constant, so a run can be extended exactly)
+    batch_size: int = 8  # crops per step
+    lr: float = 1e-4  # AdamW learning rate after warm-up (constant, so a run can be extended exactly)
     warmup_steps: int = 50  # linear learning-rate warm-up
     weight_decay: float = 0.0  # AdamW weight decay
     kl_weight: float = 1e-4  # weight of the mean per-element KL against per-pixel L1 + MSE
     grad_clip: float = 1.0  # max global gradient norm
     seed: int = 0  # weights, clip stream and posterior noise
-    num_frames: int = 17  # frames per training clip (4k + 1)
+    num_frames: int = 17  # frames per rendered clip (4k + 1); statistics and PSNR use whole clips
     resolution: int = 64  # clip height and width in pixels (divisible by 4)
+    crop_frames: int = 9  # frames per training crop (4k + 1, at most num_frames)
+    crop_size: int = 32  # height and width of a training crop (divisible by 4, at most resolution)
+    logvar_init: float = -8.0  # initial posterior log-variance, so early latents are not drowned in noise
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -107,11 +110,19 @@ class VAETrainConfig:
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.kl_weight < 0:
             raise InputError("warmup_steps, weight_decay and kl_weight must be non-negative")
         latent_shape(self.num_frames, self.resolution, self.resolution)
+        latent_shape(self.crop_frames, self.crop_size, self.crop_size)
+        if self.crop_frames > self.num_frames or self.crop_size > self.resolution:
+            raise InputError(
+                f"training crops ({self.crop_frames} frames of {self.crop_size}px) must fit the clips "
+                f"({self.num_frames} frames of {self.resolution}px)"
+            )
 
     def world(self) -> WorldConfig:
         """The toy world the clips are drawn from (default sampling, this run's clip geometry)."""
         return WorldConfig(num_frames=self.num_frames, height=self.resolution, width=self.resolution)
 
+
+_CROP_STREAM = 2  # seed-sequence tag of the crop offsets (the world uses 0 and 1 for clips and prompts)
 
 # Changing any of these changes the sequence of weights, so a resumed run must keep them.
 TRAJECTORY_FIELDS = (
@@ -124,6 +135,9 @@ TRAJECTORY_FIELDS = (
     "seed",
     "num_frames",
     "resolution",
+    "crop_frames",
+    "crop_size",
+    "logvar_init",
 )
 
 
@@ -133,12 +147,43 @@ def clip_batch(scenes: Sequence[Scene]) -> torch.Tensor:
 
 
 def training_batch(config: VAETrainConfig, step: int) -> torch.Tensor:
-    """The clips of optimiser step `step` (0-based), (B, 3, F, H, W): a pure function of (seed, step)."""
+    """The crops of optimiser step `step` (0-based), (B, 3, crop_frames, crop_size, crop_size).
+
+    Whole clips are rendered at the run's geometry (so objects keep their size and speed) and cropped at
+    random offsets in time and space: the convolutional VAE learns the same local task at a fraction of the
+    cost per step. A pure function of (seed, step), which is what makes resuming exact.
+    """
     world = config.world()
-    first = step * config.batch_size
-    return clip_batch(
-        [seeded_scene(config.seed, first + b, "train", world) for b in range(config.batch_size)]
-    )
+    crops = []
+    for b, (t, y, x) in enumerate(crop_offsets(config, step)):
+        frames = seeded_scene(config.seed, step * config.batch_size + b, "train", world).render()
+        crops.append(frames[t : t + config.crop_frames, y : y + config.crop_size, x : x + config.crop_size])
+    return to_pixel_tensor(np.stack(crops))
+
+
+def crop_offsets(config: VAETrainConfig, step: int) -> list[tuple[int, int, int]]:
+    """(frame, row, column) offsets of the training crops of step `step`, one per clip of the batch."""
+    rng = np.random.default_rng([_CROP_STREAM, config.seed, step])
+    offsets = []
+    for _ in range(config.batch_size):
+        t = int(rng.integers(config.num_frames - config.crop_frames + 1))
+        y, x = (int(v) for v in rng.integers(config.resolution - config.crop_size + 1, size=2))
+        offsets.append((t, y, x))
+    return offsets
+
+
+def prepare_for_training(vae: AutoencoderKLWan, mean_pixel: torch.Tensor, logvar_init: float) -> None:
+    """Initialise the output bias at the data's mean pixel and the posterior log-variance at `logvar_init`.
+
+    Why: from the default init, Adam at lr 1e-3 spent hundreds of steps on the mean colour while the encoder
+    drifted to an input-independent latent (measured: reconstructions uniform gray, PSNR ~16 dB after 160
+    steps); overfitting one batch at lr 3e-4 reached loss 0.13 in 100 steps with the bias, 0.40 without.
+    A small starting posterior variance keeps the decoder from learning to ignore noisy latents.
+    mean_pixel: (3,) in [-1, 1].
+    """
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.copy_(mean_pixel)
+        vae.quant_conv.bias[LATENT_CHANNELS:].fill_(logvar_init)
 
 
 def compute_vae_loss(
@@ -301,6 +346,8 @@ def train_vae(
     write_json(out_dir / "config.json", dataclasses.asdict(config))
 
     vae = build_vae(config.seed).train()
+    mean_pixel = clip_batch(eval_prompts(64, "train", config.seed, config.world())).mean(dim=(0, 2, 3, 4))
+    prepare_for_training(vae, mean_pixel, config.logvar_init)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
