@@ -595,9 +595,9 @@ def eval_prompts(
     """A fixed, seeded evaluation set of `n` scenes from `split`, balanced over first-object triples.
 
     The first objects cycle through a seeded permutation of the split's (colour, shape, direction) triples,
-    so every combination is covered equally often when `n` is a multiple of their count (72 or 144 for
-    train, 7 or 12 for heldout); everything else is drawn at random. The stream is separate from
-    `seeded_scene`'s, so evaluation scenes are not training clips.
+    so every combination is covered equally often when `n` is a multiple of their count (132 for train and
+    12 for heldout with all eight directions; 65 and 7 with the cardinal ones); everything else is drawn at
+    random. The stream is separate from `seeded_scene`'s, so evaluation scenes are not training clips.
     """
     if n < 1:
         raise InputError(f"eval_prompts needs n >= 1, got {n}")
