@@ -245,6 +245,15 @@ def test_a_wan_folder_without_pyramid_config_is_plain_wan(tmp_path, components):
     assert pipe.resolve_sampling("2-2-1", "fewstep", 3.0) == ((2, 2, 1), "fewstep", 3.0)
 
 
+def test_a_plain_pipeline_saves_no_pyramid_config(tmp_path):
+    folder = tmp_path / "model"
+    build_pipeline(PyramidConfig(default_schedule="2-2-1")).save_pretrained(folder)
+    assert (folder / PYRAMID_CONFIG_NAME).is_file()
+    build_pipeline().save_pretrained(folder)  # plain: the stale file goes
+    assert not (folder / PYRAMID_CONFIG_NAME).exists()
+    assert PyramidalWanPipeline.from_pretrained(folder).pyramid_config == PLAIN_MODEL_CONFIG
+
+
 def test_from_pretrained_reports_missing_folders(tmp_path):
     from pyramidal_wan.errors import CheckpointError
 

@@ -32,7 +32,12 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
 
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.models.checkpoint import PLAIN_MODEL_CONFIG, pyramid_config_or_plain, save_pyramid_config
+from pyramidal_wan.models.checkpoint import (
+    PLAIN_MODEL_CONFIG,
+    PYRAMID_CONFIG_NAME,
+    pyramid_config_or_plain,
+    save_pyramid_config,
+)
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.presets import get_transformer_config, read_config_json
@@ -239,13 +244,19 @@ class PyramidalWanPipeline(DiffusionPipeline):
         r"""
         Save the components as a diffusers Wan folder (`WanPipeline` loads it too) and `pyramid_config.json`.
 
+        A plain model (`pyramid_config == PLAIN_MODEL_CONFIG`) is saved without `pyramid_config.json`, and
+        a stale one in `save_directory` is removed, so the folder reads back as the plain model it is.
+
         Args:
             save_directory (`str` or `os.PathLike`): the folder to write (created if missing).
             safe_serialization (`bool`, defaults to `True`): write safetensors weights.
             **kwargs: passed to [`~DiffusionPipeline.save_pretrained`].
         """
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
-        save_pyramid_config(save_directory, self.pyramid_config)
+        if self.pyramid_config == PLAIN_MODEL_CONFIG:
+            (Path(save_directory) / PYRAMID_CONFIG_NAME).unlink(missing_ok=True)
+        else:
+            save_pyramid_config(save_directory, self.pyramid_config)
 
     @classmethod
     def plan_from_folder(
