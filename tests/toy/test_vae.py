@@ -73,7 +73,7 @@ def test_latent_shape_rejects_misfit_clips():
 
 
 def test_training_crops_come_from_full_size_clips():
-    config = VAETrainConfig(batch_size=3)
+    config = VAETrainConfig(batch_size=3, crop_frames=9)
     batch = training_batch(config, 0)  # (3, 3, 9, 32, 32)
     assert batch.shape == (3, 3, 9, 32, 32)
     clips = clip_batch([seeded_scene(0, b) for b in range(3)])  # (3, 3, 17, 64, 64)

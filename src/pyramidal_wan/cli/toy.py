@@ -61,7 +61,7 @@ def _register_train_vae(commands) -> None:
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
     parser.add_argument("--num-frames", type=int, help="frames per clip, 4k+1 (default 17)")
     parser.add_argument("--resolution", type=int, help="clip height and width, divisible by 4 (default 64)")
-    parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 9)")
+    parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 17)")
     parser.add_argument("--crop-size", type=int, help="training crop height and width (default 32)")
     parser.add_argument("--stats-clips", type=int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=int, help="held-out clips for the PSNR (default 32)")
