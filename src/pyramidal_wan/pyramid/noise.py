@@ -58,3 +58,38 @@ def randn(shape, like: torch.Tensor, generator: torch.Generator | list[torch.Gen
     device = generator.device if generator is not None else like.device
     noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
     return noise.to(device=like.device, dtype=like.dtype)
+
+
+def detail_snr(sigma: float, detail_energy: float) -> float:
+    """Per-element SNR of a detail band of energy e at noise level sigma: (1 - sigma)^2 e / sigma^2.
+
+    This is twice METHOD.md 3.4's per-element KL kappa(sigma) of dropping that band at sigma.
+    """
+    return (1.0 - sigma) ** 2 * detail_energy / sigma**2
+
+
+def clean_ends_from_spectrum(
+    detail_energies: Sequence[float], block_sizes: Sequence[int], snr_threshold: float
+) -> tuple[float, ...]:
+    """Stage boundaries where each transition's detail band is drowned by noise (METHOD.md 3.4).
+
+    Transition i's detail band (energy e_i per element, measured on data) is pure noise at the noisy end
+    sigma_n^(i) of stage i. Choose sigma_n^(i) where the band's SNR equals `snr_threshold`,
+    sigma_n = 1 / (1 + sqrt(threshold / e_i)), and return sigma_c^(i+1) = g_K^{-1}(sigma_n^(i)).
+    """
+    if snr_threshold <= 0:
+        raise InputError(f"snr_threshold must be positive, got {snr_threshold}")
+    if len(detail_energies) != len(block_sizes):
+        raise ValueError(f"{len(detail_energies)} energies for {len(block_sizes)} transitions")
+    clean = []
+    for energy, k in zip(detail_energies, block_sizes):
+        if energy <= 0:
+            raise InputError(f"detail energy must be positive, got {energy}: is the cache empty or constant?")
+        sigma_n = 1.0 / (1.0 + math.sqrt(snr_threshold / energy))
+        clean.append(inverse_jump_sigma(sigma_n, k))
+    if any(a >= b for a, b in zip(clean, clean[1:])):
+        raise InputError(
+            f"the measured detail energies {list(detail_energies)} give boundaries {clean} that do not "
+            "increase toward the coarse stages; use the default boundaries or another threshold"
+        )
+    return tuple(clean)
