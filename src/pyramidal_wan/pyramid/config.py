@@ -10,6 +10,9 @@ from pyramidal_wan.pyramid.operators import WAVELETS
 from pyramidal_wan.pyramid.pyramid import Pyramid, default_clean_ends
 
 SAMPLERS = ("multistep", "fewstep")
+# "resolution": the latent is resampled per stage (METHOD.md 1-5); "patch": PPF, the latent stays at full
+# resolution and each stage has its own patchify kernel (METHOD.md 9).
+KINDS = ("resolution", "patch")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class PyramidConfig:
     default_schedule: str = "20-20-10"  # steps per stage, lowest resolution first
     shift: float = 1.0  # multi-step grid shift within each stage
     guidance_scale: float = 5.0  # standard CFG w; 1.0 disables guidance
+    kind: str = "resolution"  # "resolution" pyramid or "patch" pyramid (PPF, METHOD.md 9)
 
     def __post_init__(self):
         factors = check_factors(self.factors, self.num_stages)
@@ -34,6 +38,8 @@ class PyramidConfig:
             raise InputError(f"unknown wavelet {self.wavelet!r}; choose one of {', '.join(sorted(WAVELETS))}")
         if self.sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.kind not in KINDS:
+            raise InputError(f"unknown pyramid kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         parse_schedule(self.default_schedule, self.num_stages)
         self.pyramid()  # validates the boundaries
 

@@ -18,6 +18,9 @@ from pyramidal_wan.pyramid.pyramid import PLAIN_SEGMENT, Pyramid, Segment
 
 # diffusers' Wan `flow_shift` at 480p, for the plain "0-...-0-N" baseline (METHOD.md 5.4).
 BASELINE_SHIFT = 3.0
+# Slack on the PPF stage boundaries: a boundary level sigma_c^(i) that reaches a model as float32 (or as the
+# timestep 1000 sigma) can round up by ~1e-7 and must still count as the noisy end of stage i - 1.
+PPF_BOUNDARY_TOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,57 @@ def get_fewstep_grid(pyramid: Pyramid, schedule, rhos=None) -> tuple[StageSteps,
         seg = pyramid.segments[stage]
         r = rhos[j] if rhos is not None else [1 - k / n for k in range(n)]
         grid.append(StageSteps(seg, tuple(seg.sigma(float(v)) for v in r)))
+    return tuple(grid)
+
+
+def get_ppf_segments(clean_ends) -> tuple[Segment, ...]:
+    """PPF stage intervals (METHOD.md 9): stage i spans [sigma_c^(i), sigma_c^(i+1)], sigma_c^(0) = 0 and
+    sigma_c^(S) = 1; the stages partition [0, 1] at the resolution pyramid's split points, with no overlap."""
+    ends = (0.0, *(float(c) for c in clean_ends), 1.0)
+    if any(not a < b for a, b in zip(ends, ends[1:])):
+        raise ValueError(f"clean-end levels {tuple(clean_ends)} must increase strictly inside (0, 1)")
+    return tuple(Segment(i, lo, hi) for i, (lo, hi) in enumerate(zip(ends, ends[1:])))
+
+
+def ppf_stage_of(sigma, clean_ends) -> torch.Tensor:
+    """The PPF stage of each noise level (METHOD.md 9): i for sigma in (sigma_c^(i), sigma_c^(i+1)].
+
+    A boundary belongs to the coarser stage's neighbour below it (the stage whose noisy end it is) because
+    both samplers enter a stage at its noisy end: the first evaluation of stage i sits at sigma_c^(i+1), and
+    a "20-20-10" schedule must spend exactly 20 evaluations at stage 2. METHOD.md 9 writes the intervals
+    half-open the other way; the two differ only on the boundaries themselves (measure zero in training).
+    """
+    sigma = torch.as_tensor(sigma)
+    bounds = torch.tensor(clean_ends, dtype=torch.float64, device=sigma.device) + PPF_BOUNDARY_TOL
+    return torch.bucketize(sigma.to(torch.float64).reshape(-1), bounds)  # (B,) long
+
+
+def get_ppf_grid(
+    clean_ends, schedule, sampler: str = "multistep", shift: float = 1.0, baseline_shift=BASELINE_SHIFT
+) -> tuple[StageSteps, ...]:
+    """Grids of the patch pyramid (METHOD.md 9): plain sigma levels over each PPF stage interval.
+
+    "multistep": n + 1 levels rho_k = phi_s(1 - k/n) per stage, from sigma_c^(i+1) down to sigma_c^(i), so
+    consecutive stages meet exactly (the latent never changes resolution). "fewstep": n evaluations at
+    rho = 1 - k/n per stage (METHOD.md 6.2 on the PPF intervals). "0-...-0-N" is the plain baseline, as for
+    the resolution pyramid.
+    """
+    segments = get_ppf_segments(clean_ends)
+    steps = parse_schedule(schedule, len(segments))
+    if is_baseline_schedule(steps):
+        plain = Pyramid.build(len(segments))  # the baseline grid uses no stage boundaries
+        if sampler == "fewstep":
+            return get_fewstep_grid(plain, steps)
+        return get_multistep_grid(plain, steps, baseline_shift=baseline_shift)
+    grid = []
+    for stage, n in zip(reversed(range(len(segments))), steps):
+        seg = segments[stage]
+        if sampler == "fewstep":
+            levels = [1 - k / n for k in range(n)]
+        else:
+            levels = [shift_levels(1 - k / n, shift) for k in range(n + 1)]
+        # rho = 1 is set to sigma_n itself, so a stage starts exactly where the previous one ended.
+        grid.append(StageSteps(seg, tuple(seg.sigma_n if r == 1 else seg.sigma(r) for r in levels)))
     return tuple(grid)
 
 
@@ -161,4 +215,47 @@ def sample_pyramid_few_step(
             finer = grid[n + 1].segment
             u = pyramid.up(denoised, finer.stage)
             x = (1.0 - finer.sigma_n) * u + finer.sigma_n * randn(u.shape, u, generator)
+    return denoised
+
+
+@torch.no_grad()
+def sample_ppf_euler(model, x, grid, extra_args=None, callback=None, disable=None, generator=None):
+    """Multi-step patch-pyramid sampling: plain Euler in sigma over the PPF grid, no jumps (METHOD.md 9).
+
+    `x` is full-resolution white noise; the model picks each stage's patch kernel from sigma, so a stage
+    change switches only the kernel. `generator` is unused (Euler draws no noise) and kept for the shared
+    sampler signature.
+    """
+    for stage_steps in grid:
+
+        def stage_callback(info, stage=stage_steps.segment.stage):
+            callback({**info, "stage": stage, "denoised": info["x"] - info["sigma"] * info["velocity"]})
+
+        x = sample_euler(
+            model,
+            x,
+            stage_steps.sigmas,
+            extra_args,
+            stage_callback if callback is not None else None,
+            disable,
+            desc=f"stage {stage_steps.segment.stage}",
+        )
+    return x
+
+
+@torch.no_grad()
+def sample_ppf_few_step(model, x, grid, extra_args=None, callback=None, disable=None, generator=None):
+    """Few-step patch-pyramid sampler (METHOD.md 9 with 6.2): x0_hat = x - sigma v, then plain re-noising
+    x = (1 - sigma') x0_hat + sigma' eps at the next grid level; returns the last clean estimate."""
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    evaluations = [(st.segment.stage, sigma) for st in grid for sigma in st.sigmas]
+    for i in trange(len(evaluations), disable=disable, leave=False):
+        stage, sigma = evaluations[i]
+        denoised = x - sigma * model(x, sigma * s_in, **extra_args)
+        if callback is not None:
+            callback({"x": x, "i": i, "stage": stage, "sigma": sigma, "denoised": denoised})
+        if i + 1 < len(evaluations):
+            next_sigma = evaluations[i + 1][1]
+            x = (1.0 - next_sigma) * denoised + next_sigma * randn(denoised.shape, denoised, generator)
     return denoised
