@@ -13,6 +13,7 @@ paper's size, divisible for three stages) and Wan2.1's `sample_neg_prompt`. The 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from pyramidal_wan.models.checkpoint import (
 )
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
+from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.presets import get_transformer_config, read_config_json
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
@@ -49,13 +51,15 @@ from pyramidal_wan.pyramid import (
     StageGeometry,
     get_fewstep_grid,
     get_multistep_grid,
+    get_ppf_grid,
     is_baseline_schedule,
     parse_schedule,
     randn,
+    sample_ppf_euler,
+    sample_ppf_few_step,
     sample_pyramid_euler,
     sample_pyramid_few_step,
     stage_geometry,
-    start_stage,
 )
 from pyramidal_wan.pyramid.config import SAMPLERS
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
@@ -79,12 +83,34 @@ class SamplingPlan:
 
     steps: tuple[int, ...]  # steps per stage, lowest resolution first
     sampler: str  # "multistep" or "fewstep"
-    guidance_scale: float  # standard CFG w; 1 = no guidance
+    guidance_scale: float  # standard CFG w; 1 = no guidance (the largest stage scale with stage_guidance)
     geometry: tuple[StageGeometry, ...]  # stage sizes, index 0 = full resolution (one stage for 0-...-0-N)
+    kind: str = "resolution"  # the model's pyramid kind: "resolution" or "patch" (PPF, METHOD.md 9)
+    stage_guidance: tuple[float, ...] | None = None  # PPF: one CFG w per stage, lowest resolution first
 
     @property
     def schedule(self) -> str:
         return "-".join(str(n) for n in self.steps)
+
+    @property
+    def noise_latent(self) -> tuple[int, int, int]:
+        """(T, H, W) of the start noise: the lowest stage's, or full resolution for PPF and 0-...-0-N."""
+        return self.geometry[0 if self.kind == "patch" else -1].latent
+
+
+def resolve_stage_guidance(pyramid_config: PyramidConfig, scales) -> tuple[float, ...]:
+    """Per-stage CFG scales (lowest resolution first) of a patch-pyramid model (METHOD.md 9)."""
+    if pyramid_config.kind != "patch":
+        raise InputError(
+            "one guidance scale per stage needs a patch-pyramid (PPF) model; pass a single guidance_scale"
+        )
+    scales = tuple(float(w) for w in scales)
+    if len(scales) != pyramid_config.num_stages or not all(w >= 1.0 for w in scales):
+        raise InputError(
+            f"guidance scales {scales} must be {pyramid_config.num_stages} values >= 1, lowest resolution "
+            "first"
+        )
+    return scales
 
 
 def resolve_sampling(
@@ -117,7 +143,7 @@ def plan_sampling(
     width: int,
     schedule=None,
     sampler: str | None = None,
-    guidance_scale: float | None = None,
+    guidance_scale: float | tuple[float, ...] | None = None,
     vae_scale_temporal: int = 4,
     vae_scale_spatial: int = 8,
     patch_size: tuple[int, int, int] = (1, 2, 2),
@@ -125,10 +151,17 @@ def plan_sampling(
     """Check a video size and sampling settings against a model's configs (no weights needed).
 
     Plain sampling (0-...-0-N) needs only the full-resolution geometry, so e.g. 480x832 stays valid there;
-    a pyramidal schedule needs every stage to divide cleanly. Raises one-line `InputError`s.
+    a pyramidal schedule needs every stage to divide cleanly (for PPF, into every stage's patch kernel: the
+    same conditions, METHOD.md 1.4). Raises one-line `InputError`s.
     """
+    stage_guidance = None
+    if isinstance(guidance_scale, (tuple, list)):
+        stage_guidance = resolve_stage_guidance(pyramid_config, guidance_scale)
+        guidance_scale = max(stage_guidance)  # decides whether the negative prompt is needed
     steps, sampler, guidance_scale = resolve_sampling(pyramid_config, schedule, sampler, guidance_scale)
     plain = is_baseline_schedule(steps)
+    if plain and stage_guidance is not None:
+        raise InputError(f"schedule {'-'.join(map(str, steps))} has one stage; pass a single guidance_scale")
     geometry = stage_geometry(
         num_frames,
         height,
@@ -139,7 +172,7 @@ def plan_sampling(
         vae_scale_spatial=vae_scale_spatial,
         patch_size=patch_size,
     )
-    return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry))
+    return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry), pyramid_config.kind, stage_guidance)
 
 
 class PyramidalWanPipeline(DiffusionPipeline):
@@ -153,8 +186,10 @@ class PyramidalWanPipeline(DiffusionPipeline):
             Text encoder (Wan2.1: umT5-XXL).
         vae ([`AutoencoderKLWan`]):
             Video VAE; `latents_mean` / `latents_std` of its config normalise the latent space.
-        transformer ([`WanTransformer3DModel`]):
-            The denoiser, predicting the flow-matching velocity at timestep 1000 * sigma.
+        transformer ([`WanTransformer3DModel`] or [`PPFTransformer`]):
+            The denoiser, predicting the flow-matching velocity at timestep 1000 * sigma. A `PPFTransformer`
+            (patch pyramid, METHOD.md 9; needs `pyramid_config.kind == "patch"`) keeps its base transformer
+            as the registered `transformer` component and its patch layers in `ppf`.
         scheduler ([`FlowMatchEulerDiscreteScheduler`], *optional*):
             Not used for sampling (the pyramid samplers walk their own grids); kept so that a saved folder is
             a complete `WanPipeline` layout. Defaults to flow-matching Euler with shift 3.
@@ -175,7 +210,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         tokenizer,
         text_encoder,
         vae: AutoencoderKLWan,
-        transformer: WanTransformer3DModel,
+        transformer: WanTransformer3DModel | PPFTransformer,
         scheduler: FlowMatchEulerDiscreteScheduler | None = None,
         pyramid_config: PyramidConfig | None = None,
         default_num_frames: int = WAN21_SIZE[0],
@@ -186,6 +221,9 @@ class PyramidalWanPipeline(DiffusionPipeline):
         super().__init__()
         if scheduler is None:
             scheduler = FlowMatchEulerDiscreteScheduler(shift=BASELINE_SHIFT)
+        # A PPF model registers its base, so the folder stays a WanPipeline layout (PPF layers ride along).
+        self.ppf = transformer if isinstance(transformer, PPFTransformer) else None
+        transformer = transformer.transformer if self.ppf is not None else transformer
         self.register_modules(
             tokenizer=tokenizer,
             text_encoder=text_encoder,
@@ -200,9 +238,24 @@ class PyramidalWanPipeline(DiffusionPipeline):
             default_negative_prompt=default_negative_prompt,
         )
         self.pyramid_config = PLAIN_MODEL_CONFIG if pyramid_config is None else pyramid_config
+        self._check_ppf()
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+
+    def _check_ppf(self) -> None:
+        """A patch-pyramid config needs a PPFTransformer with the same stages, and vice versa."""
+        patch = self.pyramid_config.kind == "patch"
+        if patch and self.ppf is None:
+            raise InputError(
+                "pyramid_config kind 'patch' needs a PPFTransformer; wrap the transformer in PPFTransformer "
+                "or load a PPF model folder"
+            )
+        if self.ppf is not None and not (patch and self.ppf.ppf_config.matches(self.pyramid_config)):
+            raise InputError(
+                f"a PPFTransformer with {self.ppf.ppf_config} needs pyramid_config kind 'patch' with the "
+                "same stages, factors and clean_ends (PPFConfig.pyramid_config() builds one)"
+            )
 
     # Loading and saving ------------------------------------------------------------------------------
 
@@ -237,6 +290,10 @@ class PyramidalWanPipeline(DiffusionPipeline):
             n for n in PIPELINE_COMPONENTS if n != "scheduler" or index.get(n) not in (None, [None, None])
         )
         components = load_pipeline_components(folder, names, torch_dtype)
+        if config.kind == "patch":  # the PPF layers are saved beside the base transformer's weights
+            components["transformer"] = PPFTransformer.from_pretrained(
+                folder / "transformer", transformer=components["transformer"]
+            )
         settings = {k: index[k] for k in PIPELINE_SETTINGS if k in index}
         return cls(**components, pyramid_config=config, **settings)
 
@@ -253,6 +310,8 @@ class PyramidalWanPipeline(DiffusionPipeline):
             **kwargs: passed to [`~DiffusionPipeline.save_pretrained`].
         """
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, **kwargs)
+        if self.ppf is not None:
+            self.ppf.save_layers(Path(save_directory) / "transformer")
         if self.pyramid_config == PLAIN_MODEL_CONFIG:
             (Path(save_directory) / PYRAMID_CONFIG_NAME).unlink(missing_ok=True)
         else:
@@ -319,7 +378,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         width: int,
         schedule=None,
         sampler: str | None = None,
-        guidance_scale: float | None = None,
+        guidance_scale: float | tuple[float, ...] | None = None,
         num_videos_per_prompt: int = 1,
         generator=None,
         latents: torch.Tensor | None = None,
@@ -360,8 +419,8 @@ class PyramidalWanPipeline(DiffusionPipeline):
             raise InputError(
                 f"got {len(generator)} generators for {total} videos; pass one per video or a single one"
             )
-        # Sampling starts at the lowest stage: every entry of a pyramidal schedule is >= 1.
-        expected = (total, self.transformer.config.in_channels, *plan.geometry[-1].latent)
+        # Sampling starts at the lowest stage (every entry of a pyramidal schedule is >= 1); PPF at full size.
+        expected = (total, self.transformer.config.in_channels, *plan.noise_latent)
         if latents is not None and tuple(latents.shape) != expected:
             raise InputError(
                 f"latents of shape {tuple(latents.shape)} do not fit; schedule {plan.schedule} "
@@ -488,9 +547,28 @@ class PyramidalWanPipeline(DiffusionPipeline):
 
     def get_grid(self, plan: SamplingPlan, pyramid: Pyramid):
         """The stage grids (sigmas per stage, lowest resolution first) the sampler walks."""
+        if plan.kind == "patch":
+            config = self.pyramid_config
+            return get_ppf_grid(config.clean_ends, plan.steps, plan.sampler, config.shift)
         if plan.sampler == "fewstep":
             return get_fewstep_grid(pyramid, plan.steps)
         return get_multistep_grid(pyramid, plan.steps, shift=self.pyramid_config.shift)
+
+    def get_sampler(self, plan: SamplingPlan, pyramid: Pyramid):
+        """(velocity model, sampler taking `(model, x, grid, ...)`) of a plan.
+
+        A PPF model samples the plain process at full resolution, its kernel and CFG scale switching with
+        the stage of sigma (METHOD.md 9); its 0-...-0-N baseline runs the base transformer, which is stage 0.
+        """
+        if self.ppf is None or is_baseline_schedule(plan.steps):
+            model = CFGVelocity(WanVelocity(self.transformer), plan.guidance_scale)
+            sample = sample_pyramid_few_step if plan.sampler == "fewstep" else sample_pyramid_euler
+            return model, functools.partial(sample, pyramid=pyramid)
+        scales = plan.stage_guidance or (plan.guidance_scale,) * self.pyramid_config.num_stages
+        # match_base: the PPF layers follow the base transformer through `pipe.to(...)`.
+        velocity = WanVelocity(self.ppf.match_base())
+        model = StageGuidance(velocity, scales[::-1], self.pyramid_config.clean_ends)  # by stage index
+        return model, sample_ppf_few_step if plan.sampler == "fewstep" else sample_ppf_euler
 
     def prepare_latents(
         self,
@@ -522,7 +600,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         width: int | None = None,
         schedule: str | tuple[int, ...] | None = None,
         sampler: str | None = None,
-        guidance_scale: float | None = None,
+        guidance_scale: float | tuple[float, ...] | None = None,
         num_videos_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
@@ -554,16 +632,18 @@ class PyramidalWanPipeline(DiffusionPipeline):
             sampler (`str`, *optional*):
                 "multistep" (Euler with stage jumps, METHOD.md 5) or "fewstep" (x0 prediction and fresh
                 re-noising, METHOD.md 6). Defaults to the checkpoint's.
-            guidance_scale (`float`, *optional*):
+            guidance_scale (`float` or `tuple[float]`, *optional*):
                 Standard CFG scale w in uncond + w (cond - uncond); 1 disables guidance. Defaults to the
-                checkpoint's for multi-step sampling and to 1 for few-step sampling.
+                checkpoint's for multi-step sampling and to 1 for few-step sampling. A PPF model also takes
+                one scale per stage, lowest resolution first like `schedule` (METHOD.md 9).
             num_videos_per_prompt (`int`, defaults to 1):
                 The number of videos to generate per prompt.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*):
                 Generator(s) for the start noise and every stage-jump / re-noising draw; one per video for a
                 list. A CPU generator gives the same videos on every device.
             latents (`torch.Tensor`, *optional*):
-                Start noise at the shape of the schedule's first stage, instead of drawing it.
+                Start noise at the shape of the schedule's first stage (full resolution for a PPF model),
+                instead of drawing it.
             prompt_embeds (`torch.Tensor`, *optional*), negative_prompt_embeds (`torch.Tensor`, *optional*):
                 Pre-computed text embeddings (B, L, D); with CFG both must have the same shape.
             output_type (`str`, defaults to `"np"`):
@@ -627,7 +707,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         latents = self.prepare_latents(
             prompt_embeds.shape[0],
             self.transformer.config.in_channels,
-            plan.geometry[start_stage(grid)].latent,
+            plan.noise_latent,
             torch.float32,
             device,
             generator,
@@ -635,18 +715,16 @@ class PyramidalWanPipeline(DiffusionPipeline):
         )
 
         # 6. Denoising loop: one call to the pyramid sampler
-        model = CFGVelocity(WanVelocity(self.transformer), plan.guidance_scale)
+        model, sample = self.get_sampler(plan, pyramid)
         extra_args = {
             "encoder_hidden_states": prompt_embeds,
             "negative_encoder_hidden_states": negative_prompt_embeds,
             "attention_kwargs": attention_kwargs,
         }
-        sample = sample_pyramid_few_step if plan.sampler == "fewstep" else sample_pyramid_euler
         latents = sample(
             model,
             latents,
-            pyramid,
-            grid,
+            grid=grid,
             extra_args=extra_args,
             callback=callback,
             disable=self._progress_disabled(),
