@@ -9,6 +9,12 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.eval.flops import (
+    ppf_forward_flops,
+    ppf_schedule_flops,
+    schedule_flops,
+    transformer_forward_flops,
+)
 from pyramidal_wan.models.denoiser import WanVelocity
 from pyramidal_wan.models.ppf import (
     PPF_CONFIG_NAME,
@@ -322,3 +328,28 @@ def test_kernels_follow_the_cumulative_factors():
         ((4, 8, 16), (1, 8, 16)),
     ]
     assert math.prod(config.kernels(3)[0]) // 4 == 4 * 4 * 8  # Phi_t Phi_h Phi_w stage-0 tokens per token
+
+
+# Latents of the paper's 3-stage pyramid at 81x448x832 (METHOD.md 1.2), index 0 = full resolution.
+PAPER_SHAPES = [(16, 21, 56, 104), (16, 11, 28, 52), (16, 6, 14, 26)]
+
+
+def test_flops_match_the_resolution_pyramid_within_2_percent():
+    """Same token counts, so the same FLOPs up to the patch layers (METHOD.md 9, 10.1); counted on meta.
+
+    Measured with wan2.1-1.3b: stage 0 equal, stage 1 +0.08%, stage 2 +0.73% (its bigger patch layers
+    weigh most against its 546 tokens); 20-20-10 with CFG +0.02%.
+    """
+    for stage, shape in enumerate(PAPER_SHAPES):
+        ppf = ppf_forward_flops("wan2.1-1.3b", PAPER_SHAPES[0], stage)
+        resolution = transformer_forward_flops("wan2.1-1.3b", shape)
+        assert ppf == pytest.approx(resolution, rel=0.02)
+        assert ppf >= resolution  # the coarse kernels' patch layers cost slightly more
+    assert ppf_forward_flops("wan2.1-1.3b", PAPER_SHAPES[0], 0) == transformer_forward_flops(
+        "wan2.1-1.3b", PAPER_SHAPES[0]
+    )
+    for steps, cfg in (((10, 20, 20), True), ((1, 2, 2), False)):  # by stage: 20-20-10 and 2-2-1
+        ppf = ppf_schedule_flops("wan2.1-1.3b", PAPER_SHAPES[0], steps, cfg)
+        resolution = schedule_flops("wan2.1-1.3b", PAPER_SHAPES, steps, cfg)
+        assert ppf["total_tflops"] == pytest.approx(resolution["total_tflops"], rel=0.02)
+        assert [s["tokens"] for s in ppf["stages"]] == [30_576, 4_004, 546]

@@ -3,15 +3,23 @@
 CFG: by default each schedule row is counted the way the paper counts it, with CFG (two forwards per step)
 for multi-step schedules and without for few-step ones (every stage <= 4 steps, e.g. 2-2-1, 0-0-2).
 `--cfg` or `--no-cfg` forces one choice on every row.
+
+`--kind patch` counts a patch-pyramid (PPF) model (METHOD.md 9): the full-resolution latent at every stage,
+patchified with the stage's kernel; a model folder whose pyramid_config.json says kind "patch" is counted so
+by default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, schedule_flops
+from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, ppf_schedule_flops, schedule_flops
+from pyramidal_wan.models.checkpoint import load_pyramid_config
+from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
 
 # Without --schedule: plain Wan with the paper's 50 steps, at every stage count.
@@ -50,14 +58,29 @@ def register(subparsers) -> None:
         help="count every row with (--cfg) or without (--no-cfg) classifier-free guidance; "
         "default: CFG for multi-step rows only",
     )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default=None,
+        help="resolution pyramid or patch pyramid (PPF); default: the model folder's pyramid_config.json "
+        "kind, else resolution",
+    )
     parser.add_argument("--text-len", type=int, default=512, help="text tokens (default 512)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(func=run)
 
 
+def model_kind(model: str) -> str:
+    """The pyramid kind a model folder is saved with ("resolution" for presets and plain folders)."""
+    config = load_pyramid_config(model) if Path(model).is_dir() else None
+    return "resolution" if config is None else config.kind
+
+
 def compute_report(args: argparse.Namespace) -> dict:
     """Per-stage sizes and FLOPs and one row per schedule, as a JSON-ready dict."""
     config = get_transformer_config(args.model)
+    kind = args.kind or model_kind(args.model)
+    # PPF stages have the resolution pyramid's token grids, so the same geometry checks the size.
     geometry = stage_geometry(
         args.num_frames, args.height, args.width, num_stages=args.stages, patch_size=config["patch_size"]
     )
@@ -68,7 +91,11 @@ def compute_report(args: argparse.Namespace) -> dict:
     for steps in parsed:
         by_stage = steps[::-1]  # schedule strings run lowest first; stage index 0 is full resolution
         cfg = default_cfg(steps) if args.cfg is None else args.cfg
-        result = schedule_flops(config, shapes, by_stage, cfg, args.text_len)
+        if kind == "patch":
+            ppf = PPFConfig(num_stages=args.stages)
+            result = ppf_schedule_flops(config, shapes[0], by_stage, cfg, ppf, args.text_len)
+        else:
+            result = schedule_flops(config, shapes, by_stage, cfg, args.text_len)
         rows.append(
             {
                 "schedule": "-".join(str(n) for n in steps),
@@ -84,7 +111,7 @@ def compute_report(args: argparse.Namespace) -> dict:
     stages = [
         {
             "stage": s["stage"],
-            "pixel": list(g.pixel),
+            "pixel": list(geometry[0].pixel if kind == "patch" else g.pixel),
             "latent": list(s["latent"][1:]),
             "tokens": s["tokens"],
             "tflops_per_forward": s["tflops_per_forward"],
@@ -93,6 +120,7 @@ def compute_report(args: argparse.Namespace) -> dict:
     ]
     return {
         "model": str(args.model),
+        "kind": kind,
         "size": [args.num_frames, args.height, args.width],
         "text_len": args.text_len,
         "stages": stages,
@@ -135,6 +163,8 @@ def format_report(report: dict) -> str:
         for r in report["schedules"]
     ]
     title = f"{report['model']} at {frames}x{height}x{width}, {report['text_len']} text tokens"
+    if report["kind"] == "patch":
+        title += ", patch pyramid (PPF: full-resolution latent, per-stage patch kernels)"
     return "\n".join(
         [
             title,

@@ -3,6 +3,7 @@
 The real diffusers `WanTransformer3DModel` runs on `meta` tensors under `torch.utils.flop_counter`'s
 `FlopCounterMode`, so the count follows the model code rather than a hand formula, at no memory cost.
 FLOPs = 2 x multiply-accumulates (the convention of `FlopCounterMode` and of the paper's table).
+A patch-pyramid (PPF) model is counted the same way, running the `PPFTransformer` stage forward.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer, ppf_num_tokens
 from pyramidal_wan.models.presets import build_on_meta, get_transformer_config
 
 # A schedule whose stages all take at most this many steps is a few-step (distilled) schedule: the paper
@@ -79,6 +81,22 @@ def _count_by_op(
     return tuple(sorted((str(op), int(n)) for op, n in counts.items()))
 
 
+@functools.lru_cache(maxsize=256)
+def _count_ppf_by_op(
+    config_key: str, latent_shape: tuple[int, ...], text_len: int, stage: int, ppf_key: str
+) -> tuple[tuple[str, int], ...]:
+    config = json.loads(config_key)
+    ppf = PPFTransformer(_meta_model(config_key), PPFConfig.from_dict(json.loads(ppf_key)))
+    latents = torch.empty((1, *latent_shape), device="meta")  # (B, C, T, H, W), full resolution
+    text = torch.empty((1, text_len, config["text_dim"]), device="meta")  # (B, N_txt, text_dim)
+    timestep = torch.empty((1,), device="meta")
+    # The stage is given, not read from the timestep: meta tensors hold no values.
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
+        ppf.forward_stage(latents, timestep, text, stage)
+    counts = counter.get_flop_counts()["Global"]
+    return tuple(sorted((str(op), int(n)) for op, n in counts.items()))
+
+
 def transformer_forward_flop_breakdown(
     config: str | Mapping[str, Any], latent_shape_CTHW: Sequence[int], text_len: int = 512
 ) -> dict[str, int]:
@@ -99,6 +117,25 @@ def transformer_forward_flops(
     Results are cached per (config, shape, text length).
     """
     return sum(transformer_forward_flop_breakdown(config, latent_shape_CTHW, text_len).values())
+
+
+def ppf_forward_flops(
+    config: str | Mapping[str, Any],
+    latent_shape_CTHW: Sequence[int],
+    stage: int,
+    ppf_config: PPFConfig | None = None,
+    text_len: int = 512,
+) -> int:
+    """FLOPs of one batch-1 forward of stage `stage` of a PPF model on a full-resolution (C, T, H, W) latent
+    (METHOD.md 9): the transformer blocks see the stage's token count, plus its patch layers."""
+    config = get_transformer_config(config)
+    ppf_config = PPFConfig() if ppf_config is None else ppf_config
+    if text_len < 1:
+        raise InputError(f"text length {text_len} must be at least 1")
+    shape = check_latent_shape(config, latent_shape_CTHW)
+    ppf_num_tokens(shape[1:], ppf_config.kernels(stage, config["patch_size"]))  # validates the size
+    key = json.dumps(ppf_config.to_dict(), sort_keys=True)
+    return sum(n for _, n in _count_ppf_by_op(_config_key(config), shape, int(text_len), int(stage), key))
 
 
 def analytic_forward_flops(config: str | Mapping[str, Any], tokens: int, text_len: int = 512) -> int:
@@ -135,20 +172,60 @@ def schedule_flops(
     """
     if len(stage_latent_shapes) != len(steps_per_stage):
         raise InputError(f"{len(steps_per_stage)} step counts for {len(stage_latent_shapes)} stages")
+    _check_steps(steps_per_stage)
+    config = get_transformer_config(config)
+    forwards = [
+        (shape, num_tokens(config, shape), transformer_forward_flops(config, shape, text_len))
+        for shape in stage_latent_shapes
+    ]
+    return _schedule_totals(forwards, steps_per_stage, cfg)
+
+
+def ppf_schedule_flops(
+    config: str | Mapping[str, Any],
+    latent_shape_CTHW: Sequence[int],
+    steps_per_stage: Sequence[int],
+    cfg: bool,
+    ppf_config: PPFConfig | None = None,
+    text_len: int = 512,
+) -> dict[str, Any]:
+    """Cost of a patch-pyramid schedule on a full-resolution latent: sum_i n_i FLOPs_PPF(i), doubled with
+    CFG (METHOD.md 9, 10.1). `steps_per_stage` is indexed by stage (0 = full resolution); the result has
+    the keys of `schedule_flops`, every stage's `latent` being the full-resolution one."""
+    config = get_transformer_config(config)
+    ppf_config = PPFConfig(num_stages=len(steps_per_stage)) if ppf_config is None else ppf_config
+    if ppf_config.num_stages != len(steps_per_stage):
+        raise InputError(f"{len(steps_per_stage)} step counts for {ppf_config.num_stages} stages")
+    _check_steps(steps_per_stage)
+    shape = check_latent_shape(config, latent_shape_CTHW)
+    forwards = [
+        (
+            shape,
+            ppf_num_tokens(shape[1:], ppf_config.kernels(i, config["patch_size"])),
+            ppf_forward_flops(config, shape, i, ppf_config, text_len),
+        )
+        for i in range(ppf_config.num_stages)
+    ]
+    return _schedule_totals(forwards, steps_per_stage, cfg)
+
+
+def _check_steps(steps_per_stage: Sequence[int]) -> None:
     if any(int(n) < 0 for n in steps_per_stage) or sum(steps_per_stage) < 1:
         raise InputError(f"steps per stage {tuple(steps_per_stage)} must be >= 0 with at least one step")
-    config = get_transformer_config(config)
+
+
+def _schedule_totals(forwards, steps_per_stage: Sequence[int], cfg: bool) -> dict[str, Any]:
+    """Per-stage rows and totals from (latent shape, tokens, FLOPs per forward) per stage."""
     branches = 2 if cfg else 1
     stages, total = [], 0
-    for i, (shape, steps) in enumerate(zip(stage_latent_shapes, steps_per_stage)):
-        per_forward = transformer_forward_flops(config, shape, text_len)
+    for i, ((shape, tokens, per_forward), steps) in enumerate(zip(forwards, steps_per_stage)):
         flops = branches * int(steps) * per_forward
         total += flops
         stages.append(
             {
                 "stage": i,
                 "latent": tuple(int(s) for s in shape),
-                "tokens": num_tokens(config, shape),
+                "tokens": tokens,
                 "tflops_per_forward": per_forward / TERA,
                 "steps": int(steps),
                 "tflops": flops / TERA,
