@@ -85,6 +85,7 @@ class ObjectiveConfig:
     rec_weight: float = 2.0  # lambda_rec
     rec_steps: int = 10  # Euler steps of the reconstruction teacher per student step
     head_channels: int = 256  # discriminator head width
+    stage_embedding: bool = False  # PPF (ppf-fm): learned per-stage timestep-embedding offset, zero at init
 
 
 @dataclass
