@@ -43,6 +43,7 @@ def student_network(model_config, seed: int) -> WanVelocity:
     """The network a run trains (`model.init`, optionally LoRA, optionally gradient checkpointing)."""
     transformer = load_transformer_for(model_config.init, seed)
     if model_config.lora_rank > 0:
+        torch.manual_seed(seed)  # peft draws LoRA A from the global generator: same seed, same adapter
         add_lora(transformer, model_config.lora_rank, model_config.lora_alpha)
     if model_config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()

@@ -14,6 +14,7 @@ Every model here is a velocity model `model(x, sigma, encoder_hidden_states) -> 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import torch
 import torch.nn.functional as F
@@ -144,10 +145,26 @@ class PyramidalFlowMatching(Objective):
         return total, logs
 
 
+def _distillation(module: str, name: str):
+    """A builder of a step-distillation objective (METHOD.md 6-8). Its module subclasses Objective, so it is
+    imported when the objective is built rather than here (a module-level import would be circular)."""
+
+    def build(config: Config):
+        return getattr(importlib.import_module(f"pyramidal_wan.training.{module}"), name)(config)
+
+    return build
+
+
 OBJECTIVES = {
     "flow-matching": FlowMatching,
     "multires-fm": FlowMatching,
     "pyramidal": PyramidalFlowMatching,
+    "dmd": _distillation("distill", "WanDMD"),
+    "dmd-ot": _distillation("distill", "DMDOT"),
+    "dmd-pt": _distillation("distill", "DMDPT"),
+    "dmd-pt-star": _distillation("distill", "DMDPTStar"),
+    "adv-o": _distillation("adversarial", "AdvO"),
+    "adv-p": _distillation("adversarial", "AdvP"),
 }
 
 

@@ -210,7 +210,9 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
 
 
 def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, generator, device) -> dict:
-    """Random cached videos; text dropout swaps prompts for the empty prompt (trains the CFG branch)."""
+    """Random cached videos; text dropout swaps prompts for the empty prompt (trains the CFG branch).
+
+    `empty_prompt` (L, D) is the cache's empty-prompt embedding: the unconditional text of teacher CFG."""
     indices = torch.randint(len(data), (batch_size,), generator=generator)
     batch = data.batch(indices)
     drop = torch.rand(batch_size, generator=generator) < text_dropout
@@ -218,6 +220,7 @@ def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, gene
     return {
         "latents": [x.to(device) for x in batch["latents"]],
         "prompt_embeds": batch["prompt_embeds"].to(device),
+        "empty_prompt": data.empty_prompt.float().to(device),
     }
 
 

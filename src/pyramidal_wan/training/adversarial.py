@@ -1,0 +1,180 @@
+"""Adversarial distillation: Adv-O and Adv-P (METHOD.md 8).
+
+A frozen backbone F^dagger (Adv-O: the multi-resolution original-architecture model, `objective.teacher`;
+Adv-P: PyramidalWan) reads real and fake stage latents re-noised with the same tau and eps (plain process
+for Adv-O, pyramidal with noisy-end content P(.) for Adv-P); conv heads on its hooked blocks' hidden states
+(`models.discriminator`) are the critic group, trained with the hinge loss. The student's loss is
+
+    L_G = adv_weight * Adv + rec_weight * Rec,     Adv = -mean D(fake),
+    Rec = MSE(x_s + (sigma' - sigma_k) G(x_s),  rec_steps CFG Euler steps of PyramidalWan from x_s to sigma'),
+
+where sigma' is the next grid level of the stage (its clean end after the last step). The reconstruction
+teacher is PyramidalWan, the student's initialisation `model.init`, in both variants. The Adv gradient flows
+through the frozen backbone into x_hat; the heads are not updated by it. Tensors are stage latents
+(B, C, T, H, W) and prompt embeddings (B, L, D).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.discriminator import Discriminator, block_features, default_blocks, token_grid
+from pyramidal_wan.pyramid import randn, sample_euler
+from pyramidal_wan.pyramid.distillation import next_sigma
+from pyramidal_wan.training.config import Config
+from pyramidal_wan.training.distill import FewStepObjective, frozen_network, negative_text, unwrap
+
+
+def hinge_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """L_D = mean relu(1 - D(real)) + mean relu(1 + D(fake)), over blocks, branches and tokens."""
+    return F.relu(1.0 - real.float()).mean() + F.relu(1.0 + fake.float()).mean()
+
+
+def hinge_generator_loss(fake: torch.Tensor) -> torch.Tensor:
+    """Adv = -mean D(fake)."""
+    return -fake.float().mean()
+
+
+@contextmanager
+def parameters_frozen(module: torch.nn.Module):
+    """Build a graph in which `module`'s parameters are constants: the generator's backward then leaves the
+    critic's .grad untouched (the trainer zeroes only the stepped group's gradients)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+
+
+class AdversarialDistillation(FewStepObjective):
+    """Hinge-GAN on frozen backbone features plus a reconstruction term (METHOD.md 8)."""
+
+    backbone_required = False
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        cfg, model = self.cfg, config.model
+        self.critic_ratio = cfg.critic_ratio
+        # Reconstruction teacher: PyramidalWan, the weights the student starts from (METHOD.md 8, step 3).
+        self.rec_teacher = frozen_network(model.init, self.seed, self.precision, model.gradient_checkpointing)
+        if cfg.teacher is None or cfg.teacher == model.init:
+            self.backbone = self.rec_teacher  # Adv-P: one frozen copy serves both roles
+        else:
+            self.backbone = frozen_network(
+                cfg.teacher, self.seed, self.precision, model.gradient_checkpointing
+            )
+        transformer = self.backbone.transformer
+        num_layers = len(transformer.blocks)
+        blocks = cfg.adv_blocks if cfg.adv_blocks is not None else default_blocks(num_layers)
+        if not blocks or any(not 0 <= b < num_layers for b in blocks) or len(set(blocks)) != len(blocks):
+            raise InputError(f"adv_blocks {blocks} must be distinct block indices in 0..{num_layers - 1}")
+        self.patch_size = tuple(transformer.config.patch_size)
+        dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        with torch.random.fork_rng(devices=[]):  # heads drawn from the run seed: reproducible, resumable
+            torch.manual_seed(self.seed)
+            self.nets["critic"] = Discriminator(dim, blocks, cfg.head_channels)
+
+    def check(self, config: Config) -> None:
+        super().check(config)
+        cfg = config.objective
+        if self.backbone_required and cfg.teacher is None:
+            raise InputError(
+                f"{self.method} needs objective.teacher: the multi-resolution original-architecture backbone "
+                "(METHOD.md 8)"
+            )
+        if cfg.rec_steps < 1 or cfg.head_channels < 1:
+            raise InputError(
+                f"rec_steps and head_channels must be >= 1, got {cfg.rec_steps}, {cfg.head_channels}"
+            )
+
+    def logits(self, heads, x_tau: torch.Tensor, tau, embeds) -> torch.Tensor:
+        """D(x_tau): (B, blocks, 2, T', H', W') logits of the heads on the backbone's hooked blocks."""
+        features = block_features(self.backbone, x_tau, tau, embeds, unwrap(heads).blocks)
+        return heads(features, token_grid(x_tau, self.patch_size))
+
+    @torch.no_grad()
+    def reconstruction_target(self, x_s, sigma: float, sigma_next: float, batch: dict) -> torch.Tensor:
+        """rec_steps guided Euler steps of PyramidalWan from x_s to sigma_next, uniform in sigma."""
+        m = self.cfg.rec_steps
+        sigmas = [sigma + (sigma_next - sigma) * j / m for j in range(m + 1)]
+        text = {
+            "encoder_hidden_states": batch["prompt_embeds"],
+            "negative_encoder_hidden_states": negative_text(batch),
+        }
+        return sample_euler(self.teacher_guidance(self.rec_teacher), x_s, sigmas, text, disable=True)
+
+    def renoised_pair(self, batch: dict, n: int, x_hat: torch.Tensor, generator):
+        """(real_tau, fake_tau, tau): the stage-i data latent and x_hat re-noised with one tau and one eps."""
+        real = batch["latents"][self.grid[n].segment.stage]
+        rho, tau = self.draw_tau(n, real.shape[0], real, generator)
+        noise = randn(real.shape, real, generator)
+        real_tau, _ = self.renoise(n, real, noise, rho, tau)
+        fake_tau, _ = self.renoise(n, x_hat, noise, rho, tau)
+        return real_tau, fake_tau, tau
+
+    def generator_loss(self, batch: dict, generator: torch.Generator):
+        """L_G = adv_weight * (-mean D(fake)) + rec_weight * Rec (METHOD.md 8)."""
+        n, k = self.grid_point(batch, generator)
+        embeds = batch["prompt_embeds"]
+        x_s = self.student_input(batch, n, k, generator)
+        velocity, x_hat = self.predict(x_s, n, k, embeds)
+        _, fake_tau, tau = self.renoised_pair(batch, n, x_hat, generator)
+        heads = unwrap(self.nets["critic"])  # not the DDP wrapper: this forward has no critic backward
+        with parameters_frozen(heads):
+            adv = hinge_generator_loss(self.logits(heads, fake_tau, tau, embeds))
+        sigma, sigma_next = self.grid[n].sigmas[k], next_sigma(self.grid, n, k)
+        x_student = x_s + (sigma_next - sigma) * velocity
+        rec = F.mse_loss(x_student.float(), self.reconstruction_target(x_s, sigma, sigma_next, batch).float())
+        loss = self.cfg.adv_weight * adv + self.cfg.rec_weight * rec
+        return loss, {
+            "loss_adv": adv.detach(),
+            "loss_rec": rec.detach(),
+            "stage": torch.tensor(self.grid[n].segment.stage),
+        }
+
+    def critic_loss(self, batch: dict, generator: torch.Generator):
+        """Hinge L_D on real and detached fake samples, one backbone call for both (METHOD.md 8)."""
+        n, k = self.grid_point(batch, generator)
+        embeds = batch["prompt_embeds"]
+        with torch.no_grad():
+            x_s = self.student_input(batch, n, k, generator)
+            _, x_hat = self.predict(x_s, n, k, embeds)
+            real_tau, fake_tau, tau = self.renoised_pair(batch, n, x_hat, generator)
+            heads = self.nets["critic"]
+            features = block_features(
+                self.backbone,
+                torch.cat([real_tau, fake_tau]),
+                tau.repeat(2),
+                embeds.repeat(2, 1, 1),
+                unwrap(heads).blocks,
+            )
+        real, fake = heads(features, token_grid(real_tau, self.patch_size)).chunk(2)
+        loss = hinge_discriminator_loss(real, fake)
+        return loss, {
+            "loss_disc": loss.detach(),
+            "d_real": real.detach().float().mean(),
+            "d_fake": fake.detach().float().mean(),
+        }
+
+
+class AdvO(AdversarialDistillation):
+    """Adv-O: the multi-resolution original-architecture backbone, plain re-noising (METHOD.md 8)."""
+
+    method = "adv-o"
+    backbone_required = True
+
+
+class AdvP(AdversarialDistillation):
+    """Adv-P: the PyramidalWan backbone, pyramidal re-noising with noisy-end content P(.) (METHOD.md 8)."""
+
+    method = "adv-p"
+    renoising = "pyramidal"
+
+
+METHODS = {"adv-o": AdvO, "adv-p": AdvP}

@@ -1,0 +1,235 @@
+"""Step distillation end to end on the tiny cache (METHOD.md 6-8): every method, resume, roles, validation."""
+
+import json
+
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from safetensors.torch import load_file
+
+from pyramidal_wan.cli import main
+from pyramidal_wan.data.cache import CachedLatents
+from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.denoiser import WanVelocity
+from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.training import adversarial, distill
+from pyramidal_wan.training.config import load_config
+from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.trainer import sample_batch, train
+
+METHODS = ("dmd", "dmd-ot", "dmd-pt", "dmd-pt-star", "adv-o", "adv-p")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Random toy-wan transformers standing in for the toy family: base, PyramidalWan, multi-res teacher."""
+    root = tmp_path_factory.mktemp("models")
+    for seed, name in enumerate(("base", "pyramidal", "multires")):
+        torch.manual_seed(seed)
+        WanTransformer3DModel(**get_transformer_config("toy-wan")).save_pretrained(root / name)
+    return root
+
+
+def roles(method, folders):
+    """The model roles of METHOD.md 7.1 / 8 for each method, on the tiny folders."""
+    return {
+        "dmd": [f"model.init={folders / 'base'}", "objective.schedule=0-0-2"],
+        "dmd-ot": [f"model.init={folders / 'pyramidal'}", f"objective.teacher={folders / 'multires'}"],
+        "dmd-pt": [f"model.init={folders / 'pyramidal'}", "model.lora_rank=4"],
+        "dmd-pt-star": [f"model.init={folders / 'pyramidal'}", "model.lora_rank=4"],
+        "adv-o": [f"model.init={folders / 'pyramidal'}", f"objective.teacher={folders / 'multires'}"],
+        "adv-p": [f"model.init={folders / 'pyramidal'}"],
+    }[method]
+
+
+def overrides(cache, out, method, folders, *extra):
+    return [
+        f"data.cache={cache}",
+        f"train.out={out}",
+        "train.batch_size=2",
+        "train.steps=3",
+        "train.log_every=1",
+        "train.checkpoint_every=1",
+        "model.pipeline=None",
+        "data.text_dropout=0",
+        f"objective.name={method}",
+        "objective.critic_ratio=2",  # iterations 0 and 2 update the generator; every one the critic
+        "objective.head_channels=32",
+        "objective.rec_steps=2",
+        *roles(method, folders),
+        *extra,
+    ]
+
+
+def distill_config(cache, out, method, folders, *extra):
+    return load_config(None, overrides(cache, out, method, folders, *extra))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_exports_a_few_step_model(tiny_cache, tmp_path, folders, method):
+    out = train(distill_config(tiny_cache, tmp_path / method, method, folders), progress=False)
+    # The trainer stops on a non-finite loss, so three finished iterations mean finite losses throughout.
+    state = torch.load(out / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 3
+    for group in ("generator", "critic"):
+        weights = load_file(out / "checkpoint" / f"{group}.safetensors")
+        assert weights and all(torch.isfinite(t).all() for t in weights.values())
+    if method in ("dmd-pt", "dmd-pt-star"):  # only the adapter trains; it has left its zero init
+        generator = load_file(out / "checkpoint" / "generator.safetensors")
+        assert all("lora" in k for k in generator)
+        assert any(v.abs().sum() > 0 for k, v in generator.items() if "lora_B" in k)
+    config = json.loads((out / "model" / "pyramid_config.json").read_text())
+    schedule = "0-0-2" if method == "dmd" else "2-2-1"
+    assert (config["sampler"], config["default_schedule"], config["guidance_scale"]) == (
+        "fewstep",
+        schedule,
+        1.0,
+    )
+    assert (out / "model" / "transformer" / "config.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["dmd-pt", "adv-p"])
+def test_resume_reaches_the_same_weights(tiny_cache, tmp_path, folders, method):
+    """3 iterations at once == 2, stop, resume for 1 more: student, critic, optimisers and RNG restored."""
+    straight = train(distill_config(tiny_cache, tmp_path / "a", method, folders), progress=False)
+    train(distill_config(tiny_cache, tmp_path / "b", method, folders, "train.steps=2"), progress=False)
+    resumed = train(distill_config(tiny_cache, tmp_path / "b", method, folders), progress=False)
+    for group in ("generator", "critic"):
+        a = load_file(straight / "checkpoint" / f"{group}.safetensors")
+        b = load_file(resumed / "checkpoint" / f"{group}.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_backward_simulation_runs(tiny_cache, tmp_path, folders):
+    config = distill_config(
+        tiny_cache,
+        tmp_path / "sim",
+        "dmd-pt-star",
+        folders,
+        "objective.student_input=backward",
+        "objective.teach_weight=0",
+    )
+    out = train(config, progress=False)
+    assert torch.load(out / "checkpoint" / "train_state.pt", weights_only=True)["step"] == 3
+
+
+def tiny_batch(cache, seed=0):
+    return sample_batch(CachedLatents(cache), 2, 0.0, torch.Generator().manual_seed(seed), "cpu")
+
+
+def test_pt_teacher_is_the_students_base_with_adapters_disabled(tiny_cache, tmp_path, folders):
+    objective = build_objective(
+        distill_config(tiny_cache, tmp_path / "pt", "dmd-pt", folders, "objective.guidance_scale=1")
+    )
+    student = objective.nets["generator"]
+    base = WanVelocity(WanTransformer3DModel.from_pretrained(folders / "pyramidal")).eval()
+    batch = tiny_batch(tiny_cache)
+    x, sigma, text = batch["latents"][1], torch.tensor([0.7, 0.4]), batch["prompt_embeds"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student(x, sigma, text), base(x, sigma, text), rtol=0, atol=0
+        )  # LoRA B = 0
+        for name, param in student.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(1))
+        trained = student(x, sigma, text)
+        assert (trained - base(x, sigma, text)).abs().max() > 1e-3
+        teacher = objective.teacher_velocity(x, sigma, text, None)
+        torch.testing.assert_close(teacher, base(x, sigma, text), rtol=0, atol=0)
+        torch.testing.assert_close(student(x, sigma, text), trained, rtol=0, atol=0)  # adapters back on
+    assert objective.teacher is None  # no extra copy is held
+    params = [p for p in objective.nets["critic"].parameters()]
+    assert all(p.requires_grad for p in params)  # the fake score is full-parameter
+
+
+def test_adversarial_steps_on_the_smallest_stage(tiny_cache, tmp_path, folders, monkeypatch):
+    """Lowest stage (token grid 2x2x2): the hooked forward stops after block 1 of 4; the generator's loss
+    reaches the student but leaves the heads' gradients alone; the critic's loss trains only the heads."""
+    config = distill_config(tiny_cache, tmp_path / "adv", "adv-p", folders, "objective.adv_blocks=[0, 1]")
+    objective = build_objective(config)
+    monkeypatch.setattr(adversarial.AdversarialDistillation, "grid_point", lambda self, batch, g: (0, 0))
+    assert objective.grid[0].segment.stage == 2
+    ran = []
+    for j, block in enumerate(objective.backbone.transformer.blocks):
+        block.register_forward_hook(lambda m, a, o, j=j: ran.append(j))
+    batch, g = tiny_batch(tiny_cache), torch.Generator().manual_seed(0)
+    loss, logs = objective.critic_loss(batch, g)
+    loss.backward()
+    assert torch.isfinite(loss) and ran == [0, 1]  # one batched call for real and fake, blocks 2, 3 skipped
+    heads, student = objective.nets["critic"], objective.nets["generator"]
+    assert all(p.grad is not None for p in heads.parameters())
+    assert all(p.grad is None for p in student.parameters())
+    heads.zero_grad(set_to_none=True)
+    ran.clear()
+    loss, logs = objective.generator_loss(batch, g)
+    loss.backward()
+    assert torch.isfinite(loss) and {"loss_adv", "loss_rec"} <= set(logs)
+    assert all(p.grad is None for p in heads.parameters()) and all(
+        p.requires_grad for p in heads.parameters()
+    )
+    assert all(p.grad is not None for p in student.parameters())
+    # Backbone: blocks 0-1 for the fake; the reconstruction teacher (the same PyramidalWan) runs all 4 twice.
+    assert ran == [0, 1] + [0, 1, 2, 3] * 2
+
+
+@pytest.mark.parametrize(
+    "method, extra, message",
+    [
+        ("dmd", ["objective.schedule=2-2-1"], "plain Wan-DMD baseline"),
+        ("dmd-ot", ["objective.schedule=0-0-2"], "pyramidal student"),
+        ("dmd-ot", ["objective.teacher=None"], "needs objective.teacher"),
+        ("adv-o", ["objective.teacher=None"], "needs objective.teacher"),
+        ("dmd-pt", ["model.lora_rank=0"], "LoRA student"),
+        ("dmd-pt", ["objective.pt_form=v"], "pt_form"),
+        ("dmd-pt", ["objective.student_input=backward"], "no paired data latent"),
+        ("dmd", ["objective.tau_range=[0.5, 0.2]"], "tau_range"),
+        ("adv-p", ["objective.critic_ratio=0"], "critic_ratio"),
+    ],
+)
+def test_bad_settings_are_rejected_before_model_work(tiny_cache, tmp_path, folders, method, extra, message):
+    config = distill_config(tiny_cache, tmp_path / "bad", method, folders, *extra)
+    with pytest.raises(InputError, match=message):
+        build_objective(config)
+
+
+def test_shipped_configs_are_valid(monkeypatch):
+    """Every configs/*/distill-<method>.yaml loads and passes its method's checks (no models loaded)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    paths = sorted(root.glob("*/distill-*.yaml"))
+    assert {p.parent.name for p in paths} == {"toy", "wan2.1-1.3b"}
+    classes = {**distill.METHODS, **adversarial.METHODS}
+    for path in paths:
+        config = load_config(path)
+        method = config.objective.name
+        assert path.stem == f"distill-{method}", path
+        cls = classes[method]
+        cls.check(cls.__new__(cls), config)
+        assert config.objective.critic_ratio == (1 if method.startswith("adv") else 5)
+
+
+def test_cli_rejects_a_config_of_another_method(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text("objective:\n  name: dmd-pt\n")
+    assert main(["distill", "--method", "adv-p", "--config", str(path)]) == 2
+    assert "is a dmd-pt config but --method is adv-p" in capsys.readouterr().err
+
+
+def _broadcast_worker(rank, init_file, results):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        results[rank] = distill.synchronised([rank + 3, 10 * rank], "cpu")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_grid_point_choice_is_rank_0s_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_broadcast_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+        assert dict(results) == {0: [3, 0], 1: [3, 0]}
