@@ -20,6 +20,31 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
     _register_make_dataset(commands)
     _register_train_vae(commands)
+    _register_assemble(commands)
+
+
+def _register_assemble(commands) -> None:
+    parser = commands.add_parser(
+        "assemble",
+        help="make the toy pipeline folder (text stack + trained VAE + random transformer)",
+        description=(
+            "Write a diffusers Wan pipeline folder from the toy tokenizer, the frozen toy text encoder, a "
+            "trained toy VAE folder and a randomly initialised toy-wan transformer: the skeleton that "
+            "prepare-data encodes with and that training runs export their transformers into."
+        ),
+    )
+    parser.add_argument("--vae", required=True, help="a toy VAE folder (e.g. runs/toy-vae/vae)")
+    parser.add_argument("--out", required=True, help="the pipeline folder to write")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the text encoder and transformer")
+    parser.set_defaults(func=run_assemble)
+
+
+def run_assemble(args: argparse.Namespace) -> int:
+    from pyramidal_wan.toy.family import assemble_toy_pipeline
+
+    folder = assemble_toy_pipeline(args.out, vae=args.vae, seed=args.seed)
+    print(f"wrote {folder}")
+    return 0
 
 
 def _register_make_dataset(commands) -> None:
