@@ -165,6 +165,7 @@ OBJECTIVES = {
     "dmd-pt-star": _distillation("distill", "DMDPTStar"),
     "adv-o": _distillation("adversarial", "AdvO"),
     "adv-p": _distillation("adversarial", "AdvP"),
+    "ppf-fm": _distillation("ppf", "PPFFlowMatching"),  # PPF diffusion fine-tune (METHOD.md 9), lazy too
 }
 
 
