@@ -233,3 +233,36 @@ def test_grid_point_choice_is_rank_0s_on_every_rank(tmp_path):
         results = manager.dict()
         mp.spawn(_broadcast_worker, args=(str(tmp_path / "init"), results), nprocs=2)
         assert dict(results) == {0: [3, 0], 1: [3, 0]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dmd-pt", "adv-o"])
+def test_two_cpu_processes_under_ddp(tiny_cache, tmp_path, folders, method):
+    """torchrun with 2 gloo processes: DDP-wrapped student and critic, the PT teacher through the wrapped
+    student, unwrapped heads in the generator step; the trainer's rank fingerprint check must pass.
+    (accelerate launch --cpu starts a single process in this accelerate version, hence torchrun.)"""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.exists(launcher) and shutil.which("torchrun") is None:
+        pytest.skip("torchrun not installed")
+    cmd = [
+        launcher if os.path.exists(launcher) else "torchrun",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "pyramidal_wan.cli",
+    ]
+    settings = [
+        s for s in overrides(tiny_cache, tmp_path / "ddp", method, folders) if "objective.name" not in s
+    ]
+    cmd += ["distill", "--method", method, *settings, "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in result.stdout
+    state = torch.load(tmp_path / "ddp" / "checkpoint" / "train_state.pt", weights_only=True)
+    assert state["step"] == 3
