@@ -1,7 +1,5 @@
 """Step distillation end to end on the tiny cache (METHOD.md 6-8): every method, resume, roles, validation."""
 
-import json
-
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
@@ -10,8 +8,12 @@ from safetensors.torch import load_file
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.denoiser import WanVelocity
+from pyramidal_wan.models.loading import load_transformer
 from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.pipelines.pipeline_pyramidal_wan import resolve_sampling
+from pyramidal_wan.pyramid import get_fewstep_grid, sample_pyramid_few_step, start_stage
 from pyramidal_wan.training import adversarial, distill
 from pyramidal_wan.training.config import load_config
 from pyramidal_wan.training.objectives import build_objective
@@ -78,14 +80,21 @@ def test_each_method_trains_and_exports_a_few_step_model(tiny_cache, tmp_path, f
         generator = load_file(out / "checkpoint" / "generator.safetensors")
         assert all("lora" in k for k in generator)
         assert any(v.abs().sum() > 0 for k, v in generator.items() if "lora_B" in k)
-    config = json.loads((out / "model" / "pyramid_config.json").read_text())
-    schedule = "0-0-2" if method == "dmd" else "2-2-1"
-    assert (config["sampler"], config["default_schedule"], config["guidance_scale"]) == (
-        "fewstep",
-        schedule,
-        1.0,
+    # The exported folder samples with the few-step sampler at the student's schedule, without flags.
+    pyramid_config = load_pyramid_config(out / "model")
+    steps = (0, 0, 2) if method == "dmd" else (2, 2, 1)
+    assert resolve_sampling(pyramid_config) == (steps, "fewstep", 1.0)
+    pyramid = pyramid_config.pyramid()
+    grid = get_fewstep_grid(pyramid, pyramid_config.default_schedule)
+    model = WanVelocity(load_transformer(out / "model" / "transformer")).eval()
+    batch = tiny_batch(tiny_cache)
+    noise = torch.randn(
+        batch["latents"][start_stage(grid)][:1].shape, generator=torch.Generator().manual_seed(0)
     )
-    assert (out / "model" / "transformer" / "config.json").is_file()
+    video = sample_pyramid_few_step(
+        model, noise, pyramid, grid, {"encoder_hidden_states": batch["prompt_embeds"][:1]}
+    )
+    assert video.shape == batch["latents"][0][:1].shape and torch.isfinite(video).all()
 
 
 @pytest.mark.parametrize("method", ["dmd-pt", "adv-p"])
