@@ -27,6 +27,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_operators.py
+	$(PY) benchmarks/bench_pipeline.py
 
 lint: $(STAMP)
 	.venv/bin/ruff check .
