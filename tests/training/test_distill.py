@@ -195,6 +195,11 @@ def test_adversarial_steps_on_the_smallest_stage(tiny_cache, tmp_path, folders, 
         ("dmd-pt", ["objective.student_input=backward"], "no paired data latent"),
         ("dmd", ["objective.tau_range=[0.5, 0.2]"], "tau_range"),
         ("adv-p", ["objective.critic_ratio=0"], "critic_ratio"),
+        (
+            "dmd-ot",
+            ["objective.teacher=/nonexistent/multires"],
+            "objective.teacher /nonexistent/multires does not",
+        ),
     ],
 )
 def test_bad_settings_are_rejected_before_model_work(tiny_cache, tmp_path, folders, method, extra, message):
@@ -204,8 +209,11 @@ def test_bad_settings_are_rejected_before_model_work(tiny_cache, tmp_path, folde
 
 
 def test_shipped_configs_are_valid(monkeypatch):
-    """Every configs/*/distill-<method>.yaml loads and passes its method's checks (no models loaded)."""
+    """Every configs/*/distill-<method>.yaml loads and passes its method's checks (no models loaded; the
+    model folders they name are produced by earlier recipes, so their existence is not checked here)."""
     from pathlib import Path
+
+    monkeypatch.setattr(distill, "check_model_source", lambda key, value: None)
 
     root = Path(__file__).resolve().parents[2] / "configs"
     paths = sorted(root.glob("*/distill-*.yaml"))

@@ -25,6 +25,7 @@ Tensors are stage latents (B, C, T, H, W), prompt embeddings (B, L, D) and the e
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -97,6 +98,16 @@ def adapters_disabled(transformer):
         transformer.enable_adapters()
 
 
+def check_model_source(key: str, value: str | None) -> None:
+    """A model setting must name a preset or an existing path (checked before any model is loaded)."""
+    from pyramidal_wan.models.presets import PRESETS
+
+    if value is not None and value not in PRESETS and not Path(value).exists():
+        raise InputError(
+            f"{key} {value} does not exist: give a Wan model folder or a preset ({', '.join(PRESETS)})"
+        )
+
+
 def synchronised(values: list[int], device) -> list[int]:
     """Rank 0's integers on every rank (the stage and step choice of METHOD.md 7.2, step 1)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -151,6 +162,13 @@ class FewStepObjective(Objective):
             raise InputError(f"{self.method} needs critic_ratio >= 1 (critic updates per generator update)")
         if cfg.noisy_end_signal not in ("upsampled", "projected"):
             raise InputError(f"noisy_end_signal must be upsampled or projected, got {cfg.noisy_end_signal!r}")
+        sources = {
+            "model.init": config.model.init,
+            "objective.teacher": cfg.teacher,
+            "objective.fake": cfg.fake,
+        }
+        for key, value in sources.items():
+            check_model_source(key, value)
 
     def export_config(self) -> PyramidConfig:
         """The few-step sampler at the student's schedule, no CFG: `generate` needs no flags."""
