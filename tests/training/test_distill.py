@@ -208,6 +208,30 @@ def test_bad_settings_are_rejected_before_model_work(tiny_cache, tmp_path, folde
         build_objective(config)
 
 
+def test_student_folder_pyramid_must_match_the_objective(tiny_cache, tmp_path, folders):
+    """A PyramidalWan folder fine-tuned with other stage boundaries is rejected before any training."""
+    import shutil
+
+    from pyramidal_wan.models.checkpoint import save_pyramid_config
+    from pyramidal_wan.pyramid import PyramidConfig
+
+    student = tmp_path / "pyramidal-0.3-0.6"
+    shutil.copytree(folders / "pyramidal", student)
+    save_pyramid_config(student, PyramidConfig(clean_ends=(0.3, 0.6)))
+    config = distill_config(tiny_cache, tmp_path / "x", "dmd-pt-star", folders, f"model.init={student}")
+    with pytest.raises(InputError, match=r"clean ends \[0.3, 0.6\].*objective.clean_ends"):
+        build_objective(config)
+    config = distill_config(
+        tiny_cache,
+        tmp_path / "y",
+        "dmd-pt-star",
+        folders,
+        f"model.init={student}",
+        "objective.clean_ends=[0.3, 0.6]",
+    )
+    assert build_objective(config).pyramid.segments[1].sigma_c == 0.3
+
+
 def test_shipped_configs_are_valid(monkeypatch):
     """Every configs/*/distill-<method>.yaml loads and passes its method's checks (no models loaded; the
     model folders they name are produced by earlier recipes, so their existence is not checked here)."""

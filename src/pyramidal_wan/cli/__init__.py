@@ -9,7 +9,17 @@ import sys
 from pyramidal_wan.errors import PyramidalWanError
 
 # Modules under pyramidal_wan.cli that define `register(subparsers)`; each sub-command sets `func`.
-COMMAND_MODULES: list[str] = ["demo", "generate", "evaluate", "flops", "bench", "toy", "train", "stages", "distill"]
+COMMAND_MODULES: list[str] = [
+    "demo",
+    "generate",
+    "evaluate",
+    "flops",
+    "bench",
+    "toy",
+    "train",
+    "stages",
+    "distill",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -108,6 +108,28 @@ def check_model_source(key: str, value: str | None) -> None:
         )
 
 
+def check_student_pyramid(config: Config) -> None:
+    """A pyramidal student folder's saved pyramid (pyramid_config.json) must be the objective's: its stage
+    boundaries define the x0 closed form and the stage path the student was fine-tuned on."""
+    from pyramidal_wan.models.checkpoint import load_pyramid_config
+
+    folder, cfg = Path(config.model.init), config.objective
+    saved = load_pyramid_config(folder) if folder.is_dir() else None
+    if saved is None:
+        return
+    ours = PyramidConfig(num_stages=cfg.num_stages, clean_ends=cfg.clean_ends, wavelet=cfg.wavelet)
+    if saved.kind != ours.kind:
+        raise InputError(f"{folder} is a {saved.kind} pyramid; these objectives distil resolution pyramids")
+    theirs = (saved.num_stages, saved.factors, saved.clean_ends, saved.wavelet)
+    if theirs != (ours.num_stages, ours.factors, ours.clean_ends, ours.wavelet):
+        factors = [list(f) for f in saved.factors]
+        raise InputError(
+            f"{folder} holds a pyramid of {saved.num_stages} stages, factors {factors}, clean ends "
+            f"{list(saved.clean_ends)}, wavelet {saved.wavelet}; set objective.num_stages, "
+            "objective.clean_ends and objective.wavelet to match (only factors (2, 2, 2) are supported here)"
+        )
+
+
 def synchronised(values: list[int], device) -> list[int]:
     """Rank 0's integers on every rank (the stage and step choice of METHOD.md 7.2, step 1)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -169,6 +191,8 @@ class FewStepObjective(Objective):
         }
         for key, value in sources.items():
             check_model_source(key, value)
+        if self.pyramidal_grid:
+            check_student_pyramid(config)
 
     def export_config(self) -> PyramidConfig:
         """The few-step sampler at the student's schedule, no CFG: `generate` needs no flags."""
