@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from torch import nn
 
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, CFGVelocity
-from pyramidal_wan.pyramid.config import PyramidConfig
+from pyramidal_wan.pyramid.config import PyramidConfig, stage_config_from_dict, stage_config_to_dict
 from pyramidal_wan.pyramid.geometry import check_factors, cumulative_factors
 from pyramidal_wan.pyramid.pyramid import default_clean_ends
 from pyramidal_wan.pyramid.sampling import get_ppf_segments, ppf_stage_of
@@ -108,23 +108,11 @@ class PPFConfig:
         )
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["factors"] = [list(f) for f in self.factors]
-        d["clean_ends"] = list(self.clean_ends)
-        return d
+        return stage_config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PPFConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown PPF config keys {unknown}; valid keys: {sorted(known)}")
-        d = dict(d)
-        if d.get("factors") is not None:
-            d["factors"] = tuple(tuple(f) for f in d["factors"])
-        if d.get("clean_ends") is not None:
-            d["clean_ends"] = tuple(d["clean_ends"])
-        return cls(**d)
+        return stage_config_from_dict(cls, d, "PPF config")
 
 
 # Geometry ----------------------------------------------------------------------------------------------

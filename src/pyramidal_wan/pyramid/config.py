@@ -47,20 +47,30 @@ class PyramidConfig:
         return Pyramid.build(self.num_stages, self.factors, self.clean_ends, self.wavelet)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["factors"] = [list(f) for f in self.factors]
-        d["clean_ends"] = list(self.clean_ends)
-        return d
+        return stage_config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PyramidConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"unknown pyramid config keys {unknown}; valid keys: {sorted(known)}")
-        d = dict(d)
-        if d.get("factors") is not None:
-            d["factors"] = tuple(tuple(f) for f in d["factors"])
-        if d.get("clean_ends") is not None:
-            d["clean_ends"] = tuple(d["clean_ends"])
-        return cls(**d)
+        return stage_config_from_dict(cls, d, "pyramid config")
+
+
+def stage_config_to_dict(config) -> dict:
+    """A JSON-ready dict of a stage-layout dataclass (tuples of factors and clean ends become lists)."""
+    d = asdict(config)
+    d["factors"] = [list(f) for f in config.factors]
+    d["clean_ends"] = list(config.clean_ends)
+    return d
+
+
+def stage_config_from_dict(cls, d: dict, what: str):
+    """The inverse of `stage_config_to_dict`, rejecting unknown keys with a one-line InputError."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise InputError(f"unknown {what} keys {unknown}; valid keys: {sorted(known)}")
+    d = dict(d)
+    if d.get("factors") is not None:
+        d["factors"] = tuple(tuple(f) for f in d["factors"])
+    if d.get("clean_ends") is not None:
+        d["clean_ends"] = tuple(d["clean_ends"])
+    return cls(**d)
