@@ -195,6 +195,7 @@ def test_adversarial_steps_on_the_smallest_stage(tiny_cache, tmp_path, folders, 
         ("dmd-pt", ["objective.student_input=backward"], "no paired data latent"),
         ("dmd", ["objective.tau_range=[0.5, 0.2]"], "tau_range"),
         ("adv-p", ["objective.critic_ratio=0"], "critic_ratio"),
+        ("adv-p", ["objective.adv_blocks=[1, 4]"], r"adv_blocks \(1, 4\) must be distinct .* 0..3"),
         (
             "dmd-ot",
             ["objective.teacher=/nonexistent/multires"],

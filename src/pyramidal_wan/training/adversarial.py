@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.discriminator import Discriminator, block_features, default_blocks, token_grid
+from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import randn, sample_euler
 from pyramidal_wan.pyramid.distillation import next_sigma
 from pyramidal_wan.training.config import Config
@@ -70,10 +71,7 @@ class AdversarialDistillation(FewStepObjective):
                 cfg.teacher, self.seed, self.precision, model.gradient_checkpointing
             )
         transformer = self.backbone.transformer
-        num_layers = len(transformer.blocks)
-        blocks = cfg.adv_blocks if cfg.adv_blocks is not None else default_blocks(num_layers)
-        if not blocks or any(not 0 <= b < num_layers for b in blocks) or len(set(blocks)) != len(blocks):
-            raise InputError(f"adv_blocks {blocks} must be distinct block indices in 0..{num_layers - 1}")
+        blocks = cfg.adv_blocks if cfg.adv_blocks is not None else default_blocks(len(transformer.blocks))
         self.patch_size = tuple(transformer.config.patch_size)
         dim = transformer.config.num_attention_heads * transformer.config.attention_head_dim
         with torch.random.fork_rng(devices=[]):  # heads drawn from the run seed: reproducible, resumable
@@ -88,6 +86,11 @@ class AdversarialDistillation(FewStepObjective):
                 f"{self.method} needs objective.teacher: the multi-resolution original-architecture backbone "
                 "(METHOD.md 8)"
             )
+        if cfg.adv_blocks is not None:  # the backbone's depth from its config.json, no weights loaded
+            blocks = cfg.adv_blocks
+            num_layers = get_transformer_config(cfg.teacher or config.model.init)["num_layers"]
+            if not blocks or any(not 0 <= b < num_layers for b in blocks) or len(set(blocks)) != len(blocks):
+                raise InputError(f"adv_blocks {blocks} must be distinct block indices in 0..{num_layers - 1}")
         if cfg.rec_steps < 1 or cfg.head_channels < 1:
             raise InputError(
                 f"rec_steps and head_channels must be >= 1, got {cfg.rec_steps}, {cfg.head_channels}"
