@@ -109,9 +109,11 @@ def test_plain_segment_closed_forms_are_the_flow_matching_identities():
     torch.testing.assert_close(p.to_noise(x, sigma, v, PLAIN_SEGMENT), noise)
 
 
-def test_down_noise_is_block_scaled():
-    """A jump from sigma_e = 1 of pure coarse noise gives unit white noise at the fine stage."""
-    p = Pyramid.build(3)
+@pytest.mark.parametrize("wavelet", ["haar", "db2"])
+def test_jump_of_white_noise_is_white(wavelet):
+    """R_up_N at sigma_e = 1 turns coarse white noise into fine white noise: covariance I, within and
+    across blocks, frame 0 included (5 standard errors of a sample-covariance entry, 40k samples)."""
+    p = Pyramid.build(3, wavelet=wavelet)
     g = torch.Generator().manual_seed(7)
     y = torch.randn(N, 1, 3, 2, 2, dtype=torch.float64, generator=g)
     x = p.transfers[0].up_with_noise(y, 1.0, generator=g).reshape(N, -1)
