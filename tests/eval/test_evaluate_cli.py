@@ -41,3 +41,30 @@ def test_evaluate_checks_schedules_before_generating(tmp_path, capsys):
     assert main(["evaluate", "--model", str(model), "--schedule", "2-1", "--out", str(out)]) == 2
     assert "has 2 entries but the model has 3 stages" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):
+    from pyramidal_wan.toy.vae import build_vae
+
+    build_vae(0).save_pretrained(tmp_path / "vae")
+    out = tmp_path / "records.jsonl"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--vae-ceiling",
+                str(tmp_path / "vae"),
+                "--prompts",
+                "2",
+                "--heldout",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert len(out.read_text().splitlines()) == 3
+    assert "encode+dec" in capsys.readouterr().out
+    assert main(["evaluate", "--out", str(out)]) == 2
+    assert "give at least one --model" in capsys.readouterr().err

@@ -10,6 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pyramidal_wan.errors import InputError
 
 SUITES = ("toy",)
@@ -24,7 +26,12 @@ def register(subparsers) -> None:
         "captions), seconds per video.",
     )
     parser.add_argument("--suite", choices=SUITES, default="toy")
-    parser.add_argument("--model", action="append", required=True, help="a model folder (repeatable)")
+    parser.add_argument("--model", action="append", default=[], help="a model folder (repeatable)")
+    parser.add_argument(
+        "--vae-ceiling",
+        metavar="VAE_DIR",
+        help="also score the VAE's reconstructions of the real clips: the best any model using it can do",
+    )
     parser.add_argument("--schedule", action="append", help="a schedule (repeatable; default: the model's)")
     parser.add_argument("--prompts", type=int, default=36, help="train-split prompts (default 36)")
     parser.add_argument("--heldout", type=int, default=24, help="held-out-split prompts (default 24)")
@@ -45,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     if min(args.prompts, args.heldout, args.seeds, args.batch_size) < 0 or args.seeds == 0:
         raise InputError("--prompts, --heldout and --batch-size must be >= 0 and --seeds >= 1")
+    if not args.model and not args.vae_ceiling:
+        raise InputError("give at least one --model (or --vae-ceiling VAE_DIR)")
     schedules = args.schedule or [None]
     # Validate every model x schedule before generating anything.
     plans = {
@@ -56,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     prompts = eval_prompts(args.prompts, "train") + eval_prompts(args.heldout, "heldout")
     seeds = list(range(args.seeds))
     rows = []
+    if args.vae_ceiling:
+        rows.append(vae_ceiling_row(args.vae_ceiling, prompts, seeds, args.out, args.batch_size))
     for model in args.model:
         pipe = PyramidalWanPipeline.from_pretrained(model)
         for schedule in schedules:
@@ -92,6 +103,40 @@ def run(args: argparse.Namespace) -> int:
     print_table(rows)
     print(f"records: {args.out} ({sum(len(g) for g in group_records(_all(args.out)).values())} in file)")
     return 0
+
+
+def vae_ceiling_row(vae_dir, prompts, seeds, out, batch_size):
+    """ToyBench of encode -> decode of the real rendered clips: the ceiling a VAE puts on any model."""
+    import torch
+
+    from pyramidal_wan.data.video import to_pixel_tensor, to_uint8_frames
+    from pyramidal_wan.eval.toybench import run_toybench, summarize
+    from pyramidal_wan.toy.vae import load_vae
+
+    vae = load_vae(vae_dir)
+    scenes = {scene.caption(): scene for scene in prompts}
+    timing = {"seconds": 0.0, "videos": 0}
+
+    @torch.no_grad()
+    def reconstruct(captions, batch_seeds):
+        started = time.perf_counter()
+        real = to_pixel_tensor(np.stack([scenes[c].render() for c in captions]))
+        recon = vae.decode(vae.encode(real).latent_dist.mean).sample
+        timing["seconds"] += time.perf_counter() - started
+        timing["videos"] += len(captions)
+        return to_uint8_frames(recon)
+
+    records = run_toybench(
+        reconstruct,
+        prompts,
+        seeds,
+        out=out,
+        model=f"vae-ceiling:{Path(vae_dir).name}",
+        schedule="-",
+        batch_size=batch_size,
+    )
+    per_video = timing["seconds"] / timing["videos"] if timing["videos"] else None
+    return (f"VAE {Path(vae_dir).name}", "encode+dec", 0.0, summarize(records), per_video)
 
 
 def _all(path):
