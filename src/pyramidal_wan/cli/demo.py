@@ -20,6 +20,7 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--out", default="outputs/demo.mp4", help="MP4 path; a GIF is written beside it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.set_defaults(func=run)
 
 
@@ -28,8 +29,9 @@ def run(args: argparse.Namespace) -> int:
     from pyramidal_wan.models.bundled import bundled_model_path
 
     def generate_with(model: Path) -> int:
+        # One thread: a toy-sized model gains nothing from two, and loses a lot when the other core is busy.
         namespace = generate.build_parser_namespace(
-            args.prompt, model=str(model), out=args.out, seed=args.seed
+            args.prompt, model=str(model), out=args.out, seed=args.seed, gif=True, threads=args.threads
         )
         return generate.run(namespace)
 
