@@ -170,3 +170,26 @@ def test_latent_stats_match_direct_computation():
     expected_std = latents.std(dim=(0, 2, 3, 4), correction=0)
     torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), expected_mean, atol=1e-5, rtol=0)
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), expected_std, atol=1e-5, rtol=0)
+
+
+def test_freezing_the_encoder_keeps_latents_and_trains_the_decoder(tmp_path):
+    train_vae(tmp_path / "a", VAETrainConfig(steps=2, **TINY), progress=False, log=quiet)
+    before = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    # Setting the freeze step at the checkpoint's step is allowed; before it would rewrite history.
+    with pytest.raises(InputError, match="use a value >= 2"):
+        train_vae(
+            tmp_path / "a",
+            resume_config(tmp_path / "a", steps=4, freeze_encoder_from=1),
+            resume=True,
+            progress=False,
+            log=quiet,
+        )
+    config = resume_config(tmp_path / "a", steps=4, freeze_encoder_from=2)
+    train_vae(tmp_path / "a", config, resume=True, progress=False, log=quiet)
+    after = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    latent_side = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    decoder_side = [k for k in before if k.startswith("decoder.")]
+    assert latent_side and decoder_side
+    assert all(torch.equal(before[k], after[k]) for k in latent_side)
+    assert any(not torch.equal(before[k], after[k]) for k in decoder_side)
+    assert resume_config(tmp_path / "a").freeze_encoder_from == 2

@@ -84,6 +84,11 @@ def _register_train_vae(commands) -> None:
     parser.add_argument("--kl-weight", type=float, help="KL weight (default 1e-4)")
     parser.add_argument("--warmup-steps", type=int, help="learning-rate warm-up steps (default 50)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
+    parser.add_argument(
+        "--freeze-encoder-from",
+        type=int,
+        help="train only the decoder from this step on, so latents cached from that encoder stay valid",
+    )
     parser.add_argument("--num-frames", type=int, help="frames per clip, 4k+1 (default 17)")
     parser.add_argument("--resolution", type=int, help="clip height and width, divisible by 4 (default 64)")
     parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 17)")
@@ -112,6 +117,7 @@ _TRAIN_VAE_FIELDS = (
     "kl_weight",
     "warmup_steps",
     "checkpoint_every",
+    "freeze_encoder_from",
     "num_frames",
     "resolution",
     "crop_frames",

@@ -98,6 +98,9 @@ class VAETrainConfig:
     crop_frames: int = 17  # frames per training crop (4k + 1, at most num_frames)
     crop_size: int = 32  # height and width of a training crop (divisible by 4, at most resolution)
     logvar_init: float = -8.0  # initial posterior log-variance, so early latents are not drowned in noise
+    # From this step on only the decoder trains: the latents (and so any cache or model built on them) stay
+    # fixed while reconstructions keep improving. None: the encoder trains throughout.
+    freeze_encoder_from: int | None = None
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -109,6 +112,8 @@ class VAETrainConfig:
         for name in ("lr", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.freeze_encoder_from is not None and self.freeze_encoder_from < 0:
+            raise InputError(f"--freeze-encoder-from must be non-negative, got {self.freeze_encoder_from}")
         if self.warmup_steps < 0 or self.weight_decay < 0 or self.kl_weight < 0:
             raise InputError("warmup_steps, weight_decay and kl_weight must be non-negative")
         latent_shape(self.num_frames, self.resolution, self.resolution)
@@ -189,13 +194,19 @@ def prepare_for_training(vae: AutoencoderKLWan, mean_pixel: torch.Tensor, logvar
 
 
 def compute_vae_loss(
-    vae: AutoencoderKLWan, video: torch.Tensor, kl_weight: float, generator: torch.Generator | None = None
+    vae: AutoencoderKLWan,
+    video: torch.Tensor,
+    kl_weight: float,
+    generator: torch.Generator | None = None,
+    train_encoder: bool = True,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE per pixel) plus `kl_weight` times the mean per-element KL to N(0, I).
 
-    video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`.
+    video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`. Without
+    `train_encoder` the encoder runs without a graph (the KL term is then a constant, kept for the logs).
     """
-    posterior = vae.encode(video).latent_dist
+    with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
+        posterior = vae.encode(video).latent_dist
     recon = vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, F, H, W)
     l1 = F.l1_loss(recon, video)
     mse = F.mse_loss(recon, video)
@@ -237,6 +248,16 @@ def reconstruction_psnr(vae: AutoencoderKLWan, scenes: Sequence[Scene], batch_si
         squared_error += ((recon - video) / 2.0).pow(2).sum().item()
         count += video.numel()
     return -10.0 * math.log10(max(squared_error / count, 1e-12))
+
+
+def trains_encoder(config: VAETrainConfig, step: int) -> bool:
+    """Whether optimiser step `step` (0-based) updates the encoder (and the posterior's quant_conv)."""
+    return config.freeze_encoder_from is None or step < config.freeze_encoder_from
+
+
+def encoder_parameters(vae: AutoencoderKLWan) -> list[torch.nn.Parameter]:
+    """The parameters that determine the latents: encoder and quant_conv."""
+    return [*vae.encoder.parameters(), *vae.quant_conv.parameters()]
 
 
 def _learning_rate(config: VAETrainConfig, step: int) -> float:
@@ -311,14 +332,17 @@ def resume_config(out_dir: str | Path, **overrides) -> VAETrainConfig:
     return VAETrainConfig(**{**saved, **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def _resolve_config(out_dir: Path, config: VAETrainConfig, resume: bool) -> VAETrainConfig:
-    """Check the output folder against the request; on resume, check the saved run matches `config`."""
+def _resolve_config(out_dir: Path, config: VAETrainConfig, resume: bool) -> VAETrainConfig | None:
+    """Check the output folder against the request; on resume, check the saved run matches `config`.
+
+    Returns the saved run's config when resuming, None for a new run.
+    """
     saved_path = out_dir / "config.json"
     has_checkpoint = (out_dir / "checkpoint").is_dir()
     if not resume:
         if has_checkpoint or saved_path.exists():
             raise InputError(f"{out_dir} already holds a toy-VAE run; pass --resume or choose another --out")
-        return config
+        return None
     if not has_checkpoint or not saved_path.exists():
         raise CheckpointError(
             f"no toy-VAE checkpoint to resume in {out_dir}; drop --resume to start a new run"
@@ -328,7 +352,19 @@ def _resolve_config(out_dir: Path, config: VAETrainConfig, resume: bool) -> VAET
     if changed:
         shown = ", ".join(f"{f}={getattr(saved, f)}" for f in changed)
         raise InputError(f"--resume must keep the run's settings ({shown}); change only --steps or intervals")
-    return config
+    return saved
+
+
+def _check_freeze_change(saved: VAETrainConfig, config: VAETrainConfig, step: int) -> None:
+    """A resumed run may set or move `freeze_encoder_from` only where no step already taken is affected."""
+    if saved.freeze_encoder_from == config.freeze_encoder_from:
+        return
+    affected = [v for v in (saved.freeze_encoder_from, config.freeze_encoder_from) if v is not None]
+    if min(affected) < step:
+        raise InputError(
+            f"--freeze-encoder-from {config.freeze_encoder_from} would change steps already trained "
+            f"(checkpoint at step {step}, run had {saved.freeze_encoder_from}); use a value >= {step}"
+        )
 
 
 def train_vae(
@@ -344,8 +380,7 @@ def train_vae(
     `resume`, continues from `out_dir/checkpoint` and reproduces the uninterrupted run exactly.
     """
     out_dir = Path(out_dir)
-    config = _resolve_config(out_dir, config, resume)
-    write_json(out_dir / "config.json", dataclasses.asdict(config))
+    saved = _resolve_config(out_dir, config, resume)
 
     vae = build_vae(config.seed).train()
     mean_pixel = clip_batch(eval_prompts(64, "train", config.seed, config.world())).mean(dim=(0, 2, 3, 4))
@@ -355,8 +390,10 @@ def train_vae(
     step, history = 0, []
     if resume:
         step, history = _load_checkpoint(out_dir / "checkpoint", vae, optimizer, generator)
+        _check_freeze_change(saved, config, step)
         log(f"resumed toy-VAE training at step {step}/{config.steps} from {out_dir / 'checkpoint'}")
-    else:
+    write_json(out_dir / "config.json", dataclasses.asdict(config))
+    if not resume:
         params = sum(p.numel() for p in vae.parameters())
         log(f"toy-VAE: {params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} clips")
 
@@ -367,7 +404,12 @@ def train_vae(
     while step < config.steps:
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
-        loss, logs = compute_vae_loss(vae, training_batch(config, step), config.kl_weight, generator)
+        train_encoder = trains_encoder(config, step)
+        for param in encoder_parameters(vae):  # frozen parameters get no grad, so AdamW leaves them be
+            param.requires_grad_(train_encoder)
+        loss, logs = compute_vae_loss(
+            vae, training_batch(config, step), config.kl_weight, generator, train_encoder=train_encoder
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
         optimizer.step()
