@@ -2,10 +2,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pyramidal_wan.errors import InputError, TrainingDiverged
+from pyramidal_wan.errors import CheckpointError, InputError, TrainingDiverged
 from pyramidal_wan.training import objectives
 from pyramidal_wan.training.config import load_config
-from pyramidal_wan.training.trainer import train
+from pyramidal_wan.training.trainer import export_checkpoint, train
 
 
 def tiny_config(cache, out, *overrides):
@@ -45,6 +45,21 @@ def test_resume_reaches_the_same_weights(tiny_cache, tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_export_checkpoint_equals_the_final_export(tiny_cache, tmp_path):
+    """Exporting the last checkpoint of a finished run gives the run's own model folder (EMA weights)."""
+    config = tiny_config(tiny_cache, tmp_path / "run", "train.ema=0.9", "objective.name=pyramidal")
+    out = train(config, progress=False)
+    folder, step = export_checkpoint(config)
+    assert (folder, step) == (out / "model-step2", 2)
+    assert (folder / "pyramid_config.json").read_text() == (out / "model" / "pyramid_config.json").read_text()
+    final = load_file(out / "model" / "transformer" / "diffusion_pytorch_model.safetensors")
+    exported = load_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert final.keys() == exported.keys()
+    assert all(torch.equal(final[k], exported[k]) for k in final)
+    with pytest.raises(CheckpointError, match="nothing to export"):
+        export_checkpoint(tiny_config(tiny_cache, tmp_path / "none"))
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):

@@ -73,11 +73,24 @@ def load_checkpoint(
 ) -> int:
     """Restore a `save_checkpoint` folder (weights_only loading, no pickle); returns the step."""
     folder = out / CHECKPOINT
+    state = _load_weights(folder, nets, ema)
+    for group in nets:
+        optimizers[group].load_state_dict(state["optimizers"][group])
+        schedulers[group].load_state_dict(state["schedulers"][group])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
+    return int(state["step"])
+
+
+def _load_weights(folder: Path, nets: dict, ema: EMA | None) -> dict:
+    """Copy a checkpoint's weights (and EMA) into `nets` / `ema`; returns its train state."""
     try:
         state = torch.load(folder / "train_state.pt", weights_only=True)
         weights = {group: load_file(folder / f"{group}.safetensors") for group in nets}
+        ema_shadow = load_file(folder / "ema.safetensors") if ema is not None else None
     except (OSError, RuntimeError) as err:
-        raise CheckpointError(f"cannot resume from {folder}: {err}; delete it to start over") from err
+        first_line = str(err).splitlines()[0] if str(err) else repr(err)
+        raise CheckpointError(f"cannot load {folder}: {first_line}; delete it to start over") from err
     for group, net in nets.items():
         missing = set(trainable_state(net)) - set(weights[group])
         if missing:
@@ -86,13 +99,27 @@ def load_checkpoint(
             for name, param in net.named_parameters():
                 if name in weights[group]:
                     param.copy_(weights[group][name])
-        optimizers[group].load_state_dict(state["optimizers"][group])
-        schedulers[group].load_state_dict(state["schedulers"][group])
-    for name, g in generators.items():
-        g.set_state(state["generators"][name])
     if ema is not None:
-        ema.shadow = {n: t.float() for n, t in load_file(folder / "ema.safetensors").items()}
-    return int(state["step"])
+        ema.shadow = {n: t.float() for n, t in ema_shadow.items()}
+    return state
+
+
+def export_checkpoint(config: Config, folder: str | Path | None = None) -> tuple[Path, int]:
+    """Export the model folder of a run's last checkpoint (EMA weights if the run keeps them).
+
+    For a run that is still training or was stopped early; `train` exports `out/model` itself at the end.
+    Default folder: `out/model-step{step}`. Returns (folder, step).
+    """
+    out = Path(config.train.out)
+    if not (out / CHECKPOINT).is_dir():
+        raise CheckpointError(f"{out / CHECKPOINT} does not exist: nothing to export (train first)")
+    objective = build_objective(config)
+    generator = objective.nets["generator"]
+    ema = EMA(generator, config.train.ema) if config.train.ema > 0 else None
+    step = int(_load_weights(out / CHECKPOINT, {"generator": generator}, ema)["step"])
+    folder = Path(folder) if folder is not None else out / f"model-step{step}"
+    export_model(config, generator, ema, objective.export_config(), folder)
+    return folder, step
 
 
 def check_ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module, step: int) -> None:
