@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from pipeline_helpers import PROMPT, build_pipeline
+from pipeline_helpers import PROMPT, build_pipeline, build_ppf_pipeline
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.video import read_video
@@ -51,6 +51,52 @@ def test_generate_follows_the_seed_and_overrides(model_dir, tmp_path, capsys):
     )
     assert "9 frames of 48x64 at 16 fps, schedule 0-0-2 (fewstep, no CFG)" in capsys.readouterr().out
     assert d.shape == (17, 64, 64, 3) and e.shape == (9, 48, 64, 3)
+
+
+@pytest.fixture(scope="module")
+def ppf_model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ppf")
+    build_ppf_pipeline(default_schedule="2-2-1").save_pretrained(folder)
+    return folder
+
+
+def test_generate_takes_one_guidance_scale_per_ppf_stage(ppf_model_dir, tmp_path, capsys):
+    def generate(name, scale):
+        path = tmp_path / name
+        args = ["generate", PROMPT, "--model", str(ppf_model_dir), "--out", str(path), "--threads", "1"]
+        assert main([*args, "--guidance-scale", scale]) == 0
+        return read_video(path), capsys.readouterr().out
+
+    per_stage, printed = generate("a.mp4", "3,4,5")
+    assert "schedule 2-2-1 (multistep, CFG 3/4/5 (lowest resolution first))" in printed
+    assert "TFLOPs in 10 transformer forwards" in printed  # every stage guided: cond + uncond
+    same, printed = generate("b.mp4", "3,3,3")
+    single, _ = generate("c.mp4", "3")
+    assert "CFG 3/3/3" in printed and np.array_equal(same, single)  # equal scales = one scale
+    assert not np.array_equal(per_stage, single)
+    _, printed = generate("d.mp4", "5,3,1")
+    assert "TFLOPs in 9 transformer forwards" in printed  # stage 0 (1 step) runs w = 1 unguided
+
+
+@pytest.mark.parametrize(
+    ("model", "scale", "message"),
+    [
+        ("resolution", "3,4,5", "one guidance scale per stage needs a patch-pyramid (PPF) model"),
+        ("ppf", "3,4", "must be 3 values >= 1, lowest resolution first"),
+        ("ppf", "3,x,5", "must be a number, or one number per stage like 3,4,5"),
+    ],
+)
+def test_bad_per_stage_guidance_is_a_one_line_error(
+    model_dir, ppf_model_dir, tmp_path, capsys, model, scale, message
+):
+    folder = ppf_model_dir if model == "ppf" else model_dir
+    out = tmp_path / "video.mp4"
+    assert (
+        main(["generate", PROMPT, "--model", str(folder), "--out", str(out), "--guidance-scale", scale]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,13 @@ import torch
 import transformers
 
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.eval.flops import schedule_flops
+from pyramidal_wan.eval.flops import ppf_schedule_flops, schedule_flops
 from pyramidal_wan.models.bundled import DEFAULT_MODEL, bundled_model_path
+from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
+from pyramidal_wan.pyramid import is_baseline_schedule
 from pyramidal_wan.pyramid.config import SAMPLERS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -55,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--sampler", help=f"{' or '.join(SAMPLERS)} (default: the model's)")
     parser.add_argument(
         "--guidance-scale",
-        type=float,
-        help="standard CFG scale, 1 = off (default: the model's for multistep, 1 for fewstep)",
+        help="standard CFG scale, 1 = off (default: the model's for multistep, 1 for fewstep); a PPF model "
+        "takes one per stage, lowest resolution first, e.g. 3,4,5",
     )
     parser.add_argument("--negative-prompt", help="unconditional text for CFG (default: the model's)")
     parser.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: the model's)")
@@ -105,12 +107,48 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def plan_flops(transformer_config: Mapping[str, Any], plan: SamplingPlan, text_len: int) -> dict[str, Any]:
-    """Transformer FLOPs of one video sampled by `plan` (eval.flops on the meta device; CFG doubles)."""
+def parse_guidance_scale(value) -> float | tuple[float, ...] | None:
+    """--guidance-scale: a number, or comma-separated numbers (one per PPF stage, lowest resolution first)."""
+    if value is None or isinstance(value, (int, float, tuple)):
+        return value
+    try:
+        scales = tuple(float(w) for w in str(value).split(","))
+    except ValueError:
+        raise InputError(
+            f"--guidance-scale {value!r} must be a number, or one number per stage like 3,4,5"
+        ) from None
+    return scales[0] if len(scales) == 1 else scales
+
+
+def describe_guidance(plan: SamplingPlan) -> str:
+    """'no CFG', 'CFG 5', or per PPF stage 'CFG 3/4/5 (lowest resolution first)'."""
+    if plan.stage_guidance is not None:
+        return f"CFG {'/'.join(f'{w:g}' for w in plan.stage_guidance)} (lowest resolution first)"
+    return f"CFG {plan.guidance_scale:g}" if plan.guidance_scale > 1 else "no CFG"
+
+
+def plan_flops(
+    transformer_config: Mapping[str, Any],
+    plan: SamplingPlan,
+    text_len: int,
+    ppf_config: PPFConfig | None = None,
+) -> dict[str, Any]:
+    """Transformer FLOPs of one video sampled by `plan` (eval.flops on the meta device; CFG doubles).
+
+    A patch-pyramid plan counts the PPF stage forwards on the full-resolution latent, with `ppf_config`'s
+    kernels (default: the plan's stage count with (2, 2, 2) factors); per-stage guidance doubles only the
+    stages with w > 1.
+    """
     steps_by_stage = plan.steps[::-1][: len(plan.geometry)]  # stage 0 first; a plain run has one stage
     config = get_transformer_config(dict(transformer_config))
     shapes = [(config["in_channels"], *g.latent) for g in plan.geometry]
-    return schedule_flops(config, shapes, steps_by_stage, plan.guidance_scale > 1.0, text_len)
+    cfg = plan.guidance_scale > 1.0
+    if plan.stage_guidance is not None:
+        cfg = [w > 1.0 for w in plan.stage_guidance[::-1]]  # by stage index, 0 = full resolution
+    if plan.kind == "patch" and not is_baseline_schedule(plan.steps):
+        ppf_config = PPFConfig(num_stages=len(plan.geometry)) if ppf_config is None else ppf_config
+        return ppf_schedule_flops(config, shapes[0], steps_by_stage, cfg, ppf_config, text_len)
+    return schedule_flops(config, shapes, steps_by_stage, cfg, text_len)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     folder = Path(args.model) if args.model is not None else bundled_model_path()
-    sampling = {"schedule": args.schedule, "sampler": args.sampler, "guidance_scale": args.guidance_scale}
+    guidance_scale = parse_guidance_scale(args.guidance_scale)
+    sampling = {"schedule": args.schedule, "sampler": args.sampler, "guidance_scale": guidance_scale}
     # Every setting is checked against the folder's configs before any weights are loaded.
     plan = PyramidalWanPipeline.plan_from_folder(folder, args.num_frames, args.height, args.width, **sampling)
     num_frames, height, width = plan.geometry[0].pixel
@@ -150,8 +189,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     written = export_video(video, out, fps=args.fps, gif=args.gif)
 
-    flops = plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length())
-    cfg = f"CFG {plan.guidance_scale:g}" if plan.guidance_scale > 1 else "no CFG"
+    ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
+    flops = plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length(), ppf_config)
+    cfg = describe_guidance(plan)
     print(f"wrote {' and '.join(str(p) for p in written)}")
     print(
         f"  {num_frames} frames of {height}x{width} at {args.fps:g} fps, "

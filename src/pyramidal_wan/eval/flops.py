@@ -161,12 +161,13 @@ def schedule_flops(
     config: str | Mapping[str, Any],
     stage_latent_shapes: Sequence[Sequence[int]],
     steps_per_stage: Sequence[int],
-    cfg: bool,
+    cfg: bool | Sequence[bool],
     text_len: int = 512,
 ) -> dict[str, Any]:
     """Cost of a pyramidal schedule: sum_i n_i FLOPs(N_i), doubled with CFG (METHOD.md §10.1).
 
-    Both sequences are indexed by stage, i = 0 the full resolution (the reverse of schedule strings).
+    Both sequences are indexed by stage, i = 0 the full resolution (the reverse of schedule strings); so is
+    `cfg` when it is one flag per stage (PPF's per-stage guidance, where a stage at w = 1 has one branch).
     Returns per-stage `tokens`, `tflops_per_forward`, `steps`, `tflops`, and `forwards`, `total_flops`,
     `total_tflops` for the schedule.
     """
@@ -185,7 +186,7 @@ def ppf_schedule_flops(
     config: str | Mapping[str, Any],
     latent_shape_CTHW: Sequence[int],
     steps_per_stage: Sequence[int],
-    cfg: bool,
+    cfg: bool | Sequence[bool],
     ppf_config: PPFConfig | None = None,
     text_len: int = 512,
 ) -> dict[str, Any]:
@@ -214,13 +215,17 @@ def _check_steps(steps_per_stage: Sequence[int]) -> None:
         raise InputError(f"steps per stage {tuple(steps_per_stage)} must be >= 0 with at least one step")
 
 
-def _schedule_totals(forwards, steps_per_stage: Sequence[int], cfg: bool) -> dict[str, Any]:
+def _schedule_totals(forwards, steps_per_stage: Sequence[int], cfg) -> dict[str, Any]:
     """Per-stage rows and totals from (latent shape, tokens, FLOPs per forward) per stage."""
-    branches = 2 if cfg else 1
-    stages, total = [], 0
+    per_stage_cfg = [bool(c) for c in cfg] if isinstance(cfg, Sequence) else [bool(cfg)] * len(forwards)
+    if len(per_stage_cfg) != len(forwards):
+        raise InputError(f"{len(per_stage_cfg)} CFG flags for {len(forwards)} stages")
+    stages, total, calls = [], 0, 0
     for i, ((shape, tokens, per_forward), steps) in enumerate(zip(forwards, steps_per_stage)):
+        branches = 2 if per_stage_cfg[i] else 1
         flops = branches * int(steps) * per_forward
         total += flops
+        calls += branches * int(steps)
         stages.append(
             {
                 "stage": i,
@@ -232,9 +237,9 @@ def _schedule_totals(forwards, steps_per_stage: Sequence[int], cfg: bool) -> dic
             }
         )
     return {
-        "cfg": bool(cfg),
+        "cfg": any(per_stage_cfg),
         "stages": stages,
-        "forwards": branches * sum(int(n) for n in steps_per_stage),
+        "forwards": calls,
         "total_flops": total,
         "total_tflops": total / TERA,
     }
