@@ -1,4 +1,4 @@
-"""`pyramidal-wan prepare-data` and `pyramidal-wan finetune`."""
+"""`pyramidal-wan synthesize-data`, `pyramidal-wan prepare-data` and `pyramidal-wan finetune`."""
 
 from __future__ import annotations
 
@@ -30,6 +30,16 @@ def register(subparsers) -> None:
     prep.add_argument("--shard-size", type=int, default=256)
     prep.add_argument("--limit", type=int, default=None, help="use only the first N videos")
     prep.set_defaults(func=run_prepare)
+    add_synthesize_arguments(
+        subparsers.add_parser(
+            "synthesize-data",
+            help="sample a synthetic training set (MP4s + captions.jsonl) with a teacher model",
+            description="Sample videos of each prompt with a teacher model folder into the dataset format "
+            "prepare-data reads. Resumable (videos on disk are skipped); run under `accelerate launch` or "
+            "`torchrun` to split the prompts over processes / GPUs. Each video's seed comes from "
+            "(--seed, prompt index, video index), so the result does not depend on the sharding.",
+        )
+    )
 
     tune = subparsers.add_parser(
         "finetune",
@@ -43,6 +53,69 @@ def register(subparsers) -> None:
     tune.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
     tune.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     tune.set_defaults(func=run_finetune)
+
+
+def add_synthesize_arguments(parser) -> None:
+    """The arguments of `synthesize-data`."""
+    parser.add_argument(
+        "--teacher", required=True, help="diffusers Wan pipeline folder that samples the data"
+    )
+    parser.add_argument(
+        "--prompts", required=True, help="text file, one prompt a line, or .jsonl with a caption/prompt"
+    )
+    parser.add_argument("--out", required=True, help="dataset folder: videos + captions.jsonl")
+    parser.add_argument(
+        "--schedule", help="steps per stage, lowest resolution first, e.g. 0-0-50 (default: the teacher's)"
+    )
+    parser.add_argument("--sampler", help="multistep or fewstep (default: the teacher's)")
+    parser.add_argument("--guidance-scale", type=float, help="CFG scale, 1 = off (default: the teacher's)")
+    parser.add_argument("--negative-prompt", help="unconditional text for CFG (default: the teacher's)")
+    parser.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: the teacher's)")
+    parser.add_argument("--height", type=int, help="pixel height (default: the teacher's)")
+    parser.add_argument("--width", type=int, help="pixel width (default: the teacher's)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="run seed; each video's derives from it (default 0)"
+    )
+    parser.add_argument("--videos-per-prompt", type=int, default=1, help="videos per prompt (default 1)")
+    parser.add_argument("--fps", type=float, default=16.0, help="frame rate written to the MP4s (default 16)")
+    parser.add_argument("--crf", type=int, default=0, help="H.264 quality, 0 = lossless (default 0)")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (transformer, text encoder)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run_synthesize)
+
+
+def run_synthesize(args) -> int:
+    from pyramidal_wan.cli.generate import quiet_loading
+    from pyramidal_wan.data.synthesize import SynthesisSettings, process_state, synthesize
+
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    settings = SynthesisSettings(
+        num_frames=args.num_frames,
+        height=args.height,
+        width=args.width,
+        schedule=args.schedule,
+        sampler=args.sampler,
+        guidance_scale=args.guidance_scale,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        videos_per_prompt=args.videos_per_prompt,
+        fps=args.fps,
+        crf=args.crf,
+        dtype=args.dtype,
+    )
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    quiet_loading()
+    summary = synthesize(args.teacher, args.prompts, args.out, settings)
+    if process_state().is_main_process:
+        print(
+            f"{summary['videos']} videos in {args.out}: {summary['written']} written, "
+            f"{summary['skipped']} already on disk (skipped); captions in {Path(args.out) / 'captions.jsonl'}"
+        )
+    return 0
 
 
 def run_prepare(args) -> int:
