@@ -1,6 +1,7 @@
 """FLOPs counted on the meta device: attention is counted, the §10.1 formula and the paper's table agree."""
 
 import json
+import math
 
 import pytest
 
@@ -10,10 +11,13 @@ from pyramidal_wan.eval.flops import (
     analytic_forward_flops,
     default_cfg,
     num_tokens,
+    ppf_forward_flops,
+    ppf_schedule_flops,
     schedule_flops,
     transformer_forward_flop_breakdown,
     transformer_forward_flops,
 )
+from pyramidal_wan.models.ppf import PPFConfig, ppf_num_tokens, ppf_token_grids
 from pyramidal_wan.models.presets import get_transformer_config
 
 # Latents of the default 3-stage pyramid at 81x448x832 (METHOD.md §1.2), index 0 = full resolution.
@@ -163,3 +167,66 @@ def test_cli_bad_input_exits_2_with_one_line(capsys, argv, message):
     assert main(["flops", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err
+
+
+# Latents of the toy pyramid at 17x64x64 (toy VAE: 4x time, 4x space), index 0 = full resolution.
+TOY_SHAPES = [(16, 5, 16, 16), (16, 3, 8, 8), (16, 2, 4, 4)]
+
+
+def patch_layer_excess(preset, latent_thw, stage) -> int:
+    """FLOPs by which a PPF stage's patch layers exceed the original ones at the same token count.
+
+    Patchify conv and proj_out each cost 2 N d C k per part (frame 0 and frames >= 1, k = k_t k_h k_w
+    elements per token), against 2 N d C p_t p_h p_w for the original patch (METHOD.md 9).
+    """
+    config = get_transformer_config(preset)
+    d = config["num_attention_heads"] * config["attention_head_dim"]
+    patch = math.prod(config["patch_size"])
+    kernels = PPFConfig().kernels(stage, config["patch_size"])
+    grids = ppf_token_grids(latent_thw, kernels)
+    rest, first = kernels
+    return sum(
+        2 * 2 * math.prod(grid) * d * config["in_channels"] * (math.prod(kernel) - patch)
+        for grid, kernel in zip(grids, (first, rest))
+    )
+
+
+@pytest.mark.parametrize(
+    "preset, shapes, text_len", [("toy-wan", TOY_SHAPES, 32), ("wan2.1-1.3b", PAPER_SHAPES, 512)]
+)
+def test_ppf_flops_are_the_resolution_pyramids_plus_the_patch_layers(preset, shapes, text_len):
+    """At equal token counts every PPF stage forward costs exactly the resolution pyramid's stage forward
+    plus its larger patch layers (counted on meta, no weights).
+
+    Per token the excess is linear in the width d and the kernel size, the blocks quadratic in d, so how
+    close the two are depends on the model: for wan2.1-1.3b (d = 1536) within 2% (stage 2 +0.73% per
+    forward, 20-20-10 +0.02%; also tests/models/test_ppf.py); for the toy model (d = 128 against a
+    16 x 256-element stage-2 kernel) +11% at stage 1, +48% at stage 2 and +4.4% over a 20-20-10 or 2-2-1
+    schedule at 17x64x64 with 32 text tokens. The 2% match is a property of the full-size model.
+    """
+    config = get_transformer_config(preset)
+    for stage, shape in enumerate(shapes):
+        ppf = ppf_forward_flops(preset, shapes[0], stage, text_len=text_len)
+        resolution = transformer_forward_flops(preset, shape, text_len=text_len)
+        kernels = PPFConfig().kernels(stage, config["patch_size"])
+        assert ppf_num_tokens(shapes[0][1:], kernels) == num_tokens(config, shape)
+        assert ppf - resolution == patch_layer_excess(preset, shapes[0][1:], stage)
+        if preset == "wan2.1-1.3b":
+            assert ppf == pytest.approx(resolution, rel=0.02)
+    for steps in ((10, 20, 20), (1, 2, 2)):  # by stage: 20-20-10 and 2-2-1
+        ppf = ppf_schedule_flops(preset, shapes[0], steps, cfg=False, text_len=text_len)
+        resolution = schedule_flops(preset, shapes, steps, cfg=False, text_len=text_len)
+        excess = sum(n * patch_layer_excess(preset, shapes[0][1:], i) for i, n in enumerate(steps))
+        assert ppf["total_flops"] - resolution["total_flops"] == excess
+        rel = 0.02 if preset == "wan2.1-1.3b" else 0.05
+        assert ppf["total_tflops"] == pytest.approx(resolution["total_tflops"], rel=rel)
+
+
+def test_per_stage_cfg_doubles_only_the_guided_stages():
+    steps = (1, 2, 2)  # by stage: 2-2-1
+    guided = ppf_schedule_flops("toy-wan", TOY_SHAPES[0], steps, cfg=[False, True, True], text_len=8)
+    per_forward = [s["tflops_per_forward"] for s in guided["stages"]]
+    assert guided["forwards"] == 1 + 4 + 4
+    assert guided["total_tflops"] == pytest.approx(per_forward[0] + 4 * per_forward[1] + 4 * per_forward[2])
+    with pytest.raises(InputError, match="2 CFG flags for 3 stages"):
+        ppf_schedule_flops("toy-wan", TOY_SHAPES[0], steps, cfg=[True, True], text_len=8)

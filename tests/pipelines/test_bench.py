@@ -3,11 +3,12 @@
 import json
 
 import pytest
-from pipeline_helpers import build_pipeline
+from pipeline_helpers import build_pipeline, build_ppf_pipeline
 
 from pyramidal_wan.cli import build_parser, main
 from pyramidal_wan.cli.bench import build_random_pipeline, build_text_stack, compute_bench, format_bench
 from pyramidal_wan.cli.generate import plan_flops
+from pyramidal_wan.eval.flops import ppf_schedule_flops
 from pyramidal_wan.pyramid import PyramidConfig
 
 SMALL = ["--num-frames", "17", "--height", "64", "--width", "64", "--forward-repeats", "1"]
@@ -67,6 +68,43 @@ def test_bench_times_every_schedule_with_the_right_calls():
     for expected in ("ms/forward", "FLOPs-predicted", "measured/predicted", "ours 0-0-2", "WanPipeline"):
         assert expected in text
     assert "target: 6-6-5 keeps" in text and "target: ours at 0-0-2" in text
+
+
+def test_bench_times_ppf_stages_with_their_kernels():
+    """A PPF model: every stage forward takes the full-resolution latent at its stage kernel's token count,
+    and the FLOPs predictions count the PPF stage forwards (patch layers included)."""
+    pipe = build_ppf_pipeline()
+    tokens = []
+    hook = pipe.transformer.blocks[0].register_forward_pre_hook(
+        lambda module, args: tokens.append(tuple(args[0].shape[:2]))
+    )
+    try:
+        report = compute_bench(pipe, bench_args("--schedule", "0-0-2", "2-2-1"), pipe.device)
+    finally:
+        hook.remove()
+    assert report["kind"] == "patch" and "patch pyramid" in format_bench(report)
+    # The stage latencies come first: one warm-up and one timed batch-1 forward per stage.
+    assert tokens[:6] == [(1, 320), (1, 320), (1, 48), (1, 48), (1, 8), (1, 8)]
+    assert [s["latent"] for s in report["stages"]] == [[5, 16, 16]] * 3
+    assert [s["tokens"] for s in report["stages"]] == [320, 48, 8]
+    assert {n for _, n in tokens} == {320, 48, 8}  # every pipeline forward ran at a stage kernel too
+    rows = {r["schedule"]: r for r in report["schedules"]}
+    ppf = ppf_schedule_flops(pipe.transformer.config, (16, 5, 16, 16), (1, 2, 2), False, text_len=32)
+    assert rows["2-2-1"]["tflops"] == pytest.approx(ppf["total_tflops"])
+    assert rows["2-2-1"]["predicted_speedup"] == pytest.approx(rows["0-0-2"]["tflops"] / ppf["total_tflops"])
+
+
+def test_bench_kind_patch_builds_ppf_components_and_a_folder_keeps_its_kind(tmp_path, capsys):
+    code = main(
+        ["bench", *SMALL, "--transformer", "toy-wan", "--kind", "patch", "--schedule", "1-1-1", "--json"]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "patch" and [s["latent"] for s in report["stages"]] == [[5, 16, 16]] * 3
+    build_pipeline(PyramidConfig()).save_pretrained(tmp_path / "resolution")
+    assert main(["bench", *SMALL, "--model", str(tmp_path / "resolution"), "--kind", "patch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a resolution-pyramid model" in err and len(err.splitlines()) == 1
 
 
 def test_bench_command_builds_random_components_and_prints_json(capsys):

@@ -24,6 +24,11 @@ resolution), so no CPU could turn its FLOPs savings into time. At 17x128x128 the
 near the full-resolution rate, as the full-size model's stages do on a GPU (546 tokens at width 1536).
 Measured on one core of the shared 2-core CPU: width 256 kept 89-92% of the FLOPs-predicted 20-20-10
 speed-up, width 384 99-101%. Two blocks keep 0-0-50 with CFG at about 20-35 s there.
+
+A patch-pyramid (PPF, METHOD.md 9) model folder, or random components with `--kind patch`, is timed with its
+PPF stage kernels: every stage forward takes the full-resolution latent, patchified with the stage's kernel
+(the stage picked by a timestep in the middle of its interval), and the FLOPs predictions count the PPF
+stage forwards. Its 0-0-N rows and the WanPipeline comparison run the base transformer, PPF's stage 0.
 """
 
 from __future__ import annotations
@@ -42,9 +47,13 @@ from pyramidal_wan.cli.generate import plan_flops, quiet_loading, resolve_device
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg
 from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
+from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
+from pyramidal_wan.models.denoiser import TIMESTEP_SCALE
+from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
 from pyramidal_wan.models.presets import count_parameters, get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
-from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule, parse_schedule
+from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, is_baseline_schedule, parse_schedule
+from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
 from pyramidal_wan.toy.text import TEXT_DIM, build_text_encoder, build_tokenizer, text_encoder_config
 from pyramidal_wan.toy.vae import build_vae
@@ -81,6 +90,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--transformer",
         help="for random components: a preset name or config.json (default: the width-384 bench config)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default=None,
+        help="for random components: resolution pyramid or patch pyramid (PPF) (default resolution); a model "
+        "folder is timed as the kind its pyramid_config.json says",
     )
     parser.add_argument("--num-frames", type=int, help="pixel frames (default: 17, or the model's)")
     parser.add_argument("--height", type=int, help="pixel height (default: 128, or the model's)")
@@ -126,12 +142,21 @@ def build_text_stack(text_dim: int, seed: int = 0):
         return tokenizer, UMT5EncoderModel(config).eval().requires_grad_(False)
 
 
-def build_random_pipeline(transformer_config=None, seed: int = 0) -> PyramidalWanPipeline:
-    """A pipeline of random-weight components: a Wan transformer, the toy VAE and a toy text stack."""
+def build_random_pipeline(
+    transformer_config=None, seed: int = 0, kind: str = "resolution"
+) -> PyramidalWanPipeline:
+    """A pipeline of random-weight components: a Wan transformer, the toy VAE and a toy text stack.
+
+    `kind` "patch" wraps the transformer in Kronecker-initialised PPF stage layers (3 stages, METHOD.md 9).
+    """
     config = get_transformer_config(BENCH_TRANSFORMER if transformer_config is None else transformer_config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel.from_config(config).eval()
+    pyramid_config = PyramidConfig()
+    if kind == "patch":
+        transformer = PPFTransformer(transformer, PPFConfig())
+        pyramid_config = transformer.ppf_config.pyramid_config()
     tokenizer, text_encoder = build_text_stack(config["text_dim"], seed)
     frames, height, width = BENCH_SIZE
     return PyramidalWanPipeline(
@@ -139,7 +164,7 @@ def build_random_pipeline(transformer_config=None, seed: int = 0) -> PyramidalWa
         text_encoder=text_encoder,
         vae=build_vae(seed).eval(),
         transformer=transformer,
-        pyramid_config=PyramidConfig(),
+        pyramid_config=pyramid_config,
         default_num_frames=frames,
         default_height=height,
         default_width=width,
@@ -192,15 +217,8 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     full = pipe.check_inputs(PROMPT, None, **size, schedule="-".join(["1"] * num_stages), sampler="multistep")
     text_len = pipe.default_max_sequence_length()
     channels = pipe.transformer.config.in_channels
-
-    stages = []
-    for index, geometry in enumerate(full.geometry):
-        latency = forward_latency_ms(
-            pipe.transformer, (channels, *geometry.latent), text_len, warmup=1, repeats=args.forward_repeats
-        )
-        stages.append(
-            {"stage": index, "latent": list(geometry.latent), "tokens": geometry.num_tokens, **latency}
-        )
+    ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
+    stages = stage_latencies(pipe, full, text_len, args.forward_repeats)
 
     def ours(schedule: str, sampler: str, guidance_scale: float) -> Callable[[], object]:
         sampling = {"schedule": schedule, "sampler": sampler, "guidance_scale": guidance_scale}
@@ -251,7 +269,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     report_rows = []
     for row in rows:
         plan = row["plan"]
-        flops = plan_flops(pipe.transformer.config, plan, text_len)
+        flops = plan_flops(pipe.transformer.config, plan, text_len, ppf_config)
         time_s = _median(seconds[row["schedule"]])
         reference = reference or {"tflops": flops["total_tflops"], "seconds": time_s}
         measured = reference["seconds"] / time_s
@@ -275,6 +293,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     transformer_config = get_transformer_config(dict(pipe.transformer.config))
     return {
         "model": args.model or "random weights",
+        "kind": pipe.pyramid_config.kind,
         "transformer": {
             "width": transformer_config["num_attention_heads"] * transformer_config["attention_head_dim"],
             "layers": transformer_config["num_layers"],
@@ -300,6 +319,27 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     }
 
 
+def stage_latencies(pipe: PyramidalWanPipeline, plan, text_len: int, repeats: int) -> list[dict]:
+    """Latency of one batch-1 forward per stage of `plan`, with the stage's latent and token count.
+
+    A resolution pyramid forwards the stage's latent; a PPF model forwards the full-resolution latent with
+    the stage's kernel, picked by a timestep in the middle of the stage's interval (METHOD.md 9).
+    """
+    channels = pipe.transformer.config.in_channels
+    segments = get_ppf_segments(pipe.pyramid_config.clean_ends)
+    rows = []
+    for index, geometry in enumerate(plan.geometry):
+        model, latent, timing = pipe.transformer, geometry.latent, {}
+        if pipe.ppf is not None:  # match_base: the PPF layers follow the base after `pipe.to(...)`
+            model, latent = pipe.ppf.match_base(), plan.geometry[0].latent
+            timing["timestep"] = TIMESTEP_SCALE * segments[index].sigma(0.5)
+        latency = forward_latency_ms(
+            model, (channels, *latent), text_len, warmup=1, repeats=repeats, **timing
+        )
+        rows.append({"stage": index, "latent": list(latent), "tokens": geometry.num_tokens, **latency})
+    return rows
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     """Plain right-aligned text table."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -312,8 +352,9 @@ def format_bench(report: dict) -> str:
     """The report as text: a header, the stage table, the schedule table, decode, WanPipeline, targets."""
     t = report["transformer"]
     frames, height, width = report["size"]
+    kind = " (patch pyramid, PPF stage kernels)" if report["kind"] == "patch" else ""
     header = (
-        f"{report['model']}: Wan transformer width {t['width']}, {t['layers']} blocks, "
+        f"{report['model']}{kind}: Wan transformer width {t['width']}, {t['layers']} blocks, "
         f"{t['parameters'] / 1e6:.2f} M parameters; {frames}x{height}x{width}, "
         f"{report['text_len']} text tokens; {report['device']} {report['dtype']}, "
         f"{report['threads']} thread(s), {report['repeats']} timed run(s)"
@@ -391,6 +432,13 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.model is not None and args.transformer is not None:
         raise InputError("--transformer builds random components; it cannot be combined with --model")
+    if args.model is not None and args.kind is not None and Path(args.model).is_dir():
+        saved = pyramid_config_or_plain(args.model).kind
+        if saved != args.kind:
+            raise InputError(
+                f"--kind {args.kind}: {args.model} is a {saved}-pyramid model (its pyramid_config.json); "
+                "a model folder is timed as saved, --kind picks the kind of random components"
+            )
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     torch.set_num_threads(args.threads)
     quiet_loading()
@@ -399,8 +447,8 @@ def run(args: argparse.Namespace) -> int:
             Path(args.model), torch_dtype={"transformer": dtype, "text_encoder": dtype}
         )
     else:
-        pipe = build_random_pipeline(args.transformer)
-        cast_like_from_pretrained(pipe.transformer, dtype)
+        pipe = build_random_pipeline(args.transformer, kind=args.kind or "resolution")
+        cast_like_from_pretrained(pipe.transformer if pipe.ppf is None else pipe.ppf, dtype)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     report = compute_bench(pipe, args, device)

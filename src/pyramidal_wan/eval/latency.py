@@ -74,13 +74,14 @@ def forward_latency_ms(
     repeats: int = 5,
     batch_size: int = 1,
     generator: torch.Generator | None = None,
+    timestep: float = 500.0,
 ) -> dict[str, float]:
     """Latency (ms: median, p10, p90) of one no-grad forward of a Wan transformer on a (C, T, H, W) latent.
 
     The transformer must already be on `device` (default: where its weights are) in its inference dtype
     (default: that of its weights). Inputs (random latents, text embeddings of `text_len` tokens,
-    timestep 500) are drawn on the CPU with `generator` and moved there in `dtype`. Accelerator work is
-    synchronised before each clock read.
+    `timestep` = 1000 sigma) are drawn on the CPU with `generator` and moved there in `dtype`. Accelerator
+    work is synchronised before each clock read. A `PPFTransformer` runs the kernel of `timestep`'s stage.
     """
     weight = next(transformer.parameters())
     device = weight.device if device is None else torch.device(device)
@@ -91,7 +92,7 @@ def forward_latency_ms(
     latents = torch.randn((batch_size, *latent_shape), generator=generator)  # (B, C, T, H, W)
     text = torch.randn((batch_size, text_len, config.text_dim), generator=generator)  # (B, N_txt, text_dim)
     latents, text = latents.to(device, dtype), text.to(device, dtype)
-    timestep = torch.full((batch_size,), 500.0, device=device)
+    timestep = torch.full((batch_size,), float(timestep), device=device)
 
     def call() -> object:
         return transformer(latents, timestep, text, return_dict=False)

@@ -247,6 +247,9 @@ class PPFTransformer(nn.Module):
     of `WanTransformer3DModel.forward`; each sample's stage follows from its timestep 1000 sigma.
     """
 
+    # Kept in float32 under a bf16 / fp16 cast, as in the base (names match: "transformer.blocks.0.norm2").
+    _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules
+
     def __init__(self, transformer: WanTransformer3DModel, config: PPFConfig | None = None):
         super().__init__()
         config = PPFConfig() if config is None else config
@@ -290,6 +293,11 @@ class PPFTransformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.transformer.device
+
+    @property
+    def config(self):
+        """The base transformer's diffusers config: channels, text width and blocks are the base's."""
+        return self.transformer.config
 
     @property
     def num_stages(self) -> int:
