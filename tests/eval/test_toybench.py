@@ -1,9 +1,11 @@
 """ToyBench is honest: real clips score full marks, each corrupted attribute fails its own dimension only,
 noise fails everything, and records resume from a JSON-lines file."""
 
+import contextlib
 import dataclasses
 import json
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -18,6 +20,9 @@ from pyramidal_wan.eval.toybench import (
     frechet_distance,
     frechet_score,
     label_components,
+    merge_parts,
+    part_paths,
+    read_all_records,
     read_records,
     run_toybench,
     score_video,
@@ -275,6 +280,92 @@ def test_run_toybench_batches_and_resumes(tmp_path):
     calls.clear()
     run_toybench(generate, scenes[:1], seeds=[0], out=out, model="m", schedule="2-2-1")
     assert len(calls) == 1 and len(read_records(out)) == 11
+
+
+class FakeState:
+    """Process `index` of `count` for threads that share a barrier, splitting lists as accelerate's
+    `PartialState.split_between_processes` does: contiguous blocks, the first `len % count` one longer."""
+
+    def __init__(self, index: int, count: int, barrier: threading.Barrier):
+        self.process_index, self.num_processes, self.barrier = index, count, barrier
+
+    def wait_for_everyone(self):
+        self.barrier.wait(timeout=60)
+
+    @contextlib.contextmanager
+    def split_between_processes(self, items):
+        size, extra = divmod(len(items), self.num_processes)
+        start = self.process_index * size + min(self.process_index, extra)
+        yield items[start : start + size + (self.process_index < extra)]
+
+
+def test_run_toybench_shards_between_processes_and_resumes(tmp_path):
+    from accelerate import PartialState
+
+    scenes = SCENES[:5]
+    by_caption = {s.caption(): s for s in scenes}
+    calls = {0: [], 1: []}
+
+    def generator(index):
+        def generate(captions, seeds):
+            calls[index].extend(captions)
+            return np.stack([by_caption[c].render() for c in captions])
+
+        return generate
+
+    def run_processes():  # two "processes" (threads) at once, as torchrun would start them
+        barrier, shards = threading.Barrier(2), {}
+
+        def work(index):
+            state = FakeState(index, 2, barrier)
+            shards[index] = run_toybench(
+                generator(index), scenes, [0], out=out, model="m", schedule="s", batch_size=1, state=state
+            )
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return shards
+
+    out = tmp_path / "toy.jsonl"
+    run_toybench(generator(0), scenes[:2], [0], out=out, model="m", schedule="s")  # done before: 2 of 5
+    calls[0].clear()
+    shards = run_processes()
+    # The 3 prompts left are split 2 + 1 between the processes, each writing its own part file.
+    assert calls == {0: [s.caption() for s in scenes[2:4]], 1: [scenes[4].caption()]}
+    assert [p.name for p in part_paths(out)] == ["toy.part0.jsonl", "toy.part1.jsonl"]
+    assert [r["prompt_index"] for r in shards[1]] == [0, 1, 4]  # what process 1 can see
+    assert len(read_all_records(out)) == 5  # a resume sees the parts too: nothing is left to do
+    calls[0].clear()
+    calls[1].clear()
+    run_processes()
+    assert calls == {0: [], 1: []}
+    merged = merge_parts(out)
+    assert part_paths(out) == [] and sorted(r["prompt_index"] for r in read_records(out)) == list(range(5))
+    assert len(merged) == 5
+    # accelerate's own single-process state changes nothing.
+    assert (
+        len(run_toybench(generator(0), scenes, [0], out=out, model="m", schedule="s", state=PartialState()))
+        == 5
+    )
+    assert calls[0] == []
+
+
+def test_run_toybench_adds_on_batch_fields(tmp_path):
+    scenes = SCENES[:3]
+
+    def generate(captions, seeds):
+        return np.stack([s.render() for s in scenes if s.caption() in captions])
+
+    def on_batch(indices, seeds, videos):
+        assert len(indices) == len(seeds) == len(videos)
+        return [{"seconds": 0.5, "sample": f"p{i}.gif"} for i in indices]
+
+    records = run_toybench(generate, scenes, [0], out=tmp_path / "r.jsonl", on_batch=on_batch, batch_size=2)
+    assert [r["sample"] for r in records] == ["p0.gif", "p1.gif", "p2.gif"]
+    assert read_records(tmp_path / "r.jsonl") == records
 
 
 def test_bad_inputs_raise_one_line_errors(tmp_path):

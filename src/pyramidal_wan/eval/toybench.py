@@ -845,9 +845,58 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def part_path(out: str | os.PathLike, process_index: int) -> Path:
+    """The records file process `process_index` appends to when generation is sharded: OUT.partK.jsonl."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.part{process_index}{out.suffix}")
+
+
+def part_paths(out: str | os.PathLike) -> list[Path]:
+    """The part files of `out` left by sharded runs (any process count), in process order."""
+    out = Path(out)
+    parts = out.parent.glob(f"{out.stem}.part*{out.suffix}")
+    index = {p: p.name[len(out.stem) + 5 : len(p.name) - len(out.suffix)] for p in parts}
+    return sorted((p for p, k in index.items() if k.isdigit()), key=lambda p: int(index[p]))
+
+
+def read_all_records(out: str | os.PathLike) -> list[dict]:
+    """Records of `out` and of its part files (each key once, the first seen wins)."""
+    seen: dict[tuple, dict] = {}
+    for path in [Path(out), *part_paths(out)]:
+        for record in read_records(path):
+            seen.setdefault(record_key(record), record)
+    return list(seen.values())
+
+
+def merge_parts(out: str | os.PathLike) -> list[dict]:
+    """Fold the part files of sharded processes into `out` (rewritten atomically), remove them, and return
+    every record. Call it from one process once all have finished."""
+    parts = part_paths(out)
+    records = read_all_records(out)
+    if parts:
+        _rewrite_records(Path(out), records)
+        for path in parts:
+            path.unlink()
+    return records
+
+
 def _rewrite_records(path: Path, records: list[dict]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _append_records(path: Path, records: list[dict]) -> None:
+    """Append JSON lines and flush them to disk; a partial last line left by a kill is rewritten first."""
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+        if cut:  # appending after half a line would corrupt the next record
+            _rewrite_records(path, read_records(path))
+    with path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def run_toybench(
@@ -861,52 +910,63 @@ def run_toybench(
     batch_size: int = 8,
     config: WorldConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_batch: Callable[[list[int], list[int], object], list[dict]] | None = None,
+    state=None,
 ) -> list[dict]:
     """Generate and score every prompt x seed with `generate_fn(captions, seeds) -> uint8 videos`
     ((B, F, H, W, 3) array or list of (F, H, W, 3)); return the records in prompt-major order.
 
-    With `out`, records already in that JSON-lines file (same model, schedule, prompt index, seed and
-    caption) are reused, and each new batch is appended and flushed as soon as it is scored; a last line
-    cut short by a kill is dropped (the file is rewritten atomically first). `progress(done, total)` is
-    called after every batch.
+    With `out`, records already in that JSON-lines file or its part files (same model, schedule, prompt
+    index, seed and caption) are reused, and each new batch is appended and flushed as soon as it is
+    scored; a last line cut short by a kill is dropped. `on_batch(prompt_indices, seeds, videos)`, called
+    after each batch is generated, returns one dict of extra fields per video (its timing, a saved sample)
+    to add to its record. `progress(done, total)` is called after every batch.
+
+    `state` (an accelerate `PartialState`) shards the prompts still to do between processes
+    (`split_between_processes`, contiguous blocks, after a barrier so that every process splits the same
+    list); each process appends to its own part file (`part_path`) and returns only the records it can
+    see: those done before and its own. Once every process is done, one calls `merge_parts(out)`.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    sharded = state is not None and state.num_processes > 1
+    if sharded and out is None:
+        raise InputError("sharding evaluation across processes needs an out file for the records")
     jobs = [(i, p, int(s)) for i, p in enumerate(prompts) for s in seeds]
     captions = [_as_prompt(p)[1] for _, p, _ in jobs]
     done: dict[tuple, dict] = {}
-    path = None if out is None else Path(out)
-    if path is not None:
-        existing = read_records(path)
-        text = path.read_text() if path.exists() else ""
-        if text and not text.endswith("\n"):
-            # An interrupted append left a partial last line; appending after it would corrupt the next
-            # record, so rewrite the file with the parsed records first.
-            _rewrite_records(path, existing)
-        done = {record_key(r): r for r in existing}
+    path = None
+    if out is not None:
+        done = {record_key(r): r for r in read_all_records(out)}
+        path = part_path(out, state.process_index) if sharded else Path(out)
     keys = [(TOYBENCH_VERSION, model, schedule, i, s, c) for (i, _, s), c in zip(jobs, captions)]
     todo = [j for j, k in enumerate(keys) if k not in done]
+    if sharded:
+        # Every process must split the same list: all read the records before any appends to them.
+        state.wait_for_everyone()
+        with state.split_between_processes(todo) as mine:
+            todo = list(mine)
     for start in range(0, len(todo), batch_size):
         batch = todo[start : start + batch_size]
-        videos = generate_fn([captions[j] for j in batch], [jobs[j][2] for j in batch])
+        indices, batch_seeds = [jobs[j][0] for j in batch], [jobs[j][2] for j in batch]
+        videos = generate_fn([captions[j] for j in batch], batch_seeds)
         if len(videos) != len(batch):
             raise InputError(f"generate_fn returned {len(videos)} videos for a batch of {len(batch)}")
+        extras = on_batch(indices, batch_seeds, videos) if on_batch is not None else [{}] * len(batch)
         records = evaluate_videos(
             videos,
             [jobs[j][1] for j in batch],
-            seeds=[jobs[j][2] for j in batch],
-            prompt_indices=[jobs[j][0] for j in batch],
+            seeds=batch_seeds,
+            prompt_indices=indices,
             model=model,
             schedule=schedule,
             config=config,
         )
-        for j, record in zip(batch, records):
+        for j, record, extra in zip(batch, records, extras):
+            record.update(extra)
             done[keys[j]] = record
         if path is not None:
-            with path.open("a") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in records))
-                f.flush()
-                os.fsync(f.fileno())
+            _append_records(path, records)
         if progress is not None:
             progress(start + len(batch), len(todo))
-    return [done[k] for k in keys]
+    return [done[k] for k in keys if k in done]
