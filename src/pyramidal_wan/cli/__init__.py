@@ -13,6 +13,7 @@ COMMAND_MODULES: list[str] = [
     "demo",
     "generate",
     "evaluate",
+    "report",
     "flops",
     "bench",
     "toy",
