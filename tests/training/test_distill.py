@@ -11,9 +11,21 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.denoiser import WanVelocity
 from pyramidal_wan.models.loading import load_transformer
+from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
 from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pipelines.pipeline_pyramidal_wan import resolve_sampling
-from pyramidal_wan.pyramid import get_fewstep_grid, sample_pyramid_few_step, start_stage
+from pyramidal_wan.pyramid import (
+    PLAIN_SEGMENT,
+    get_fewstep_grid,
+    get_ppf_grid,
+    ppf_stage_of,
+    randn,
+    sample_pyramid_few_step,
+    start_stage,
+)
+from pyramidal_wan.pyramid.distillation import grid_points
+from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.training import adversarial, distill
 from pyramidal_wan.training.config import load_config
 from pyramidal_wan.training.objectives import build_objective
@@ -24,11 +36,14 @@ METHODS = ("dmd", "dmd-ot", "dmd-pt", "dmd-pt-star", "adv-o", "adv-p")
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """Random toy-wan transformers standing in for the toy family: base, PyramidalWan, multi-res teacher."""
+    """Random toy-wan transformers standing in for the toy family: base, PyramidalWan, multi-res teacher,
+    and "ppf", a PPF pipeline folder (the base in fresh patch layers, toy text stack and VAE)."""
     root = tmp_path_factory.mktemp("models")
     for seed, name in enumerate(("base", "pyramidal", "multires")):
         torch.manual_seed(seed)
         WanTransformer3DModel(**get_transformer_config("toy-wan")).save_pretrained(root / name)
+    ppf = PPFTransformer(WanTransformer3DModel.from_pretrained(root / "base"), PPFConfig())
+    assemble_toy_pipeline(root / "ppf", transformer=ppf, pyramid_config=ppf.ppf_config.pyramid_config())
     return root
 
 
@@ -41,6 +56,8 @@ def roles(method, folders):
         "dmd-pt-star": [f"model.init={folders / 'pyramidal'}", "model.lora_rank=4"],
         "adv-o": [f"model.init={folders / 'pyramidal'}", f"objective.teacher={folders / 'multires'}"],
         "adv-p": [f"model.init={folders / 'pyramidal'}"],
+        # METHOD.md 9: the PPF student, the unmodified base as teacher (and fake score).
+        "ppf-dmd": [f"model.init={folders / 'ppf'}", f"objective.teacher={folders / 'base'}"],
     }[method]
 
 
@@ -196,6 +213,10 @@ def test_adversarial_steps_on_the_smallest_stage(tiny_cache, tmp_path, folders, 
         ("dmd", ["objective.tau_range=[0.5, 0.2]"], "tau_range"),
         ("adv-p", ["objective.critic_ratio=0"], "critic_ratio"),
         ("adv-p", ["objective.adv_blocks=[1, 4]"], r"adv_blocks \(1, 4\) must be distinct .* 0..3"),
+        ("ppf-dmd", ["objective.schedule=0-0-2"], "ppf-dmd trains a pyramidal student"),
+        ("ppf-dmd", ["model.lora_rank=4"], "lora_rank=0"),
+        ("ppf-dmd", ["objective.clean_ends=[0.3, 0.6]"], "match objective.num_stages / clean_ends"),
+        ("ppf-dmd", ["model.init={folders}/pyramidal-folder"], "resolution-pyramid model"),
         (
             "dmd-ot",
             ["objective.teacher=/nonexistent/multires"],
@@ -204,6 +225,13 @@ def test_adversarial_steps_on_the_smallest_stage(tiny_cache, tmp_path, folders, 
     ],
 )
 def test_bad_settings_are_rejected_before_model_work(tiny_cache, tmp_path, folders, method, extra, message):
+    if any("pyramidal-folder" in e for e in extra):  # a PyramidalWan folder with its pyramid_config.json
+        from pyramidal_wan.models.checkpoint import save_pyramid_config
+        from pyramidal_wan.pyramid import PyramidConfig
+
+        (folders / "pyramidal-folder").mkdir(exist_ok=True)
+        save_pyramid_config(folders / "pyramidal-folder", PyramidConfig())
+    extra = [e.format(folders=folders) for e in extra]
     config = distill_config(tiny_cache, tmp_path / "bad", method, folders, *extra)
     with pytest.raises(InputError, match=message):
         build_objective(config)
@@ -308,3 +336,86 @@ def test_two_cpu_processes_under_ddp(tiny_cache, tmp_path, folders, method):
     assert "2 process(es)" in result.stdout
     state = torch.load(tmp_path / "ddp" / "checkpoint" / "train_state.pt", weights_only=True)
     assert state["step"] == 3
+
+
+# PPF-DMD (METHOD.md 9) ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("teacher", ["base", "ppf"])
+def test_ppf_dmd_trains_and_exports_a_few_step_ppf_folder(tiny_cache, tmp_path, folders, teacher):
+    """Three iterations through the one distillation trainer; teacher the plain base (METHOD.md 9) or, unset,
+    the PPF folder itself. The exported folder samples 2-2-1 few-step with per-stage kernels, no flags."""
+    extra = ["objective.teacher=None"] if teacher == "ppf" else []
+    out = train(distill_config(tiny_cache, tmp_path / teacher, "ppf-dmd", folders, *extra), progress=False)
+    assert torch.load(out / "checkpoint" / "train_state.pt", weights_only=True)["step"] == 3
+    generator = load_file(out / "checkpoint" / "generator.safetensors")
+    assert "transformer.patch_embeds.2.weight" in generator  # the student is the PPF model, layers and all
+    for group in ("generator", "critic"):
+        weights = load_file(out / "checkpoint" / f"{group}.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values())
+
+    pyramid_config = load_pyramid_config(out / "model")
+    assert pyramid_config.kind == "patch"
+    assert resolve_sampling(pyramid_config) == ((2, 2, 1), "fewstep", 1.0)
+    pipe = PyramidalWanPipeline.from_pretrained(out / "model")
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.ppf, PPFTransformer)
+    tokens, stages = [], []
+    hook = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: tokens.append(a[0].shape[:2]))
+    try:
+        video = pipe(
+            "a red circle moving left",
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            callback=lambda info: stages.append(info["stage"]),
+        ).frames
+    finally:
+        hook.remove()
+    assert video.shape == (1, 16, 5, 16, 16) and torch.isfinite(video).all()
+    assert stages == [2, 2, 1, 1, 0]
+    assert [tuple(t) for t in tokens] == [(1, 8), (1, 8), (1, 48), (1, 48), (1, 320)]  # no CFG, PPF kernels
+
+
+def test_ppf_dmd_runs_the_plain_process_at_full_resolution(tiny_cache, tmp_path, folders):
+    """The stage hooks: PPF grid, data-noised inputs (1 - sigma) x0 + sigma eps on the full-resolution
+    latent, x0_hat = x - sigma F, tau inside the PPF stage; the teacher as configured (plain or PPF)."""
+    objective = build_objective(distill_config(tiny_cache, tmp_path / "p", "ppf-dmd", folders))
+    assert isinstance(objective.teacher.transformer, WanTransformer3DModel)  # the unmodified base
+    assert isinstance(objective.nets["critic"].transformer, WanTransformer3DModel)  # fake score from it
+    clean_ends = PPFConfig().clean_ends
+    assert objective.grid == get_ppf_grid(clean_ends, "2-2-1", "fewstep")
+    batch = tiny_batch(tiny_cache)
+    x0, embeds = batch["latents"][0], batch["prompt_embeds"]
+    for n, k in grid_points(objective.grid):
+        sigma = objective.grid[n].sigmas[k]
+        x_s = objective.student_input(batch, n, k, torch.Generator().manual_seed(5))
+        noise = randn(x0.shape, x0, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(x_s, (1 - sigma) * x0 + sigma * noise, rtol=0, atol=1e-6)
+        velocity, x_hat = objective.predict(x_s, n, k, embeds)
+        torch.testing.assert_close(x_hat, x_s - sigma * velocity, rtol=0, atol=0)
+        assert objective.process_segment(n) == PLAIN_SEGMENT
+        _, tau = objective.draw_tau(n, 64, x0, torch.Generator().manual_seed(n))
+        segment = objective.grid[n].segment
+        assert (ppf_stage_of(tau, clean_ends) == segment.stage).all()
+        assert segment.sigma_c < tau.min() and tau.max() < segment.sigma_n
+    ppf_taught = build_objective(
+        distill_config(tiny_cache, tmp_path / "q", "ppf-dmd", folders, "objective.teacher=None")
+    )
+    assert isinstance(ppf_taught.teacher.transformer, PPFTransformer)  # the PPF folder, its stage kernels
+    assert isinstance(ppf_taught.nets["critic"].transformer, PPFTransformer)
+
+
+def test_ppf_dmd_backward_simulation_replays_the_ppf_sampler(tiny_cache, tmp_path, folders):
+    config = distill_config(
+        tiny_cache,
+        tmp_path / "sim",
+        "ppf-dmd",
+        folders,
+        "objective.student_input=backward",
+        "objective.teach_weight=0",
+    )
+    objective = build_objective(config)
+    batch, g = tiny_batch(tiny_cache), torch.Generator().manual_seed(0)
+    loss, logs = objective.generator_loss(batch, g)
+    loss.backward()
+    assert torch.isfinite(loss) and logs["stage"] in (0, 1, 2)
+    x_s = objective.student_input(batch, 2, 0, g)  # the last grid point: after four plain re-noisings
+    assert x_s.shape == batch["latents"][0].shape

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pyramidal_wan.errors import InputError
 
-METHODS = ("dmd", "dmd-ot", "dmd-pt", "dmd-pt-star", "adv-o", "adv-p")
+METHODS = ("dmd", "dmd-ot", "dmd-pt", "dmd-pt-star", "ppf-dmd", "adv-o", "adv-p")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "distill",
-        help="distil a model into a few-step generator: Wan-DMD, DMD-OT, DMD-PT(*), Adv-O, Adv-P",
+        help="distil a model into a few-step generator: Wan-DMD, DMD-OT, DMD-PT(*), PPF-DMD, Adv-O, Adv-P",
         description="Run the training loop with a step-distillation objective. --method sets "
         "objective.name; the config (see configs/*/distill-*.yaml) holds the teacher, schedule and weights. "
         "Overrides look like train.steps=100; a run resumes from OUT/checkpoint unless --no-resume. The "

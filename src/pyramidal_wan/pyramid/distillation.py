@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from pyramidal_wan.pyramid.pyramid import Pyramid, Segment
-from pyramidal_wan.pyramid.sampling import StageSteps, sample_pyramid_few_step
+from pyramidal_wan.pyramid.sampling import StageSteps
 
 # Forms of the detail-band weight w_Q of the DMD gradient (METHOD.md 7.4 table).
 DETAIL_WEIGHTS = ("one", "eps", "x0")
@@ -70,12 +70,14 @@ class _StopSimulation(Exception):
 
 @torch.no_grad()
 def simulated_input(
-    model, noise: torch.Tensor, pyramid: Pyramid, grid, n: int, k: int, extra_args=None, generator=None
+    model, noise: torch.Tensor, sampler, grid, n: int, k: int, extra_args=None, generator=None
 ) -> torch.Tensor:
     """The student input at grid point (n, k) by backward simulation from `noise` (METHOD.md 7.2 option).
 
     Runs the few-step sampler (METHOD.md 6.2) without gradient and returns the state it would feed the
-    model at (n, k); the model is not evaluated there. `noise` has the shape of `grid[0]`'s stage latent.
+    model at (n, k); the model is not evaluated there. `sampler(model, x, grid=..., extra_args=...,
+    disable=..., generator=...)` is the student's: `sample_pyramid_few_step` with its pyramid bound, or
+    `sample_ppf_few_step`. `noise` has the shape of the sampler's start latent.
     """
     target, calls = grid_points(grid).index((n, k)), 0
 
@@ -87,7 +89,7 @@ def simulated_input(
         return model(x, sigma, **kwargs)
 
     try:
-        sample_pyramid_few_step(capture, noise, pyramid, grid, extra_args, disable=True, generator=generator)
+        sampler(capture, noise, grid=grid, extra_args=extra_args, disable=True, generator=generator)
     except _StopSimulation as stop:
         return stop.x
     raise AssertionError(f"grid point {(n, k)} was never reached")  # unreachable: index() checked it

@@ -114,7 +114,7 @@ class AdversarialDistillation(FewStepObjective):
 
     def renoised_pair(self, batch: dict, n: int, x_hat: torch.Tensor, generator):
         """(real_tau, fake_tau, tau): the stage-i data latent and x_hat re-noised with one tau and one eps."""
-        real = batch["latents"][self.grid[n].segment.stage]
+        real = self.data_latent(batch, n)
         rho, tau = self.draw_tau(n, real.shape[0], real, generator)
         noise = randn(real.shape, real, generator)
         real_tau, _ = self.renoise(n, real, noise, rho, tau)

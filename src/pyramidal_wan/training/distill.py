@@ -17,13 +17,19 @@ generator (student) update first, each on its own batch (METHOD.md 7.2, two-time
 | dmd-ot       | pyramidal    | plain      | objective.teacher (multi-res)    | 1                | full      |
 | dmd-pt       | pyramidal    | pyramidal  | the student's base, LoRA off     | gamma_1 or 1 / D | LoRA      |
 | dmd-pt-star  | pyramidal    | pyramidal  | the student's base, LoRA off     | 1                | LoRA      |
+| ppf-dmd      | PPF          | plain      | objective.teacher or model.init  | 1                | full PPF  |
 
 The fake score is full-parameter, initialised from `objective.fake`, else the teacher's weights.
+PPF-DMD (METHOD.md 9) runs this same machinery through the stage hooks of `FewStepObjective` (grid, the
+process a grid stage follows, the few-step sampler): its latent stays at full resolution on the plain
+process, and a PPF stage only picks the student's patch kernel; teacher and fake score may be plain Wan
+folders (METHOD.md 9: the unmodified Wan2.1) or PPF folders, which then run with their own stage kernels.
 Tensors are stage latents (B, C, T, H, W), prompt embeddings (B, L, D) and the empty prompt (L, D).
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,7 +39,19 @@ import torch.nn.functional as F
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
-from pyramidal_wan.pyramid import Pyramid, PyramidConfig, get_fewstep_grid, is_baseline_schedule, randn
+from pyramidal_wan.pyramid import (
+    PLAIN_SEGMENT,
+    Pyramid,
+    PyramidConfig,
+    Segment,
+    StageSteps,
+    get_fewstep_grid,
+    get_ppf_grid,
+    is_baseline_schedule,
+    randn,
+    sample_ppf_few_step,
+    sample_pyramid_few_step,
+)
 from pyramidal_wan.pyramid.distillation import (
     choose_grid_point,
     data_noised_input,
@@ -48,6 +66,7 @@ from pyramidal_wan.pyramid.geometry import parse_schedule
 from pyramidal_wan.training.config import Config
 from pyramidal_wan.training.networks import load_transformer_for, student_network
 from pyramidal_wan.training.objectives import Objective
+from pyramidal_wan.training.ppf import check_ppf_init, load_ppf_or_wan, objective_ppf_config, ppf_network
 
 STUDENT_INPUTS = ("data", "backward")
 PT_FORMS = ("eps", "x0")  # DMD-PT's w_Q: closed-form eps route (gamma_1) or x0 route (1 / D)
@@ -72,17 +91,20 @@ def cast_frozen(transformer: torch.nn.Module, precision: str) -> torch.nn.Module
     return transformer
 
 
-def frozen_network(init: str, seed: int, precision: str, checkpointing: bool = False) -> WanVelocity:
-    """A frozen velocity model from a folder or preset (a preset is built from `seed`, like the student)."""
-    transformer = cast_frozen(load_transformer_for(init, seed).requires_grad_(False).eval(), precision)
+def frozen_network(
+    init: str, seed: int, precision: str, checkpointing: bool = False, load=load_transformer_for
+) -> WanVelocity:
+    """A frozen velocity model from a folder or preset (a preset is built from `seed`, like the student);
+    `load(init, seed)` builds the transformer (PPF-DMD: `load_ppf_or_wan`)."""
+    transformer = cast_frozen(load(init, seed).requires_grad_(False).eval(), precision)
     if checkpointing:  # gradients flow through it into the student's sample (adversarial backbone)
         transformer.enable_gradient_checkpointing()
     return WanVelocity(transformer)
 
 
-def trainable_network(init: str, seed: int, checkpointing: bool) -> WanVelocity:
+def trainable_network(init: str, seed: int, checkpointing: bool, load=load_transformer_for) -> WanVelocity:
     """A full-parameter velocity model (the fake score), optionally with gradient checkpointing."""
-    transformer = load_transformer_for(init, seed)
+    transformer = load(init, seed)
     if checkpointing:
         transformer.enable_gradient_checkpointing()
     return WanVelocity(transformer).train()
@@ -144,20 +166,24 @@ class FewStepObjective(Objective):
     """A few-step student on a grid (METHOD.md 6.2): input construction, x0 prediction and re-noising.
 
     Subclasses set `pyramidal_grid` (a pyramidal schedule, or the plain 0-...-0-N baseline) and
-    `renoising` ("plain" or "pyramidal"); they add their critic and losses.
+    `renoising` ("plain" or "pyramidal"); they add their critic and losses. The stage hooks below (grid,
+    student, the process a grid stage follows, the few-step sampler) are the only places that know which
+    pyramid the student samples: the patch pyramid (PPFDMD) overrides them, its export config and
+    `load_transformer`, and runs every loss unchanged.
     """
 
     method = ""
     pyramidal_grid = True
     renoising = "plain"
+    load_transformer = staticmethod(load_transformer_for)  # how teacher and fake-score folders load
 
     def __init__(self, config: Config):
         cfg = self.cfg = config.objective
         self.check(config)
         self.seed, self.precision = config.train.seed, config.train.precision
         self.pyramid = Pyramid.build(cfg.num_stages, None, cfg.clean_ends, cfg.wavelet)
-        self.grid = get_fewstep_grid(self.pyramid, cfg.schedule)
-        self.nets = {"generator": student_network(config.model, config.train.seed)}
+        self.grid = self.get_grid()
+        self.nets = {"generator": self.build_student(config)}
 
     def check(self, config: Config) -> None:
         """Reject settings this method cannot run, before any model is loaded."""
@@ -191,8 +217,32 @@ class FewStepObjective(Objective):
         }
         for key, value in sources.items():
             check_model_source(key, value)
+        self.check_student(config)
+
+    # Stage hooks: the resolution pyramid here, the patch pyramid in PPFDMD --------------------------------
+    def check_student(self, config: Config) -> None:
+        """Reject a `model.init` whose saved stages differ from the objective's (JSON only)."""
         if self.pyramidal_grid:
             check_student_pyramid(config)
+
+    def get_grid(self) -> tuple[StageSteps, ...]:
+        """The student's few-step grid (METHOD.md 6.2; the 0-...-0-N baseline is one plain segment)."""
+        return get_fewstep_grid(self.pyramid, self.cfg.schedule)
+
+    def build_student(self, config: Config) -> WanVelocity:
+        return student_network(config.model, config.train.seed)
+
+    def process_segment(self, n: int) -> Segment:
+        """The forward process at grid stage n: its data latent (cache stage), noisy end and x0 closed form.
+
+        The resolution pyramid's stage segment; the grid's own segment (`grid[n].segment`) is the sigma
+        interval where the student evaluates and tau is drawn. The two differ only for the patch pyramid.
+        """
+        return self.grid[n].segment
+
+    def few_step_sampler(self):
+        """The few-step sampler of the student's grid, `sampler(model, x, grid=..., ...)` (METHOD.md 6.2)."""
+        return functools.partial(sample_pyramid_few_step, pyramid=self.pyramid)
 
     def export_config(self) -> PyramidConfig:
         """The few-step sampler at the student's schedule, no CFG: `generate` needs no flags."""
@@ -224,23 +274,28 @@ class FewStepObjective(Objective):
             return self.pyramid.project(batch["latents"][stage], stage)
         return self.pyramid.up(batch["latents"][stage + 1], stage)
 
+    def data_latent(self, batch: dict, n: int) -> torch.Tensor:
+        """x0 of grid stage n: the cached latent of its process's stage (B, C, T, H, W)."""
+        return batch["latents"][self.process_segment(n).stage]
+
     def student_input(self, batch: dict, n: int, k: int, generator) -> torch.Tensor:
         """x_s at grid point (n, k) (METHOD.md 7.2, step 2), (B, C, T, H, W) at the stage's resolution."""
-        segment, sigma = self.grid[n].segment, self.grid[n].sigmas[k]
-        x0 = batch["latents"][segment.stage]
+        segment, sigma = self.process_segment(n), self.grid[n].sigmas[k]
+        x0 = self.data_latent(batch, n)
         if self.cfg.student_input == "data":
             u = None if segment.sigma_n == 1.0 else self.noisy_end(batch, segment.stage)
             return data_noised_input(self.pyramid, segment, x0, u, randn(x0.shape, x0, generator), sigma)
-        start = batch["latents"][self.grid[0].segment.stage]
+        start = self.data_latent(batch, 0)
         noise = randn(start.shape, start, generator)
         text = {"encoder_hidden_states": batch["prompt_embeds"]}
-        return simulated_input(self.nets["generator"], noise, self.pyramid, self.grid, n, k, text, generator)
+        sampler = self.few_step_sampler()
+        return simulated_input(self.nets["generator"], noise, sampler, self.grid, n, k, text, generator)
 
     def predict(self, x: torch.Tensor, n: int, k: int, embeds: torch.Tensor):
         """(velocity, x_hat): the student's velocity and its clean estimate X0_hat (METHOD.md 6.1)."""
-        segment, sigma = self.grid[n].segment, self.grid[n].sigmas[k]
+        sigma = self.grid[n].sigmas[k]
         velocity = self.nets["generator"](x, sigma, embeds)
-        return velocity, self.pyramid.to_x0(x, sigma, velocity, segment)
+        return velocity, self.pyramid.to_x0(x, sigma, velocity, self.process_segment(n))
 
     def draw_tau(self, n: int, batch_size: int, like: torch.Tensor, generator):
         """(rho_tau, tau), each (B,): rho_tau ~ U(tau_range) in the stage, tau = sigma_c + rho_tau Delta."""
@@ -251,7 +306,7 @@ class FewStepObjective(Objective):
     def renoise(self, n: int, x: torch.Tensor, noise: torch.Tensor, rho, tau):
         """(x_tau, v_true) of a clean latent with this method's process (METHOD.md 7.2, re-noising)."""
         if self.renoising == "pyramidal":
-            return renoise_pyramidal(self.pyramid, self.grid[n].segment, x, noise, rho)
+            return renoise_pyramidal(self.pyramid, self.process_segment(n), x, noise, rho)
         return renoise_plain(x, noise, tau)
 
     def teacher_guidance(self, model) -> CFGVelocity:
@@ -276,7 +331,9 @@ class DistributionMatching(FewStepObjective):
         self.critic_ratio = cfg.critic_ratio
         self.teacher = self.build_teacher(config)
         fake = cfg.fake or cfg.teacher or model.init
-        self.nets["critic"] = trainable_network(fake, self.seed, model.gradient_checkpointing)
+        self.nets["critic"] = trainable_network(
+            fake, self.seed, model.gradient_checkpointing, self.load_transformer
+        )
 
     def check(self, config: Config) -> None:
         super().check(config)
@@ -298,7 +355,7 @@ class DistributionMatching(FewStepObjective):
     def build_teacher(self, config: Config) -> WanVelocity | None:
         """The frozen teacher F_T; None where the teacher is the LoRA student's base (PT, PT*)."""
         init = config.objective.teacher or config.model.init
-        return frozen_network(init, self.seed, self.precision)
+        return frozen_network(init, self.seed, self.precision, load=self.load_transformer)
 
     @torch.no_grad()
     def teacher_velocity(self, x, tau, embeds, negative) -> torch.Tensor:
@@ -308,7 +365,7 @@ class DistributionMatching(FewStepObjective):
     def generator_loss(self, batch: dict, generator: torch.Generator):
         """L_G = L_DMD + teach_weight * mean((x_hat - x0^(i))^2) (METHOD.md 7.2)."""
         n, k = self.grid_point(batch, generator)
-        segment, embeds = self.grid[n].segment, batch["prompt_embeds"]
+        segment, embeds = self.process_segment(n), batch["prompt_embeds"]
         x_s = self.student_input(batch, n, k, generator)
         _, x_hat = self.predict(x_s, n, k, embeds)
         with torch.no_grad():
@@ -322,10 +379,10 @@ class DistributionMatching(FewStepObjective):
         logs = {
             "loss_dmd": loss.detach(),
             "dmd_grad_abs": grad.abs().mean(),
-            "stage": torch.tensor(segment.stage),
+            "stage": torch.tensor(self.grid[n].segment.stage),
         }
         if self.cfg.teach_weight > 0:
-            teach = F.mse_loss(x_hat.float(), batch["latents"][segment.stage].float())
+            teach = F.mse_loss(x_hat.float(), self.data_latent(batch, n).float())
             logs["loss_teach"] = teach.detach()
             loss = loss + self.cfg.teach_weight * teach
         return loss, logs
@@ -403,4 +460,36 @@ class DMDPTStar(DMDPT):
         return "one"
 
 
-METHODS = {"dmd": WanDMD, "dmd-ot": DMDOT, "dmd-pt": DMDPT, "dmd-pt-star": DMDPTStar}
+class PPFDMD(DistributionMatching):
+    """PPF-DMD (METHOD.md 9): a patch-pyramid student on the PPF few-step grid, DMD with the plain process
+    (METHOD.md 7 with w_Q = 1). Inputs x = (1 - sigma) x0 + sigma eps on the full-resolution latent,
+    x0_hat = x - sigma F, plain re-noising at tau within the PPF stage's interval; a stage change switches
+    only the student's kernel. Teacher and fake score: plain Wan (METHOD.md 9: the unmodified Wan2.1) or PPF
+    model folders, run with their own stage kernels."""
+
+    method = "ppf-dmd"
+    load_transformer = staticmethod(load_ppf_or_wan)
+
+    def check_student(self, config: Config) -> None:
+        check_ppf_init(config.model, objective_ppf_config(config.objective))
+
+    def get_grid(self) -> tuple[StageSteps, ...]:
+        return get_ppf_grid(objective_ppf_config(self.cfg).clean_ends, self.cfg.schedule, "fewstep")
+
+    def build_student(self, config: Config) -> WanVelocity:
+        return ppf_network(config.model, objective_ppf_config(config.objective), config.train.seed)
+
+    def process_segment(self, n: int) -> Segment:
+        return PLAIN_SEGMENT  # full resolution, plain process, at every PPF stage
+
+    def few_step_sampler(self):
+        return sample_ppf_few_step
+
+    def export_config(self) -> PyramidConfig:
+        """A PPF folder sampled with the few-step sampler at the student's schedule, no CFG."""
+        return objective_ppf_config(self.cfg).pyramid_config(
+            sampler="fewstep", default_schedule=self.cfg.schedule, guidance_scale=1.0
+        )
+
+
+METHODS = {"dmd": WanDMD, "dmd-ot": DMDOT, "dmd-pt": DMDPT, "dmd-pt-star": DMDPTStar, "ppf-dmd": PPFDMD}

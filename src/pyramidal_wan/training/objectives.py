@@ -163,6 +163,7 @@ OBJECTIVES = {
     "dmd-ot": _distillation("distill", "DMDOT"),
     "dmd-pt": _distillation("distill", "DMDPT"),
     "dmd-pt-star": _distillation("distill", "DMDPTStar"),
+    "ppf-dmd": _distillation("distill", "PPFDMD"),  # DMD of a patch-pyramid student (METHOD.md 9)
     "adv-o": _distillation("adversarial", "AdvO"),
     "adv-p": _distillation("adversarial", "AdvP"),
     "ppf-fm": _distillation("ppf", "PPFFlowMatching"),  # PPF diffusion fine-tune (METHOD.md 9), lazy too

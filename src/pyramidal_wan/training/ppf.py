@@ -12,35 +12,64 @@ The exported model folder is the base pipeline with a PPF transformer folder (`m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.denoiser import WanVelocity
-from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer, find_ppf_folder
+from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer, find_ppf_folder, load_ppf_config
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, ppf_stage_of, randn
-from pyramidal_wan.training.config import Config
+from pyramidal_wan.training.config import Config, ObjectiveConfig
 from pyramidal_wan.training.networks import load_transformer_for
 from pyramidal_wan.training.objectives import Objective, split_evenly
+
+
+def objective_ppf_config(cfg: ObjectiveConfig) -> PPFConfig:
+    """The PPF stage layout an objective trains (objective.num_stages, clean_ends, stage_embedding)."""
+    return PPFConfig(
+        num_stages=cfg.num_stages, clean_ends=cfg.clean_ends, stage_embedding=cfg.stage_embedding
+    )
+
+
+def check_ppf_init(model_config, ppf_config: PPFConfig) -> None:
+    """Reject a `model.init` a PPF run cannot start from, reading only JSON (before any weights load): a
+    PPF folder with other stages, a resolution-pyramid folder, or a LoRA (METHOD.md 9)."""
+    if model_config.lora_rank > 0:
+        raise InputError(
+            "PPF runs train the full model (the new patch layers have no base weights for a LoRA); "
+            "set model.lora_rank=0"
+        )
+    init = Path(model_config.init)
+    folder = find_ppf_folder(init)
+    if folder is not None:
+        saved = load_ppf_config(folder)
+        if saved != ppf_config:
+            raise InputError(
+                f"{folder} is a PPF model with {saved}, but the objective asks for {ppf_config}; match "
+                "objective.num_stages / clean_ends / stage_embedding to it"
+            )
+    elif init.is_dir() and load_pyramid_config(init) is not None:
+        raise InputError(
+            f"{init} is a resolution-pyramid model; PPF starts from a PPF model folder or a plain Wan model"
+        )
+
+
+def load_ppf_or_wan(init: str, seed: int = 0):
+    """A PPF model folder as its `PPFTransformer` (per-stage kernels), anything else (a preset, a plain Wan
+    folder) as `load_transformer_for` loads it: the teacher and fake score of PPF-DMD (METHOD.md 9)."""
+    folder = find_ppf_folder(init)
+    return PPFTransformer.from_pretrained(folder) if folder is not None else load_transformer_for(init, seed)
 
 
 def ppf_network(model_config, ppf_config: PPFConfig, seed: int) -> WanVelocity:
     """The PPF velocity model a run trains: `model.init` as a PPF model folder (resumed as saved), or a
     plain Wan model / preset wrapped in fresh Kronecker-initialised patch layers (METHOD.md 9)."""
-    if model_config.lora_rank > 0:
-        raise InputError(
-            "ppf-fm trains the full model (the new patch layers have no base weights for a LoRA); "
-            "set model.lora_rank=0"
-        )
-    folder = find_ppf_folder(model_config.init)
-    if folder is not None:
-        transformer = PPFTransformer.from_pretrained(folder)
-        if transformer.ppf_config != ppf_config:
-            raise InputError(
-                f"{folder} is a PPF model with {transformer.ppf_config}, but the objective asks for "
-                f"{ppf_config}; match objective.num_stages / clean_ends / stage_embedding to it"
-            )
-    else:
-        transformer = PPFTransformer(load_transformer_for(model_config.init, seed), ppf_config)
+    check_ppf_init(model_config, ppf_config)
+    transformer = load_ppf_or_wan(model_config.init, seed)
+    if not isinstance(transformer, PPFTransformer):
+        transformer = PPFTransformer(transformer, ppf_config)
     if model_config.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
     return WanVelocity(transformer).train()
@@ -60,10 +89,8 @@ class PPFFlowMatching(Objective):
     """Plain rectified flow through a PPF model, sigma drawn per stage interval (METHOD.md 9)."""
 
     def __init__(self, config: Config):
-        cfg = self.cfg = config.objective
-        self.ppf_config = PPFConfig(
-            num_stages=cfg.num_stages, clean_ends=cfg.clean_ends, stage_embedding=cfg.stage_embedding
-        )
+        self.cfg = config.objective
+        self.ppf_config = objective_ppf_config(self.cfg)
         self.segments = get_ppf_segments(self.ppf_config.clean_ends)
         self.nets = {"generator": ppf_network(config.model, self.ppf_config, config.train.seed)}
 
