@@ -326,7 +326,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         width: int | None = None,
         schedule=None,
         sampler: str | None = None,
-        guidance_scale: float | None = None,
+        guidance_scale: float | tuple[float, ...] | None = None,
     ) -> SamplingPlan:
         r"""
         Check a call's size and sampling settings against a saved folder's configs, without loading weights.
