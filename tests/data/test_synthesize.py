@@ -234,6 +234,7 @@ def test_two_processes_write_what_one_writes(teacher, tmp_path):
     assert main(synthesize_args(teacher, prompts, one, "--videos-per-prompt", "1", "--threads", "1")) == 0
     cmd = [
         LAUNCHER,
+        "--standalone",  # a free rendezvous port: other torchrun jobs on the machine may hold the default
         "--nproc_per_node",
         "2",
         "-m",
