@@ -1,6 +1,9 @@
 import json
 
+import pytest
+
 from pyramidal_wan.cli import main
+from pyramidal_wan.data.video import read_video
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 
@@ -20,6 +23,8 @@ def test_evaluate_writes_records_and_resumes(tmp_path, capsys):
         "2",
         "--heldout",
         "1",
+        "--samples",
+        "2",
         "--out",
         str(out),
         "--threads",
@@ -30,9 +35,26 @@ def test_evaluate_writes_records_and_resumes(tmp_path, capsys):
     assert len(lines) == 6 and {r["schedule"] for r in lines} == {"1-1-1", "0-0-2"}
     table = capsys.readouterr().out
     assert "1-1-1" in table and "0-0-2" in table and "held-out total" in table
+    # What each video cost is in its record: TFLOPs, seconds, and seconds per part of the call.
+    parts = {
+        "1-1-1": ["text", "stage 2", "stage 1", "stage 0", "decode"],
+        "0-0-2": ["text", "stage 0", "decode"],
+    }
+    for record in lines:
+        assert record["tflops"] > 0 and record["model_path"] == str(model.resolve())
+        assert list(record["stage_seconds"]) == parts[record["schedule"]]
+        assert record["seconds"] == pytest.approx(sum(record["stage_seconds"].values()))
+        assert record["device"] == "cpu" and record["batch_size"] == 8
+        # GIFs of the first two prompts (seed 0) beside the records, for the report.
+        if record["prompt_index"] < 2:
+            sample = tmp_path / record["sample"]
+            assert sample.parent == tmp_path / "records-samples" / "toy" / record["schedule"]
+            assert read_video(sample).shape == (17, 64, 64, 3)
+        else:
+            assert record["sample"] is None
     assert main(args) == 0  # everything is already scored: nothing is generated again
     assert len(out.read_text().splitlines()) == 6
-    assert "cached" in capsys.readouterr().out
+    assert capsys.readouterr().out == table  # the table comes from the records
 
 
 def test_evaluate_checks_schedules_before_generating(tmp_path, capsys):
@@ -65,6 +87,6 @@ def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):
         == 0
     )
     assert len(out.read_text().splitlines()) == 3
-    assert "encode+dec" in capsys.readouterr().out
+    assert "VAE ceiling (vae)" in capsys.readouterr().out
     assert main(["evaluate", "--out", str(out)]) == 2
     assert "give at least one --model" in capsys.readouterr().err

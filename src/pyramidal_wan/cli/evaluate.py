@@ -1,12 +1,22 @@
-"""`pyramidal-wan evaluate --suite toy`: ToyBench for models x schedules, with TFLOPs and latency per row.
+"""`pyramidal-wan evaluate`: score models x schedules with ToyBench (--suite toy) or VBench (--suite vbench).
 
-Every generated video becomes one JSON record (model, schedule, prompt index, seed, scores) appended to
---out as soon as it is scored, so an interrupted evaluation resumes without recomputing anything.
+ToyBench: every generated video becomes one JSON record (model, schedule, prompt index, seed, scores, and
+what it cost: TFLOPs, seconds per video, seconds per part of the call) appended to --out as soon as it is
+scored, so an interrupted evaluation resumes without recomputing anything. The first --samples prompts
+(seed 0) are also saved as GIFs beside the records, for `pyramidal-wan report`.
+
+VBench: the standard prompt suite (or --prompt-file) is generated into the layout the `vbench` package
+reads ({prompt}-{i}.mp4; existing videos are kept, so a run resumes), then its judge scores the folder.
+The package and its judge weights are checked before any video is generated.
+
+Both suites shard generation between processes (accelerate's `PartialState.split_between_processes`):
+`torchrun --nproc_per_node N -m pyramidal_wan.cli evaluate ...` or `accelerate launch` on GPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -14,148 +24,387 @@ import numpy as np
 
 from pyramidal_wan.errors import InputError
 
-SUITES = ("toy",)
+SUITES = ("toy", "vbench")
+DEFAULT_OUT = {"toy": "runs/eval/toybench.jsonl", "vbench": "runs/eval/vbench"}
+DEFAULT_SAMPLES = 4
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score models x schedules with ToyBench (JSON records, resumable)",
-        description="Generate the fixed, seeded ToyBench prompt set with each model and schedule, score "
-        "every video, and print the table: schedule, TFLOPs, semantic / quality / total (train and held-out "
-        "captions), seconds per video.",
+        help="score models x schedules with ToyBench (JSON records, resumable) or VBench",
+        description="Generate the fixed, seeded ToyBench prompt set (or the VBench suite) with each model "
+        "and schedule, score every video, and print the table: schedule, TFLOPs, semantic / quality / total "
+        "(train and held-out captions), seconds per video. Shards prompts across processes when launched "
+        "with torchrun or accelerate.",
     )
     parser.add_argument("--suite", choices=SUITES, default="toy")
     parser.add_argument("--model", action="append", default=[], help="a model folder (repeatable)")
     parser.add_argument(
         "--vae-ceiling",
         metavar="VAE_DIR",
-        help="also score the VAE's reconstructions of the real clips: the best any model using it can do",
+        help="toy: also score the VAE's reconstructions of the real clips (any model's ceiling)",
     )
     parser.add_argument("--schedule", action="append", help="a schedule (repeatable; default: the model's)")
-    parser.add_argument("--prompts", type=int, default=36, help="train-split prompts (default 36)")
-    parser.add_argument("--heldout", type=int, default=24, help="held-out-split prompts (default 24)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt (default 1)")
+    parser.add_argument("--prompts", type=int, default=36, help="toy: train-split prompts (default 36)")
+    parser.add_argument("--heldout", type=int, default=24, help="toy: held-out-split prompts (default 24)")
+    parser.add_argument("--seeds", type=int, default=1, help="toy: seeds per prompt (default 1)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"toy: save GIFs of the first N prompts (seed 0) for the report (default {DEFAULT_SAMPLES})",
+    )
+    parser.add_argument("--prompt-file", help="vbench: your prompts (.txt, one a line, or a .json list)")
+    parser.add_argument(
+        "--dimension", action="append", help="vbench: a dimension to judge (repeatable; default: all)"
+    )
+    parser.add_argument(
+        "--videos-per-prompt", type=int, help="vbench: videos (seeds 0..N-1) per prompt (default 5)"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", default="runs/eval/toybench.jsonl", help="JSON-lines records (appended)")
+    parser.add_argument(
+        "--out",
+        help=f"toy: JSON-lines records, appended (default {DEFAULT_OUT['toy']}); vbench: a folder (default "
+        f"{DEFAULT_OUT['vbench']})",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (default cpu; cuda: each process its GPU)"
+    )
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default float32)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    args.out = args.out or DEFAULT_OUT[args.suite]
+    return run_vbench(args) if args.suite == "vbench" else run_toy(args)
+
+
+def _setup(args, models, schedules):
+    """(process state, device, dtype, {(model, schedule): plan}) with every setting checked first."""
     import torch
+    from accelerate import PartialState
 
-    from pyramidal_wan.cli.generate import plan_flops, quiet_loading
-    from pyramidal_wan.eval.toybench import group_records, run_toybench, summarize
+    from pyramidal_wan.cli.generate import quiet_loading, resolve_device, resolve_dtype
     from pyramidal_wan.pipelines import PyramidalWanPipeline
-    from pyramidal_wan.toy.world import eval_prompts
 
-    if min(args.prompts, args.heldout, args.seeds, args.batch_size) < 0 or args.seeds == 0:
-        raise InputError("--prompts, --heldout and --batch-size must be >= 0 and --seeds >= 1")
-    if not args.model and not args.vae_ceiling:
-        raise InputError("give at least one --model (or --vae-ceiling VAE_DIR)")
-    schedules = args.schedule or [None]
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     # Validate every model x schedule before generating anything.
-    plans = {
-        (m, s): PyramidalWanPipeline.plan_from_folder(m, schedule=s) for m in args.model for s in schedules
-    }
+    plans = {(m, s): PyramidalWanPipeline.plan_from_folder(m, schedule=s) for m in models for s in schedules}
+    state = PartialState(cpu=device.type == "cpu")
+    if device.type == "cuda":
+        device = state.device  # each process its own GPU
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_loading()
-    prompts = eval_prompts(args.prompts, "train") + eval_prompts(args.heldout, "heldout")
+    return state, device, dtype, plans
+
+
+def _load(model, device, dtype):
+    from pyramidal_wan.pipelines import PyramidalWanPipeline
+
+    pipe = PyramidalWanPipeline.from_pretrained(
+        model, torch_dtype={"transformer": dtype, "text_encoder": dtype}
+    )
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _tflops(pipe, plan) -> float:
+    from pyramidal_wan.cli.generate import plan_flops
+
+    return plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length())["total_tflops"]
+
+
+class TimedGenerator:
+    """Generate batches with one pipeline and plan, timing each call by part (`eval.timing.StageTimer`)."""
+
+    def __init__(self, pipe, plan, device):
+        from pyramidal_wan.eval.timing import StageTimer
+
+        self.pipe, self.plan, self.device = pipe, plan, device
+        self.timer = StageTimer(pipe)
+        self.last: dict = {}  # the last batch: seconds and parts, per video
+
+    def __call__(self, captions: list[str], seeds: list[int]) -> np.ndarray:
+        """uint8 videos (B, F, H, W, 3) of one batch."""
+        import torch
+
+        with self.timer:
+            self.timer.start()
+            frames = self.pipe(
+                captions,
+                schedule=self.plan.schedule,
+                sampler=self.plan.sampler,
+                guidance_scale=self.plan.stage_guidance or self.plan.guidance_scale,
+                output_type="np",
+                generator=[torch.Generator().manual_seed(s) for s in seeds],
+                callback=self.timer.callback,
+            ).frames
+            parts = self.timer.stop(self.device)
+        n = len(captions)
+        self.last = {
+            "seconds": sum(parts.values()) / n,
+            "stage_seconds": {part: seconds / n for part, seconds in parts.items()},
+        }
+        return (frames * 255).round().clip(0, 255).astype("uint8")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ToyBench
+
+
+def run_toy(args: argparse.Namespace) -> int:
+    from pyramidal_wan.eval.toybench import merge_parts
+    from pyramidal_wan.toy.world import eval_prompts
+
+    if min(args.prompts, args.heldout, args.samples) < 0 or args.seeds < 1:
+        raise InputError("--prompts, --heldout and --samples must be >= 0 and --seeds >= 1")
+    if args.prompts + args.heldout == 0:
+        raise InputError("--prompts and --heldout are both 0: nothing to evaluate")
+    if not args.model and not args.vae_ceiling:
+        raise InputError("give at least one --model (or --vae-ceiling VAE_DIR)")
+    if not args.out.endswith(".jsonl"):
+        raise InputError(f"--out {args.out} must be a .jsonl records file for --suite toy")
+    schedules = args.schedule or [None]
+    state, device, dtype, plans = _setup(args, args.model, schedules)
+    prompts = [
+        *(eval_prompts(args.prompts, "train") if args.prompts else []),
+        *(eval_prompts(args.heldout, "heldout") if args.heldout else []),
+    ]
     seeds = list(range(args.seeds))
-    rows = []
+    out = Path(args.out)
+    runs = []
     if args.vae_ceiling:
-        rows.append(vae_ceiling_row(args.vae_ceiling, prompts, seeds, args.out, args.batch_size))
+        runs.append(vae_ceiling(args.vae_ceiling, prompts, seeds, out, args.batch_size, state))
     for model in args.model:
-        pipe = PyramidalWanPipeline.from_pretrained(model)
+        pipe = _load(model, device, dtype)
         for schedule in schedules:
             plan = plans[(model, schedule)]
-            timing = {"seconds": 0.0, "videos": 0}
-
-            def generate(captions, batch_seeds, pipe=pipe, plan=plan, timing=timing):
-                started = time.perf_counter()
-                frames = pipe(
-                    captions,
-                    schedule=plan.schedule,
-                    sampler=plan.sampler,
-                    guidance_scale=plan.guidance_scale,
-                    output_type="np",
-                    generator=[torch.Generator().manual_seed(s) for s in batch_seeds],
-                ).frames
-                timing["seconds"] += time.perf_counter() - started
-                timing["videos"] += len(captions)
-                return (frames * 255).round().clip(0, 255).astype("uint8")
-
             name = Path(model).name
-            records = run_toybench(
-                generate,
-                prompts,
-                seeds,
-                out=args.out,
-                model=name,
-                schedule=plan.schedule,
-                batch_size=args.batch_size,
+            fields = {
+                "model_path": str(Path(model).resolve()),
+                "tflops": _tflops(pipe, plan),
+                "device": device.type,
+                "batch_size": args.batch_size,
+            }
+            generate = TimedGenerator(pipe, plan, device)
+            samples = SampleSaver(out, name, plan.schedule, args.samples)
+
+            def on_batch(indices, batch_seeds, videos, generate=generate, fields=fields, samples=samples):
+                saved = samples.save(indices, batch_seeds, videos)
+                return [{**fields, **generate.last, "sample": path} for path in saved]
+
+            run_toybench_sharded(
+                generate, prompts, seeds, out, name, plan.schedule, args.batch_size, on_batch, state
             )
-            flops = plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length())
-            per_video = timing["seconds"] / timing["videos"] if timing["videos"] else None
-            rows.append((name, plan.schedule, flops["total_tflops"], summarize(records), per_video))
-    print_table(rows)
-    print(f"records: {args.out} ({sum(len(g) for g in group_records(_all(args.out)).values())} in file)")
+            runs.append((name, plan.schedule))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        records = merge_parts(out)
+        print_table(records, runs)
+        print(f"records: {out} ({len(records)} in file)")
     return 0
 
 
-def vae_ceiling_row(vae_dir, prompts, seeds, out, batch_size):
+def run_toybench_sharded(generate, prompts, seeds, out, model, schedule, batch_size, on_batch, state):
+    from pyramidal_wan.eval.toybench import run_toybench
+
+    return run_toybench(
+        generate,
+        prompts,
+        seeds,
+        out=out,
+        model=model,
+        schedule=schedule,
+        batch_size=batch_size,
+        on_batch=on_batch,
+        state=state,
+    )
+
+
+class SampleSaver:
+    """Save the videos of the first `count` prompts (seed 0) as GIFs in OUT-samples/MODEL/SCHEDULE/; return
+    their paths relative to the records' folder (None for the others)."""
+
+    def __init__(self, out: Path, model: str, schedule: str, count: int):
+        self.base = out.parent
+        self.folder = Path(f"{out.stem}-samples") / model / schedule
+        self.count = count
+
+    def save(self, indices, seeds, videos) -> list[str | None]:
+        from pyramidal_wan.data.video import write_video
+        from pyramidal_wan.pipelines.export import DEFAULT_FPS
+
+        paths = []
+        for index, seed, video in zip(indices, seeds, videos):
+            if index >= self.count or seed != 0:
+                paths.append(None)
+                continue
+            relative = self.folder / f"p{index:03d}-s{seed}.gif"
+            write_video(self.base / relative, np.asarray(video), fps=DEFAULT_FPS)
+            paths.append(relative.as_posix())
+        return paths
+
+
+def vae_ceiling(vae_dir, prompts, seeds, out, batch_size, state) -> tuple[str, str]:
     """ToyBench of encode -> decode of the real rendered clips: the ceiling a VAE puts on any model."""
     import torch
 
     from pyramidal_wan.data.video import to_pixel_tensor, to_uint8_frames
-    from pyramidal_wan.eval.toybench import run_toybench, summarize
+    from pyramidal_wan.eval.report import VAE_CEILING_PREFIX
     from pyramidal_wan.toy.vae import load_vae
 
     vae = load_vae(vae_dir)
     scenes = {scene.caption(): scene for scene in prompts}
-    timing = {"seconds": 0.0, "videos": 0}
+    timing = {}
 
     @torch.no_grad()
     def reconstruct(captions, batch_seeds):
         started = time.perf_counter()
         real = to_pixel_tensor(np.stack([scenes[c].render() for c in captions]))
         recon = vae.decode(vae.encode(real).latent_dist.mean).sample
-        timing["seconds"] += time.perf_counter() - started
-        timing["videos"] += len(captions)
+        timing["seconds"] = (time.perf_counter() - started) / len(captions)
         return to_uint8_frames(recon)
 
-    records = run_toybench(
-        reconstruct,
-        prompts,
-        seeds,
-        out=out,
-        model=f"vae-ceiling:{Path(vae_dir).name}",
-        schedule="-",
-        batch_size=batch_size,
-    )
-    per_video = timing["seconds"] / timing["videos"] if timing["videos"] else None
-    return (f"VAE {Path(vae_dir).name}", "encode+dec", 0.0, summarize(records), per_video)
+    def on_batch(indices, batch_seeds, videos):
+        fields = {"tflops": 0.0, "device": "cpu", "batch_size": batch_size, **timing}
+        return [{**fields, "stage_seconds": {"encode+decode": timing["seconds"]}} for _ in indices]
+
+    model = f"{VAE_CEILING_PREFIX}{Path(vae_dir).name}"
+    run_toybench_sharded(reconstruct, prompts, seeds, out, model, "-", batch_size, on_batch, state)
+    return model, "-"
 
 
-def _all(path):
-    from pyramidal_wan.eval.toybench import read_records
+def print_table(records, runs) -> None:
+    """One line per model x schedule of this evaluation: the report's main table, from the records."""
+    from pyramidal_wan.eval.report import main_table, toy_runs
 
-    return read_records(path)
+    wanted = set(runs)
+    header, rows = main_table([r for r in toy_runs(records) if (r["model"], r["schedule"]) in wanted])
+    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+    for line in (header, *rows):
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
 
 
-def print_table(rows) -> None:
-    """One line per model x schedule: TFLOPs, ToyBench (overall and held-out), seconds per video."""
-    print(
-        f"{'model':<18} {'schedule':>9} {'TFLOPs':>9} {'semantic':>9} {'quality':>8} {'total':>6} "
-        f"{'held-out total':>15} {'s/video':>8}"
-    )
-    for name, schedule, tflops, summary, per_video in rows:
-        overall, heldout = summary["overall"], summary.get("heldout") or {}
-        held = f"{heldout['total']:.1f}" if heldout.get("total") is not None else "-"
-        seconds = f"{per_video:.2f}" if per_video is not None else "cached"
-        print(
-            f"{name:<18} {schedule:>9} {tflops:>9.4g} {overall['semantic']:>9.1f} {overall['quality']:>8.1f} "
-            f"{overall['total']:>6.1f} {held:>15} {seconds:>8}"
+# ---------------------------------------------------------------------------------------------------------
+# VBench
+
+
+def run_vbench(args: argparse.Namespace) -> int:
+    from pyramidal_wan.eval import vbench as vb
+
+    if not args.model:
+        raise InputError("--suite vbench needs at least one --model")
+    if args.vae_ceiling:
+        raise InputError("--vae-ceiling is a ToyBench option; drop it for --suite vbench")
+    custom = args.prompt_file is not None
+    per_prompt = args.videos_per_prompt or vb.STANDARD_VIDEOS_PER_PROMPT
+    if per_prompt < 1:
+        raise InputError(f"--videos-per-prompt must be >= 1, got {per_prompt}")
+    if not custom and per_prompt != vb.STANDARD_VIDEOS_PER_PROMPT:
+        raise InputError(
+            f"the standard VBench suite scores {vb.STANDARD_VIDEOS_PER_PROMPT} videos per prompt"
         )
+    dimensions = vb.check_dimensions(args.dimension, custom)
+    vbench_module = vb.check_vbench(dimensions)  # before any model work: package and judge weights
+    full_info = vb.full_info_path(vbench_module)
+    prompts = vb.read_prompt_file(args.prompt_file) if custom else vb.standard_prompts(full_info, dimensions)
+    names = {(p, i): vb.video_name(p, i) for p in prompts for i in range(per_prompt)}
+    schedules = args.schedule or [None]
+    state, device, dtype, plans = _setup(args, args.model, schedules)
+    out = Path(args.out)
+    runs = []  # generate everything first, then free the models for the judges
+    for model in args.model:
+        pipe = _load(model, device, dtype)
+        for schedule in schedules:
+            plan = plans[(model, schedule)]
+            folder = out / Path(model).name / plan.schedule
+            generate = TimedGenerator(pipe, plan, device)
+            seconds = generate_vbench_videos(generate, names, folder / "videos", args.batch_size, state)
+            runs.append((model, plan, folder, _tflops(pipe, plan), _gather(state, seconds)))
+        del pipe
+    _empty_cache(device)
+    state.wait_for_everyone()
+    prompts_by_file = {n: p for (p, _), n in names.items()} if custom else None
+    for model, plan, folder, tflops, timings in runs:
+        name = f"{Path(model).name}_{plan.schedule}"
+        # every process calls the judge: VBench splits the videos between ranks itself
+        scores = vb.run_judge(
+            vbench_module,
+            device,
+            full_info,
+            folder / "videos",
+            folder / "vbench",
+            name,
+            dimensions,
+            prompts_by_file,
+        )
+        if state.is_main_process:
+            seconds = [s for per_process in timings for s in per_process]
+            record = {
+                "suite": "vbench",
+                "model": Path(model).name,
+                "schedule": plan.schedule,
+                "model_path": str(Path(model).resolve()),
+                "mode": "custom_input" if custom else "vbench_standard",
+                "prompts": len(prompts),
+                "videos": len(names),
+                "tflops": tflops,
+                "seconds": float(np.mean(seconds)) if seconds else None,
+                "device": device.type,
+                "batch_size": args.batch_size,
+                "dimensions": scores,
+            }
+            _append_json_line(out / "records.jsonl", record)
+            print(f"{name}: " + ", ".join(f"{d} {100 * s:.2f}" for d, s in scores.items()))
+    if state.is_main_process:
+        print(f"records: {out / 'records.jsonl'}")
+    return 0
+
+
+def _empty_cache(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def generate_vbench_videos(generate, names: dict, videos_dir: Path, batch_size: int, state) -> list[float]:
+    """Write every missing `{prompt}-{i}.mp4` (seed i) of `names`, this process's share of them; return
+    the seconds per video of the batches it generated."""
+    from pyramidal_wan.data.video import write_video
+    from pyramidal_wan.pipelines.export import DEFAULT_FPS
+
+    todo = [key for key, name in names.items() if not (videos_dir / name).exists()]
+    with state.split_between_processes(todo) as mine:
+        mine = list(mine)
+    seconds = []
+    for start in range(0, len(mine), batch_size):
+        batch = mine[start : start + batch_size]
+        videos = generate([p for p, _ in batch], [i for _, i in batch])
+        seconds += [generate.last["seconds"]] * len(batch)
+        for key, video in zip(batch, videos):
+            write_video(videos_dir / names[key], video, fps=DEFAULT_FPS)
+    return seconds
+
+
+def _gather(state, values: list) -> list[list]:
+    """Every process's `values` (a list per process); the plain list when there is one process."""
+    if state.num_processes == 1:
+        return [values]
+    from accelerate.utils import gather_object
+
+    return gather_object([values])
+
+
+def _append_json_line(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
