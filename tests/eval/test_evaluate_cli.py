@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -69,7 +72,7 @@ def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):
     from pyramidal_wan.toy.vae import build_vae
 
     build_vae(0).save_pretrained(tmp_path / "vae")
-    out = tmp_path / "records.jsonl"
+    out = tmp_path / "eval" / "records.jsonl"  # a folder that does not exist yet
     assert (
         main(
             [
@@ -90,3 +93,25 @@ def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):
     assert "VAE ceiling (vae)" in capsys.readouterr().out
     assert main(["evaluate", "--out", str(out)]) == 2
     assert "give at least one --model" in capsys.readouterr().err
+
+
+LAUNCHER = os.path.join(os.path.dirname(sys.executable), "torchrun")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists(LAUNCHER), reason="torchrun not installed beside this Python")
+def test_two_processes_share_the_prompts(tmp_path):
+    """torchrun with 2 gloo processes: each generates its block of the prompts into its part file, the main
+    process merges them into one records file and prints the table once."""
+    model = assemble_toy_pipeline(tmp_path / "toy", pyramid_config=PyramidConfig(default_schedule="1-1-1"))
+    out = tmp_path / "eval" / "records.jsonl"
+    cmd = [LAUNCHER, "--nproc_per_node", "2", "-m", "pyramidal_wan.cli", "evaluate", "--model", str(model)]
+    cmd += ["--prompts", "3", "--heldout", "1", "--samples", "4", "--out", str(out), "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["prompt_index"] for r in records) == [0, 1, 2, 3]
+    assert not list(out.parent.glob("records.part*.jsonl"))
+    assert result.stdout.count("held-out total") == 1
+    assert all((out.parent / r["sample"]).is_file() for r in records)

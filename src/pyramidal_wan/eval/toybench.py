@@ -893,6 +893,7 @@ def _append_records(path: Path, records: list[dict]) -> None:
             cut = f.read(1) != b"\n"
         if cut:  # appending after half a line would corrupt the next record
             _rewrite_records(path, read_records(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.write("".join(json.dumps(r) + "\n" for r in records))
         f.flush()
