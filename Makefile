@@ -4,7 +4,13 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-slow bench lint format install clean
+.PHONY: demo test test-slow bench lint format install clean chromium report screenshot
+
+# `make report`: the results page and tables from evaluate records (RESULTS: one or more .jsonl files).
+RESULTS    ?= runs/eval/toybench.jsonl
+REPORT     ?= report
+MARKDOWN   ?= docs/results.md
+SCREENSHOT ?= docs/report.png
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -19,7 +25,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	.venv/bin/pyramidal-wan demo
 
-test: $(STAMP)
+# Headless Chromium for the report page test (tests/eval/test_report.py skips without it). Best effort: only
+# as root with apt-get, bounded in time, and never an error (the test then says it skipped).
+chromium:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  timeout 600 sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends chromium' >/dev/null 2>&1; } || \
+	  echo "chromium not installed (needs root, apt-get and the network): the report page test will skip"
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
@@ -28,6 +42,13 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_operators.py
 	$(PY) benchmarks/bench_pipeline.py
+
+report: $(STAMP)
+	.venv/bin/pyramidal-wan report --results $(RESULTS) --out $(REPORT) --markdown $(MARKDOWN)
+
+# A full-page PNG of the report (run `make report` first): headless Chromium over its DevTools pipe.
+screenshot: $(STAMP) chromium
+	$(PY) -m pyramidal_wan.eval.browser screenshot $(REPORT)/index.html $(SCREENSHOT)
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -12,6 +12,7 @@ import torch
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.video import write_video
 from pyramidal_wan.eval.browser import check_page, find_chromium
+from pyramidal_wan.eval.browser import main as browser_main
 from pyramidal_wan.eval.pyramid_view import noise_floor, radial_power_spectrum, stage_nyquist
 from pyramidal_wan.eval.report import load_records, markdown_report, toy_runs
 from pyramidal_wan.eval.toybench import evaluate_videos
@@ -124,6 +125,7 @@ def test_report_page_loads_in_headless_chromium(report_dir):
     assert result.title == "pyramidal-wan results"
     # 4 figures + 2 x 2 samples + 3 pyramid stages, every one decoded by the browser.
     assert len(result.images) == 11 and all(image["ok"] for image in result.images)
+    assert browser_main(["check", str(report_dir / "report" / "index.html")]) == 0  # the command-line form
 
 
 @needs_chromium

@@ -276,3 +276,32 @@ def screenshot(
     with atomic_path(out) as tmp:
         tmp.write_bytes(base64.b64decode(data))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pyramidal_wan.eval.browser check PAGE` or `... screenshot PAGE PNG [--width W]`."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m pyramidal_wan.eval.browser", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("check", help="load a page; list what did not resolve").add_argument("page")
+    shot = commands.add_parser("screenshot", help="a full-page PNG of a page")
+    shot.add_argument("page")
+    shot.add_argument("png")
+    shot.add_argument("--width", type=int, default=1280)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "screenshot":
+            print(f"wrote {screenshot(args.page, args.png, width=args.width)}")
+            return 0
+        problems = check_page(args.page).problems()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(problems) or f"{args.page}: every image, video and link resolves; no console errors")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
