@@ -42,6 +42,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_operators.py
 	$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/bench_training.py
 
 report: $(STAMP)
 	.venv/bin/pyramidal-wan report --results $(RESULTS) --out $(REPORT) --markdown $(MARKDOWN)
