@@ -14,7 +14,7 @@ from pyramidal_wan.data.video import write_video
 from pyramidal_wan.eval.browser import check_page, find_chromium
 from pyramidal_wan.eval.browser import main as browser_main
 from pyramidal_wan.eval.pyramid_view import noise_floor, radial_power_spectrum, stage_nyquist
-from pyramidal_wan.eval.report import load_records, markdown_report, toy_runs
+from pyramidal_wan.eval.report import load_records, markdown_report, toy_runs, vbench_runs
 from pyramidal_wan.eval.toybench import evaluate_videos
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
@@ -170,3 +170,19 @@ def test_bad_report_arguments_fail_before_any_work(records_file, tmp_path, capsy
     assert main(args) == 2
     assert "toy:1-1-1, toy:0-0-2" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_vbench_records_get_their_own_table():
+    record = {
+        "suite": "vbench",
+        "model": "wan",
+        "schedule": "2-2-1",
+        "tflops": 282.1,
+        "seconds": 3.5,
+        "videos": 10,
+        "dimensions": {"subject_consistency": 0.9512, "dynamic_degree": 0.5},
+    }
+    text = markdown_report(toy_runs([record]), vbench_runs([record, {**record, "seconds": 3.0}]))
+    assert "## ToyBench" not in text and "## VBench" in text
+    assert "| model | schedule | TFLOPs | s / video | videos | subject_consistency | dynamic_degree |" in text
+    assert "| wan | 2-2-1 | 282.1 | 3.00 | 10 | 95.12 | 50.00 |" in text  # the last record of a run counts

@@ -161,7 +161,7 @@ class TimedGenerator:
 
 
 def run_toy(args: argparse.Namespace) -> int:
-    from pyramidal_wan.eval.toybench import merge_parts
+    from pyramidal_wan.eval.toybench import merge_parts, run_toybench
     from pyramidal_wan.toy.world import eval_prompts
 
     if min(args.prompts, args.heldout, args.samples) < 0 or args.seeds < 1:
@@ -201,8 +201,16 @@ def run_toy(args: argparse.Namespace) -> int:
                 saved = samples.save(indices, batch_seeds, videos)
                 return [{**fields, **generate.last, "sample": path} for path in saved]
 
-            run_toybench_sharded(
-                generate, prompts, seeds, out, name, plan.schedule, args.batch_size, on_batch, state
+            run_toybench(
+                generate,
+                prompts,
+                seeds,
+                out=out,
+                model=name,
+                schedule=plan.schedule,
+                batch_size=args.batch_size,
+                on_batch=on_batch,
+                state=state,
             )
             runs.append((name, plan.schedule))
     state.wait_for_everyone()
@@ -211,22 +219,6 @@ def run_toy(args: argparse.Namespace) -> int:
         print_table(records, runs)
         print(f"records: {out} ({len(records)} in file)")
     return 0
-
-
-def run_toybench_sharded(generate, prompts, seeds, out, model, schedule, batch_size, on_batch, state):
-    from pyramidal_wan.eval.toybench import run_toybench
-
-    return run_toybench(
-        generate,
-        prompts,
-        seeds,
-        out=out,
-        model=model,
-        schedule=schedule,
-        batch_size=batch_size,
-        on_batch=on_batch,
-        state=state,
-    )
 
 
 class SampleSaver:
@@ -259,6 +251,7 @@ def vae_ceiling(vae_dir, prompts, seeds, out, batch_size, state) -> tuple[str, s
 
     from pyramidal_wan.data.video import to_pixel_tensor, to_uint8_frames
     from pyramidal_wan.eval.report import VAE_CEILING_PREFIX
+    from pyramidal_wan.eval.toybench import run_toybench
     from pyramidal_wan.toy.vae import load_vae
 
     vae = load_vae(vae_dir)
@@ -278,7 +271,17 @@ def vae_ceiling(vae_dir, prompts, seeds, out, batch_size, state) -> tuple[str, s
         return [{**fields, "stage_seconds": {"encode+decode": timing["seconds"]}} for _ in indices]
 
     model = f"{VAE_CEILING_PREFIX}{Path(vae_dir).name}"
-    run_toybench_sharded(reconstruct, prompts, seeds, out, model, "-", batch_size, on_batch, state)
+    run_toybench(
+        reconstruct,
+        prompts,
+        seeds,
+        out=out,
+        model=model,
+        schedule="-",
+        batch_size=batch_size,
+        on_batch=on_batch,
+        state=state,
+    )
     return model, "-"
 
 
@@ -287,7 +290,7 @@ def print_table(records, runs) -> None:
     from pyramidal_wan.eval.report import main_table, toy_runs
 
     wanted = set(runs)
-    header, rows = main_table([r for r in toy_runs(records) if (r["model"], r["schedule"]) in wanted])
+    header, rows = main_table(toy_runs([r for r in records if (r.get("model"), r.get("schedule")) in wanted]))
     widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
     for line in (header, *rows):
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
