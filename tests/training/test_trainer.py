@@ -2,6 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from pyramidal_wan.cli import main
 from pyramidal_wan.errors import CheckpointError, InputError, TrainingDiverged
 from pyramidal_wan.training import objectives
 from pyramidal_wan.training.config import load_config
@@ -60,6 +61,15 @@ def test_export_checkpoint_equals_the_final_export(tiny_cache, tmp_path):
     assert all(torch.equal(final[k], exported[k]) for k in final)
     with pytest.raises(CheckpointError, match="nothing to export"):
         export_checkpoint(tiny_config(tiny_cache, tmp_path / "none"))
+
+
+def test_export_cli(tiny_cache, tmp_path, capsys):
+    train(tiny_config(tiny_cache, tmp_path / "run"), progress=False)
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    assert f"exported step 2 of {tmp_path / 'run'}" in capsys.readouterr().out
+    assert (tmp_path / "exported" / "transformer" / "config.json").is_file()
+    assert main(["export", "--run", str(tmp_path)]) == 2
+    assert "not a training run (no config.yaml)" in capsys.readouterr().err
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):

@@ -54,6 +54,16 @@ def register(subparsers) -> None:
     tune.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     tune.set_defaults(func=run_finetune)
 
+    export = subparsers.add_parser(
+        "export",
+        help="write the model folder of a training run's last checkpoint (EMA weights if kept)",
+        description="Export RUN/checkpoint as a diffusers Wan folder, e.g. to evaluate a run that is still "
+        "training or was stopped early (finetune and distill export RUN/model themselves at the end).",
+    )
+    export.add_argument("--run", required=True, help="a finetune or distill output folder (train.out)")
+    export.add_argument("--out", default=None, help="model folder (default RUN/model-step{STEP})")
+    export.set_defaults(func=run_export)
+
 
 def add_synthesize_arguments(parser) -> None:
     """The arguments of `synthesize-data`."""
@@ -164,4 +174,18 @@ def run_finetune(args) -> int:
     config = load_config(args.config, args.overrides)
     out = train(config, resume=not args.no_resume)
     print(f"done: checkpoint {out / 'checkpoint'}, model {out / 'model'}")
+    return 0
+
+
+def run_export(args) -> int:
+    from pyramidal_wan.training.config import load_config
+    from pyramidal_wan.training.trainer import export_checkpoint
+
+    config_path = Path(args.run) / "config.yaml"
+    if not config_path.is_file():
+        raise InputError(
+            f"{args.run} is not a training run (no config.yaml); pass the run's train.out folder"
+        )
+    folder, step = export_checkpoint(load_config(str(config_path), []), args.out)
+    print(f"exported step {step} of {args.run} to {folder}")
     return 0
