@@ -125,7 +125,7 @@ def spectrum_figure(latent: torch.Tensor, pyramid, factors, out_dir: Path):
     """The data's radially averaged spectrum against each stage's noise floors and Nyquist limit."""
     from matplotlib.figure import Figure
 
-    from pyramidal_wan.eval.report import save_figure
+    from pyramidal_wan.eval.report import log_x_axis, save_figure
 
     freqs, power = radial_power_spectrum(latent)
     fig = Figure(figsize=(7.5, 4.8))
@@ -156,6 +156,7 @@ def spectrum_figure(latent: torch.Tensor, pyramid, factors, out_dir: Path):
             linewidth=1.5,
             label=f"stage {segment.stage}: Nyquist {nyquist:.3g}",
         )
+    log_x_axis(ax, [freqs[0], freqs[-1]], pad=1.1)
     ax.set_xlabel("spatial frequency (cycles per latent pixel)")
     ax.set_ylabel("power per frequency (normalised latent)")
     ax.grid(True, which="both", alpha=0.3)

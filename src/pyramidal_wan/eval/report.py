@@ -316,13 +316,14 @@ def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
     return written
 
 
-def _log_axis(ax, values: Sequence[float]) -> None:
-    """A log x axis padded around `values`, ticks at 1, 2 and 5 per decade written plainly."""
+def log_x_axis(ax, values: Sequence[float], pad: float = 1.6) -> None:
+    """A log x axis from min(values) / pad to max(values) * pad, ticks at 1, 2 and 5 per decade written
+    plainly."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
     if values:
-        ax.set_xlim(min(values) / 1.6, max(values) * 1.6)
+        ax.set_xlim(min(values) / pad, max(values) * pad)
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -346,7 +347,7 @@ def plot_quality_vs_tflops(runs: Sequence[dict], out_dir: Path) -> list[Path]:
         for run in runs:
             if run["model"].startswith(VAE_CEILING_PREFIX):
                 ax.axhline(run[key], color="0.4", linestyle="--", linewidth=1)
-        _log_axis(ax, [r["tflops"] for r in points])
+        log_x_axis(ax, [r["tflops"] for r in points])
         ax.set_xlabel("TFLOPs per video")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
