@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,17 +68,6 @@ class StageTimer:
     def callback(self, info: dict[str, Any]) -> None:
         """The pipeline `callback`: closes the interval of the model evaluation that just ran."""
         self._mark(stage_label(info["stage"]), info["x"].device)
-
-    def chain(self, other: Callable[[dict[str, Any]], None] | None) -> Callable[[dict[str, Any]], None]:
-        """A callback that times and then calls `other` (when given)."""
-        if other is None:
-            return self.callback
-
-        def both(info):
-            self.callback(info)
-            other(info)
-
-        return both
 
     def stop(self, device: torch.device | None = None) -> dict[str, float]:
         """Close the last interval as "decode" and return the parts (seconds, in the order they ran)."""
