@@ -4,9 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from pyramidal_wan.data.cache import MANIFEST, CachedLatents, CacheSettings, fit_video, prepare_data
+from pyramidal_wan.data.cache import (
+    MANIFEST,
+    CachedLatents,
+    CacheSettings,
+    derive_latent_cache,
+    fit_video,
+    prepare_data,
+)
 from pyramidal_wan.data.stages import downsample_video, stage_videos
-from pyramidal_wan.errors import InputError
+from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.pyramid import Pyramid
 from pyramidal_wan.toy.dataset import clip_name, make_dataset
 from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
@@ -67,3 +74,35 @@ def test_prepare_data_resumes_and_reports_corrupt_videos(tmp_path):
         prepare_data(
             tmp_path / "data", tmp_path / "cache", *args[:3], CacheSettings(17, 64, 64, 2), progress=False
         )
+
+
+def test_derived_latent_cache_downsamples_stage_zero(tiny_cache, tmp_path):
+    pixel = CachedLatents(tiny_cache)
+    manifest = derive_latent_cache(tiny_cache, tmp_path / "latent")
+    assert manifest["settings"]["construction"] == "latent"
+    latent = CachedLatents(tmp_path / "latent")
+    torch.testing.assert_close(latent.latents[0], pixel.latents[0], rtol=0, atol=0)
+    torch.testing.assert_close(latent.prompt_embeds, pixel.prompt_embeds, rtol=0, atol=0)
+    pyramid = Pyramid.build(3)
+    for stage in (1, 2):
+        expected = pyramid.down_to(pixel.latents[0].float(), stage).half()
+        torch.testing.assert_close(latent.latents[stage], expected, rtol=0, atol=0)
+        assert not torch.allclose(latent.latents[stage].float(), pixel.latents[stage].float(), atol=1e-2)
+    assert derive_latent_cache(tiny_cache, tmp_path / "latent") == manifest  # idempotent
+    with pytest.raises(InputError, match="pass a pixel cache"):
+        derive_latent_cache(tmp_path / "latent", tmp_path / "again")
+    with pytest.raises(CheckpointError, match="run `pyramidal-wan prepare-data` first"):
+        derive_latent_cache(tmp_path / "missing", tmp_path / "again")
+
+
+def test_prepare_data_cli_derives_and_checks_its_flags(tiny_cache, tmp_path, capsys):
+    from pyramidal_wan.cli import main
+
+    out = tmp_path / "latent"
+    assert main(["prepare-data", "--from-cache", str(tiny_cache), "--out", str(out)]) == 2
+    assert "add --construction latent" in capsys.readouterr().err
+    argv = ["prepare-data", "--from-cache", str(tiny_cache), "--construction", "latent", "--out", str(out)]
+    assert main(argv) == 0
+    assert f"derived 6 videos' latent-space stages from {tiny_cache}" in capsys.readouterr().out
+    assert main(["prepare-data", "--out", str(tmp_path / "x"), "--height", "64"]) == 2
+    assert "needs --data, --model, --num-frames, --width" in capsys.readouterr().err

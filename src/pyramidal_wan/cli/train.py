@@ -12,16 +12,19 @@ def register(subparsers) -> None:
         "prepare-data",
         help="cache every stage's clean latent and the prompt embeddings of a video dataset",
         description="Decode a folder of videos + captions.jsonl, build each pyramid stage in pixel space "
-        "(or latent space), VAE-encode and cache to safetensors shards. Resumable.",
+        "(or latent space), VAE-encode and cache to safetensors shards. Resumable. With --from-cache "
+        "and --construction latent, derive the latent-space ablation's cache from a pixel cache instead "
+        "(no video decoding, no VAE).",
     )
-    prep.add_argument("--data", required=True, help="dataset folder: videos + captions.jsonl")
-    prep.add_argument(
-        "--model", required=True, help="a Wan folder whose vae/, tokenizer/, text_encoder/ to use"
-    )
+    prep.add_argument("--data", help="dataset folder: videos + captions.jsonl")
+    prep.add_argument("--model", help="a Wan folder whose vae/, tokenizer/, text_encoder/ to use")
     prep.add_argument("--out", required=True, help="cache folder")
-    prep.add_argument("--num-frames", type=int, required=True)
-    prep.add_argument("--height", type=int, required=True)
-    prep.add_argument("--width", type=int, required=True)
+    prep.add_argument("--num-frames", type=int)
+    prep.add_argument("--height", type=int)
+    prep.add_argument("--width", type=int)
+    prep.add_argument(
+        "--from-cache", help="a pixel cache to downsample in latent space (needs --construction latent)"
+    )
     prep.add_argument("--stages", type=int, default=3)
     prep.add_argument("--construction", choices=("pixel", "latent"), default="pixel")
     prep.add_argument("--temporal-filter", choices=("average", "subsample"), default="average")
@@ -129,9 +132,20 @@ def run_synthesize(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from pyramidal_wan.data.cache import CacheSettings, prepare_data
+    from pyramidal_wan.data.cache import CacheSettings, derive_latent_cache, prepare_data
     from pyramidal_wan.models.loading import load_pipeline_components
 
+    if args.from_cache is not None:
+        if args.construction != "latent":
+            raise InputError("--from-cache derives a latent-construction cache: add --construction latent")
+        manifest = derive_latent_cache(args.from_cache, args.out)
+        cached = sum(s["count"] for s in manifest["shards"])
+        print(f"derived {cached} videos' latent-space stages from {args.from_cache} into {args.out}")
+        return 0
+    required = ("data", "model", "num_frames", "height", "width")
+    missing = ", ".join(f"--{n.replace('_', '-')}" for n in required if getattr(args, n) is None)
+    if missing:
+        raise InputError(f"prepare-data needs {missing} (or --from-cache with --construction latent)")
     if not (Path(args.data) / "captions.jsonl").is_file():
         raise InputError(f"{args.data} has no captions.jsonl (one JSON record per video: video, caption)")
     settings = CacheSettings(

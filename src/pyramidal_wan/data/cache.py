@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -173,6 +174,45 @@ def prepare_data(
         write_json(out / MANIFEST, manifest)
     bar.close()
     return manifest
+
+
+def derive_latent_cache(source: str | Path, out: str | Path) -> dict:
+    """A latent-construction cache (stage s = R_down^s of stage 0) made from a pixel cache, with no VAE.
+
+    The ablation's other arm (METHOD.md 4.3) shares the pixel cache's videos, captions and stage-0 latents;
+    only the lower stages differ. They are downsampled from the stored (float16) stage-0 latents, which
+    differs from `prepare-data --construction latent` only by that storage rounding. Returns the manifest.
+    """
+    source, out = Path(source), Path(out)
+    manifest = _read_manifest(source)
+    if manifest is None:
+        raise CheckpointError(f"{source} has no {MANIFEST}; run `pyramidal-wan prepare-data` first")
+    settings = dict(manifest["settings"])
+    if settings["construction"] != "pixel":
+        raise InputError(f"{source} is a {settings['construction']}-construction cache; pass a pixel cache")
+    settings["construction"] = "latent"
+    derived = {**manifest, "settings": settings, "derived_from": str(source.resolve())}
+    existing = _read_manifest(out)
+    if existing is not None:
+        if existing != derived:
+            raise InputError(f"{out} already holds another cache; choose another --out")
+        return existing
+    factors = [tuple(f) for f in settings["factors"]]
+    pyramid = Pyramid.build(settings["num_stages"], factors)
+    dtype = getattr(torch, settings["dtype"])
+    out.mkdir(parents=True, exist_ok=True)
+    for shard in manifest["shards"]:
+        if not shard["file"]:
+            continue
+        tensors = load_file(source / shard["file"])
+        full = tensors["latents.0"].float()
+        for stage in range(1, settings["num_stages"]):
+            tensors[f"latents.{stage}"] = pyramid.down_to(full, stage).to(dtype).contiguous()
+        with atomic_path(out / shard["file"]) as tmp:
+            save_file(tensors, tmp)
+    shutil.copy2(source / EMPTY_PROMPT, out / EMPTY_PROMPT)
+    write_json(out / MANIFEST, derived)  # last: a folder with a manifest is complete
+    return derived
 
 
 def _encode_chunk(dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar):
