@@ -119,7 +119,9 @@ def _load(model, device, dtype):
 def _tflops(pipe, plan) -> float:
     from pyramidal_wan.cli.generate import plan_flops
 
-    return plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length())["total_tflops"]
+    ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None  # a PPF model's own kernels
+    text_len = pipe.default_max_sequence_length()
+    return plan_flops(pipe.transformer.config, plan, text_len, ppf_config)["total_tflops"]
 
 
 class TimedGenerator:
