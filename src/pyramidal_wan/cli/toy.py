@@ -21,6 +21,33 @@ def register(subparsers) -> None:
     _register_make_dataset(commands)
     _register_train_vae(commands)
     _register_assemble(commands)
+    _register_bundle(commands)
+
+
+def _register_bundle(commands) -> None:
+    parser = commands.add_parser(
+        "bundle",
+        help="add a trained model folder to the bundled family (models/toy/NAME, shared components)",
+        description=(
+            "Copy a trained model folder into the bundled toy family as INTO/NAME: its own transformer and "
+            "configs, with tokenizer, text encoder, VAE and scheduler stored once in INTO/shared and "
+            "linked. --vae installs a newer decoder of the same VAE encoder for the whole family."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a trained model folder (e.g. runs/toy/base/model)")
+    parser.add_argument("--name", required=True, help="member name (e.g. base, pyramidal, few-step)")
+    parser.add_argument("--into", default="models/toy", help="the family folder (default models/toy)")
+    parser.add_argument("--vae", default=None, help="a VAE folder with the same encoder (newer decoder)")
+    parser.set_defaults(func=run_bundle)
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    from pyramidal_wan.toy.family import bundle_member
+
+    folder = bundle_member(args.model, args.name, args.into, vae=args.vae)
+    size = sum(p.stat().st_size for p in folder.parent.rglob("*") if p.is_file() and not p.is_symlink())
+    print(f"bundled {args.model} as {folder}; the family in {folder.parent} now takes {size / 2**20:.1f} MiB")
+    return 0
 
 
 def _register_assemble(commands) -> None:
