@@ -3,7 +3,7 @@ and FLOPs-predicted speed-ups, and our 0-0-N pipeline against diffusers' WanPipe
 
     python benchmarks/bench_pipeline.py                        # random width-384 model, 17x128x128, CPU
     python benchmarks/bench_pipeline.py --repeats 3            # steadier medians on a shared machine
-    python benchmarks/bench_pipeline.py --model models/toy/default       # a saved model folder
+    python benchmarks/bench_pipeline.py --model models/toy/base          # a saved model folder
     python benchmarks/bench_pipeline.py --device cuda --dtype bfloat16   # on a GPU
 
 Takes the options of `pyramidal-wan bench` (see `pyramidal-wan bench --help`, and the module docstring of

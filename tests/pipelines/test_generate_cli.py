@@ -133,15 +133,15 @@ def test_missing_bundled_model_says_how_to_make_it(monkeypatch, tmp_path, capsys
     monkeypatch.setattr(bundled, "REPO_ROOT", tmp_path)
     assert main(["generate", PROMPT, "--out", str(tmp_path / "v.mp4")]) == 2
     err = capsys.readouterr().err.strip()
-    assert "models/toy/default does not exist yet" in err and "pyramidal-wan toy" in err and "--model" in err
+    assert "no bundled model exists yet (not even" in err and "models/toy/base" in err
+    assert "pyramidal-wan toy" in err and "--model" in err
     assert len(err.splitlines()) == 1
     assert not (tmp_path / "v.mp4").exists()
 
 
 def test_bundled_model_is_the_best_existing_member(monkeypatch, tmp_path):
     monkeypatch.setattr(bundled, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(bundled, "BUNDLED_MODELS", ("models/toy/fewstep", bundled.DEFAULT_MODEL))
-    for member in ("models/toy/default", "models/toy/fewstep"):
+    for member in reversed(bundled.BUNDLED_MODELS):  # each better member takes over once it exists
         (tmp_path / member).mkdir(parents=True)
         (tmp_path / member / "model_index.json").write_text("{}")
         assert bundled.bundled_model_path() == tmp_path / member

@@ -18,7 +18,7 @@ import transformers
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import ppf_schedule_flops, schedule_flops
-from pyramidal_wan.models.bundled import DEFAULT_MODEL, bundled_model_path
+from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
 from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video
@@ -51,7 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of `generate` (also used to build a namespace programmatically)."""
     parser.add_argument("prompt", help="the text prompt")
     parser.add_argument(
-        "--model", help=f"diffusers Wan pipeline folder (default: the bundled model, {DEFAULT_MODEL})"
+        "--model",
+        help="diffusers Wan pipeline folder (default: the best bundled model of "
+        + ", ".join(BUNDLED_MODELS)
+        + ")",
     )
     parser.add_argument("--schedule", help="steps per stage, lowest resolution first (default: the model's)")
     parser.add_argument("--sampler", help=f"{' or '.join(SAMPLERS)} (default: the model's)")

@@ -14,9 +14,10 @@ from pyramidal_wan.errors import CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
-# Best first. Later members (pyramidized, few-step distilled) go in front of the base model.
-DEFAULT_MODEL = "models/toy/default"
-BUNDLED_MODELS: tuple[str, ...] = (DEFAULT_MODEL,)
+# Best first: the few-step distilled member, the pyramidized one, the base model (`pyramidal-wan toy bundle`
+# writes them; docs/toy.md has their recipes).
+BUNDLED_MODELS: tuple[str, ...] = ("models/toy/few-step", "models/toy/pyramidal", "models/toy/base")
+DEFAULT_MODEL = BUNDLED_MODELS[-1]  # the member every other one is made from
 
 
 def is_model_folder(path: Path) -> bool:
@@ -35,6 +36,6 @@ def bundled_model_path() -> Path:
         if is_model_folder(path):
             return path
     raise CheckpointError(
-        f"the bundled default model {REPO_ROOT / DEFAULT_MODEL} does not exist yet: build it with the toy "
+        f"no bundled model exists yet (not even {REPO_ROOT / DEFAULT_MODEL}): build it with the toy "
         "model recipes (`pyramidal-wan toy --help`, issue 4), or pass --model DIR with a diffusers Wan folder"
     )
