@@ -115,3 +115,12 @@ def test_two_processes_share_the_prompts(tmp_path):
     assert not list(out.parent.glob("records.part*.jsonl"))
     assert result.stdout.count("held-out total") == 1
     assert all((out.parent / r["sample"]).is_file() for r in records)
+
+
+def test_model_names_of_bundled_folders_and_run_exports(tmp_path):
+    from pyramidal_wan.cli.evaluate import model_name
+
+    assert model_name("models/toy/base") == "base"
+    assert model_name("runs/toy/pyramidal/model") == "pyramidal"
+    assert model_name(str(tmp_path / "distill-dmd" / "model-step750")) == "distill-dmd-step750"
+    assert model_name("runs/toy/base/model/") == "base"

@@ -158,6 +158,15 @@ class TimedGenerator:
         return (frames * 255).round().clip(0, 255).astype("uint8")
 
 
+def model_name(folder: str) -> str:
+    """A model's name in records and tables: its folder's name, or for a training run's export
+    (`RUN/model`, `RUN/model-stepN`) the run's name (`RUN`, `RUN-stepN`)."""
+    path = Path(folder).resolve()
+    if path.name == "model" or path.name.startswith("model-step"):
+        return path.parent.name + path.name[len("model") :]
+    return path.name
+
+
 # ---------------------------------------------------------------------------------------------------------
 # ToyBench
 
@@ -189,7 +198,7 @@ def run_toy(args: argparse.Namespace) -> int:
         pipe = _load(model, device, dtype)
         for schedule in schedules:
             plan = plans[(model, schedule)]
-            name = Path(model).name
+            name = model_name(model)
             fields = {
                 "model_path": str(Path(model).resolve()),
                 "tflops": _tflops(pipe, plan),
@@ -330,7 +339,7 @@ def run_vbench(args: argparse.Namespace) -> int:
         pipe = _load(model, device, dtype)
         for schedule in schedules:
             plan = plans[(model, schedule)]
-            folder = out / Path(model).name / plan.schedule
+            folder = out / model_name(model) / plan.schedule
             generate = TimedGenerator(pipe, plan, device)
             seconds = generate_vbench_videos(generate, names, folder / "videos", args.batch_size, state)
             runs.append((model, plan, folder, _tflops(pipe, plan), _gather(state, seconds)))
@@ -339,7 +348,7 @@ def run_vbench(args: argparse.Namespace) -> int:
     state.wait_for_everyone()
     prompts_by_file = {n: p for (p, _), n in names.items()} if custom else None
     for model, plan, folder, tflops, timings in runs:
-        name = f"{Path(model).name}_{plan.schedule}"
+        name = f"{model_name(model)}_{plan.schedule}"
         # every process calls the judge: VBench splits the videos between ranks itself
         scores = vb.run_judge(
             vbench_module,
@@ -355,7 +364,7 @@ def run_vbench(args: argparse.Namespace) -> int:
             seconds = [s for per_process in timings for s in per_process]
             record = {
                 "suite": "vbench",
-                "model": Path(model).name,
+                "model": model_name(model),
                 "schedule": plan.schedule,
                 "model_path": str(Path(model).resolve()),
                 "mode": "custom_input" if custom else "vbench_standard",
