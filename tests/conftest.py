@@ -6,8 +6,15 @@ from pyramidal_wan.toy.dataset import make_dataset
 from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
 from pyramidal_wan.toy.vae import build_vae
 
-# Two cores, shared: keep intra-op threads modest so parallel jobs don't thrash.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread per test: tests use tiny models, and on a shared 2-core machine two-thread ops
+    stall behind other jobs (measured up to 40x slower). Tests that time or spawn work set their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

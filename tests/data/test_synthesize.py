@@ -25,14 +25,6 @@ PROMPTS = ["a red circle moving left", "a green square moving up", "a blue trian
 LAUNCHER = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A plain (non-pyramidal) toy-size teacher folder with a 2-layer transformer; 17x64x64 by default."""

@@ -1,7 +1,6 @@
 """Session fixtures: one set of tiny random components and a 3-stage pipeline over them."""
 
 import pytest
-import torch
 from pipeline_helpers import SIZE, build_components
 
 from pyramidal_wan.pipelines import PyramidalWanPipeline
@@ -25,12 +24,3 @@ def pipe(components):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One thread: on the shared 2-core machine, two-thread ops stall behind other jobs (up to 40x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
