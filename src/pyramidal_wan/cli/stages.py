@@ -15,7 +15,8 @@ def register(subparsers) -> None:
         help="choose stage boundaries where each detail band's SNR falls below a threshold",
         description="Measure, on a prepared cache, the energy of the detail band each stage's downsampling "
         "removes, and put each boundary where that band's signal-to-noise ratio equals --snr at the "
-        "finer stage's noisy end. Prints the table and writes a pyramid config JSON.",
+        "finer stage's noisy end; a coarser boundary whose band is already drowned there falls back to "
+        "the even split of the remaining noise range. Prints the table and writes a pyramid config JSON.",
     )
     parser.add_argument("--data", required=True, help="a cache folder written by prepare-data")
     parser.add_argument("--snr", type=float, default=DEFAULT_SNR, help=f"threshold (default {DEFAULT_SNR:g})")
@@ -38,20 +39,20 @@ def run(args) -> int:
     base = Pyramid.build(settings["num_stages"], settings["factors"])
     energies = detail_energies(data, base, args.max_items)
     blocks = [t.block_size for t in base.transfers]
-    clean = clean_ends_from_spectrum(energies, blocks, args.snr)
+    clean, rules = clean_ends_from_spectrum(energies, blocks, args.snr)
     config = PyramidConfig(num_stages=base.num_stages, factors=settings["factors"], clean_ends=clean)
     suggested = config.pyramid()
     print(f"{min(len(data), args.max_items)} cached videos of {args.data}; SNR threshold {args.snr:g}")
     print(
         f"{'transition':>10} {'detail energy':>14} {'default sigma_c':>16} {'SNR there':>10} "
-        f"{'suggested sigma_c':>18} {'sigma_n':>8}"
+        f"{'suggested sigma_c':>18} {'sigma_n':>8} {'SNR there':>10}  set by"
     )
     for i, energy in enumerate(energies):
         default_seg, seg = base.segments[i], suggested.segments[i]
         print(
             f"{i:>10} {energy:>14.5f} {base.segments[i + 1].sigma_c:>16.4f} "
             f"{detail_snr(default_seg.sigma_n, energy):>10.4f} {suggested.segments[i + 1].sigma_c:>18.4f} "
-            f"{seg.sigma_n:>8.4f}"
+            f"{seg.sigma_n:>8.4f} {detail_snr(seg.sigma_n, energy):>10.4f}  {rules[i]}"
         )
     if args.out:
         write_json(args.out, config.to_dict())

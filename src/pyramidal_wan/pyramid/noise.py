@@ -70,26 +70,34 @@ def detail_snr(sigma: float, detail_energy: float) -> float:
 
 def clean_ends_from_spectrum(
     detail_energies: Sequence[float], block_sizes: Sequence[int], snr_threshold: float
-) -> tuple[float, ...]:
+) -> tuple[tuple[float, ...], tuple[str, ...]]:
     """Stage boundaries where each transition's detail band is drowned by noise (METHOD.md 3.4).
 
     Transition i's detail band (energy e_i per element, measured on data) is pure noise at the noisy end
     sigma_n^(i) of stage i. Choose sigma_n^(i) where the band's SNR equals `snr_threshold`,
-    sigma_n = 1 / (1 + sqrt(threshold / e_i)), and return sigma_c^(i+1) = g_K^{-1}(sigma_n^(i)).
+    sigma_n = 1 / (1 + sqrt(threshold / e_i)), so sigma_c^(i+1) = g_K^{-1}(sigma_n^(i)).
+
+    The SNR bound is a lower bound on each noisy end. Where a coarser band carries no more energy than the
+    finer one (white-ish latents, e.g. the toy world's), it is already met at any later boundary and
+    does not place one; then the boundary falls back to the even split of the remaining noise range,
+    sigma_c^(i+1) = sigma_c^(i) + (1 - sigma_c^(i)) / (S - 1 - i), the pattern of the default (1/3, 2/3).
+    Returns (clean ends, the rule that set each: "spectrum" or "even split").
     """
     if snr_threshold <= 0:
         raise InputError(f"snr_threshold must be positive, got {snr_threshold}")
     if len(detail_energies) != len(block_sizes):
         raise ValueError(f"{len(detail_energies)} energies for {len(block_sizes)} transitions")
-    clean = []
-    for energy, k in zip(detail_energies, block_sizes):
+    transitions = len(block_sizes)
+    clean, rules = [], []
+    for i, (energy, k) in enumerate(zip(detail_energies, block_sizes)):
         if energy <= 0:
             raise InputError(f"detail energy must be positive, got {energy}: is the cache empty or constant?")
-        sigma_n = 1.0 / (1.0 + math.sqrt(snr_threshold / energy))
-        clean.append(inverse_jump_sigma(sigma_n, k))
-    if any(a >= b for a, b in zip(clean, clean[1:])):
-        raise InputError(
-            f"the measured detail energies {list(detail_energies)} give boundaries {clean} that do not "
-            "increase toward the coarse stages; use the default boundaries or another threshold"
-        )
-    return tuple(clean)
+        spectral = inverse_jump_sigma(1.0 / (1.0 + math.sqrt(snr_threshold / energy)), k)
+        if i == 0:
+            clean.append(spectral)
+            rules.append("spectrum")
+            continue
+        even = clean[-1] + (1.0 - clean[-1]) / (transitions + 1 - i)
+        clean.append(max(spectral, even))
+        rules.append("spectrum" if spectral >= even else "even split")
+    return tuple(clean), tuple(rules)
