@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-slow bench lint format install clean chromium report screenshot
+.PHONY: demo test test-slow bench lint format install clean chromium report screenshot results
 
 # `make report`: the results page and tables from evaluate records (RESULTS: one or more .jsonl files).
 RESULTS    ?= runs/eval/toybench.jsonl
@@ -43,6 +43,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_operators.py
 	$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/bench_training.py
+
+# The toy family's ToyBench records, docs/results.md, report/ and docs/report.png (scripts/toy_results.sh).
+results: $(STAMP) chromium
+	bash scripts/toy_results.sh
 
 report: $(STAMP)
 	.venv/bin/pyramidal-wan report --results $(RESULTS) --out $(REPORT) --markdown $(MARKDOWN)
