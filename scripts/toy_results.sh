@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The toy family's results: ToyBench every trained member (records resume, nothing is recomputed), then
+# the report page, docs/results.md and the page's screenshot. Members not trained yet are skipped with a
+# note; docs/toy.md has their recipes. Run from the repository root: `make results`.
+set -euo pipefail
+
+PW=${PW:-.venv/bin/pyramidal-wan}
+RECORDS=${RECORDS:-runs/eval/toybench.jsonl}
+THREADS=${THREADS:-2}
+
+# evaluate MODEL_FOLDER SCHEDULE... : one row per schedule.
+row() {
+    local model=$1
+    shift
+    if [[ ! -f $model/model_index.json ]]; then
+        echo "skip $model: not trained yet (docs/toy.md)"
+        return
+    fi
+    local schedules=()
+    for schedule in "$@"; do schedules+=(--schedule "$schedule"); done
+    "$PW" evaluate --suite toy --model "$model" "${schedules[@]}" --out "$RECORDS" --threads "$THREADS"
+}
+
+# The ceiling any model on this VAE can reach: its reconstructions of the real clips.
+"$PW" evaluate --suite toy --vae-ceiling models/toy/shared/vae --out "$RECORDS" --threads "$THREADS"
+
+# Base (the "pretrained Wan2.1") and its pyramidization (issue 5), with the two ablations.
+row runs/toy/base/model 0-0-50 0-0-20
+row runs/toy/pyramidal/model 20-20-10 0-0-50
+row runs/toy/pyramidal-no-dist/model 20-20-10
+row runs/toy/pyramidal-latent/model 20-20-10
+
+# Few-step distillation (issue 6): the Wan-DMD baselines and the pyramidal variants.
+row runs/toy/distill-dmd/model 0-0-2
+row runs/toy/distill-dmd-1step/model 0-0-1
+row runs/toy/distill-dmd-ot/model 2-2-1
+row runs/toy/distill-dmd-pt/model 2-2-1
+row runs/toy/distill-dmd-pt-star/model 2-2-1
+row runs/toy/distill-adv-o/model 2-2-1
+row runs/toy/distill-adv-p/model 2-2-1
+row runs/toy/distill-dmd-pt-star-no-teach/model 2-2-1
+
+# Patch pyramid (issue 7).
+row runs/toy/ppf/model 20-20-10
+row runs/toy/ppf-dmd/model 2-2-1
+
+"$PW" report --results "$RECORDS" --out report --markdown docs/results.md --screenshot docs/report.png
