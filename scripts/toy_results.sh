@@ -29,6 +29,9 @@ row runs/toy/base/model 0-0-50 0-0-20
 row runs/toy/pyramidal/model 20-20-10 0-0-50
 row runs/toy/pyramidal-no-dist/model 20-20-10
 row runs/toy/pyramidal-latent/model 20-20-10
+# Stage boundaries from the spectrum (suggest-stages --snr 0.1 / 1.0) at equal FLOPs; the row above is 0.35.
+row runs/toy/pyramidal-snr0.1/model 20-20-10
+row runs/toy/pyramidal-snr1/model 20-20-10
 
 # Few-step distillation (issue 6): the Wan-DMD baselines and the pyramidal variants.
 row runs/toy/distill-dmd/model 0-0-2

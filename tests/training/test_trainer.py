@@ -121,3 +121,11 @@ def test_config_types_and_yaml(tmp_path):
     assert config.train.lr == 3e-4 and config.train.betas == (0.9, 0.95) and config.train.steps == 7
     assert config.objective.stages == (0, 1) and config.objective.clean_ends == (0.3, 0.6)
     assert config.model.pipeline is None
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads "1e-4" as a string; in a file and on the command line it means the float.
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-4\n")
+    config = load_config(path, ["train.critic_lr=2e-5", "train.steps=1e3"])
+    assert config.train.lr == 1e-4 and config.train.critic_lr == 2e-5 and config.train.steps == 1000

@@ -128,6 +128,12 @@ def _convert(value, annotation, name: str):
             return value
         raise InputError(f"{name} must be true or false, got {value!r}")
     if annotation in (int, float):
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-4 (no dot) as a string; Python's float syntax is what users mean.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{name} must be a number, got {value!r}")
         if annotation is int and float(value) != int(value):
