@@ -27,6 +27,9 @@ row() {
 # Base (the "pretrained Wan2.1") and its pyramidization (issue 5), with the two ablations.
 row runs/toy/base/model 0-0-50 0-0-20
 row runs/toy/pyramidal/model 20-20-10 0-0-50
+# The ablations and the boundary experiment are 1000-step fine-tunes: compare them with the main run's
+# step-1000 export (docs/toy.md).
+row runs/toy/pyramidal/model-step1000 20-20-10
 row runs/toy/pyramidal-no-dist/model 20-20-10
 row runs/toy/pyramidal-latent/model 20-20-10
 # Stage boundaries from the spectrum (suggest-stages --snr 0.1 / 1.0) at equal FLOPs; the row above is 0.35.
@@ -44,6 +47,7 @@ row runs/toy/distill-adv-p/model 2-2-1
 row runs/toy/distill-dmd-pt-star-no-teach/model 2-2-1
 
 # Patch pyramid (issue 7).
+row runs/toy/ppf/model-step1000 20-20-10
 row runs/toy/ppf/model 20-20-10
 row runs/toy/ppf-dmd/model 2-2-1
 
