@@ -56,12 +56,11 @@ def parameters_frozen(module: torch.nn.Module):
 class AdversarialDistillation(FewStepObjective):
     """Hinge-GAN on frozen backbone features plus a reconstruction term (METHOD.md 8)."""
 
-    backbone_required = False
+    teacher_role = "the multi-resolution original-architecture backbone (METHOD.md 8)"
 
     def __init__(self, config: Config):
         super().__init__(config)
         cfg, model = self.cfg, config.model
-        self.critic_ratio = cfg.critic_ratio
         # Reconstruction teacher: PyramidalWan, the weights the student starts from (METHOD.md 8, step 3).
         self.rec_teacher = frozen_network(model.init, self.seed, self.precision, model.gradient_checkpointing)
         if cfg.teacher is None or cfg.teacher == model.init:
@@ -81,11 +80,6 @@ class AdversarialDistillation(FewStepObjective):
     def check(self, config: Config) -> None:
         super().check(config)
         cfg = config.objective
-        if self.backbone_required and cfg.teacher is None:
-            raise InputError(
-                f"{self.method} needs objective.teacher: the multi-resolution original-architecture backbone "
-                "(METHOD.md 8)"
-            )
         if cfg.adv_blocks is not None:  # the backbone's depth from its config.json, no weights loaded
             blocks = cfg.adv_blocks
             num_layers = get_transformer_config(cfg.teacher or config.model.init)["num_layers"]
@@ -143,11 +137,9 @@ class AdversarialDistillation(FewStepObjective):
 
     def critic_loss(self, batch: dict, generator: torch.Generator):
         """Hinge L_D on real and detached fake samples, one backbone call for both (METHOD.md 8)."""
-        n, k = self.grid_point(batch, generator)
+        n, x_hat = self.detached_student_sample(batch, generator)
         embeds = batch["prompt_embeds"]
         with torch.no_grad():
-            x_s = self.student_input(batch, n, k, generator)
-            _, x_hat = self.predict(x_s, n, k, embeds)
             real_tau, fake_tau, tau = self.renoised_pair(batch, n, x_hat, generator)
             heads = self.nets["critic"]
             features = block_features(
@@ -170,7 +162,7 @@ class AdvO(AdversarialDistillation):
     """Adv-O: the multi-resolution original-architecture backbone, plain re-noising (METHOD.md 8)."""
 
     method = "adv-o"
-    backbone_required = True
+    teacher_required = True
 
 
 class AdvP(AdversarialDistillation):

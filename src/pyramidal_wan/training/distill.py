@@ -165,8 +165,9 @@ def synchronised(values: list[int], device) -> list[int]:
 class FewStepObjective(Objective):
     """A few-step student on a grid (METHOD.md 6.2): input construction, x0 prediction and re-noising.
 
-    Subclasses set `pyramidal_grid` (a pyramidal schedule, or the plain 0-...-0-N baseline) and
-    `renoising` ("plain" or "pyramidal"); they add their critic and losses. The stage hooks below (grid,
+    Subclasses set `pyramidal_grid` (a pyramidal schedule, or the plain 0-...-0-N baseline),
+    `renoising` ("plain" or "pyramidal") and, where the method cannot run without `objective.teacher`,
+    `teacher_required` with `teacher_role`; they add their critic and losses. The stage hooks below (grid,
     student, the process a grid stage follows, the few-step sampler) are the only places that know which
     pyramid the student samples: the patch pyramid (PPFDMD) overrides them, its export config and
     `load_transformer`, and runs every loss unchanged.
@@ -175,12 +176,15 @@ class FewStepObjective(Objective):
     method = ""
     pyramidal_grid = True
     renoising = "plain"
+    teacher_required = False
+    teacher_role = ""  # what objective.teacher is to this method, for the error when it is missing
     load_transformer = staticmethod(load_transformer_for)  # how teacher and fake-score folders load
 
     def __init__(self, config: Config):
         cfg = self.cfg = config.objective
         self.check(config)
         self.seed, self.precision = config.train.seed, config.train.precision
+        self.critic_ratio = cfg.critic_ratio  # every few-step method trains a critic (check: >= 1)
         self.pyramid = Pyramid.build(cfg.num_stages, None, cfg.clean_ends, cfg.wavelet)
         self.grid = self.get_grid()
         self.nets = {"generator": self.build_student(config)}
@@ -218,6 +222,8 @@ class FewStepObjective(Objective):
         for key, value in sources.items():
             check_model_source(key, value)
         self.check_student(config)
+        if self.teacher_required and cfg.teacher is None:
+            raise InputError(f"{self.method} needs objective.teacher: {self.teacher_role}")
 
     # Stage hooks: the resolution pyramid here, the patch pyramid in PPFDMD --------------------------------
     def check_student(self, config: Config) -> None:
@@ -297,6 +303,14 @@ class FewStepObjective(Objective):
         velocity = self.nets["generator"](x, sigma, embeds)
         return velocity, self.pyramid.to_x0(x, sigma, velocity, self.process_segment(n))
 
+    @torch.no_grad()
+    def detached_student_sample(self, batch: dict, generator) -> tuple[int, torch.Tensor]:
+        """(n, x_hat): a grid stage and the student's clean estimate there, without graph (critic updates)."""
+        n, k = self.grid_point(batch, generator)
+        x_s = self.student_input(batch, n, k, generator)
+        _, x_hat = self.predict(x_s, n, k, batch["prompt_embeds"])
+        return n, x_hat
+
     def draw_tau(self, n: int, batch_size: int, like: torch.Tensor, generator):
         """(rho_tau, tau), each (B,): rho_tau ~ U(tau_range) in the stage, tau = sigma_c + rho_tau Delta."""
         lo, hi = self.cfg.tau_range
@@ -323,12 +337,11 @@ def negative_text(batch: dict) -> torch.Tensor:
 class DistributionMatching(FewStepObjective):
     """DMD with a fake-score critic (METHOD.md 7.2); subclasses fix the roles of METHOD.md 7.1."""
 
-    teacher_required = False
+    teacher_role = "the multi-resolution model (METHOD.md 7.3)"
 
     def __init__(self, config: Config):
         super().__init__(config)
         cfg, model = self.cfg, config.model
-        self.critic_ratio = cfg.critic_ratio
         self.teacher = self.build_teacher(config)
         fake = cfg.fake or cfg.teacher or model.init
         self.nets["critic"] = trainable_network(
@@ -338,10 +351,6 @@ class DistributionMatching(FewStepObjective):
     def check(self, config: Config) -> None:
         super().check(config)
         cfg = config.objective
-        if self.teacher_required and cfg.teacher is None:
-            raise InputError(
-                f"{self.method} needs objective.teacher: the multi-resolution model (METHOD.md 7.3)"
-            )
         if cfg.student_input == "backward" and cfg.teach_weight > 0:
             raise InputError(
                 "student_input=backward has no paired data latent for L_teach: set objective.teach_weight=0 "
@@ -389,11 +398,9 @@ class DistributionMatching(FewStepObjective):
 
     def critic_loss(self, batch: dict, generator: torch.Generator):
         """L_fm = mean((F_phi(x_tau, 1000 tau) - v_true)^2) on a detached student sample (METHOD.md 7.2)."""
-        n, k = self.grid_point(batch, generator)
+        n, x_hat = self.detached_student_sample(batch, generator)
         embeds = batch["prompt_embeds"]
         with torch.no_grad():
-            x_s = self.student_input(batch, n, k, generator)
-            _, x_hat = self.predict(x_s, n, k, embeds)
             rho, tau = self.draw_tau(n, x_hat.shape[0], x_hat, generator)
             x_tau, v_true = self.renoise(n, x_hat, randn(x_hat.shape, x_hat, generator), rho, tau)
         pred = self.nets["critic"](x_tau, tau, embeds)
