@@ -7,6 +7,7 @@ order, lowest resolution first); samplers walk it without hidden state.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -157,6 +158,30 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return x
 
 
+def _plain_x0(x: torch.Tensor, sigma: float, velocity: torch.Tensor) -> torch.Tensor:
+    """x0_hat = x - sigma v: the clean estimate of the plain process (every PPF stage runs it)."""
+    return x - sigma * velocity
+
+
+def _sample_stage_euler(model, x, stage_steps: StageSteps, to_x0, extra_args, callback, disable):
+    """`sample_euler` over one stage of a grid; the callback also gets the stage and the clean estimate
+    `to_x0(x, sigma, velocity)` of the calling sampler's process (pyramidal, or plain for PPF)."""
+    stage = stage_steps.segment.stage
+
+    def stage_callback(info):
+        callback({**info, "stage": stage, "denoised": to_x0(info["x"], info["sigma"], info["velocity"])})
+
+    return sample_euler(
+        model,
+        x,
+        stage_steps.sigmas,
+        extra_args,
+        stage_callback if callback is not None else None,
+        disable,
+        desc=f"stage {stage}",
+    )
+
+
 @torch.no_grad()
 def sample_pyramid_euler(
     model, x, pyramid: Pyramid, grid, extra_args=None, callback=None, disable=None, generator=None
@@ -167,23 +192,10 @@ def sample_pyramid_euler(
     sample at sigma_c^(i) is carried to sigma_n^(i-1) by R_up_N plus the frame-0 top-up.
     """
     for n, stage_steps in enumerate(grid):
-        stage = stage_steps.segment.stage
-
-        def stage_callback(info, stage=stage, segment=stage_steps.segment):
-            denoised = pyramid.to_x0(info["x"], info["sigma"], info["velocity"], segment)
-            callback({**info, "stage": stage, "denoised": denoised})
-
-        x = sample_euler(
-            model,
-            x,
-            stage_steps.sigmas,
-            extra_args,
-            stage_callback if callback is not None else None,
-            disable,
-            desc=f"stage {stage}",
-        )
+        to_x0 = functools.partial(pyramid.to_x0, segment=stage_steps.segment)
+        x = _sample_stage_euler(model, x, stage_steps, to_x0, extra_args, callback, disable)
         if n + 1 < len(grid):
-            x = pyramid.jump(x, stage - 1, generator)
+            x = pyramid.jump(x, stage_steps.segment.stage - 1, generator)
     return x
 
 
@@ -227,19 +239,7 @@ def sample_ppf_euler(model, x, grid, extra_args=None, callback=None, disable=Non
     sampler signature.
     """
     for stage_steps in grid:
-
-        def stage_callback(info, stage=stage_steps.segment.stage):
-            callback({**info, "stage": stage, "denoised": info["x"] - info["sigma"] * info["velocity"]})
-
-        x = sample_euler(
-            model,
-            x,
-            stage_steps.sigmas,
-            extra_args,
-            stage_callback if callback is not None else None,
-            disable,
-            desc=f"stage {stage_steps.segment.stage}",
-        )
+        x = _sample_stage_euler(model, x, stage_steps, _plain_x0, extra_args, callback, disable)
     return x
 
 
