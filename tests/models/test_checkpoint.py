@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import nondefault_pyramid_config
 
 from pyramidal_wan.errors import CheckpointError
 from pyramidal_wan.models.checkpoint import (
@@ -12,20 +13,10 @@ from pyramidal_wan.models.checkpoint import (
     pyramid_config_or_plain,
     save_pyramid_config,
 )
-from pyramidal_wan.pyramid import PyramidConfig
 
 
 def test_round_trip(tmp_path):
-    config = PyramidConfig(
-        num_stages=2,
-        factors=((1, 2, 2),),
-        clean_ends=(0.4,),
-        wavelet="db2",
-        sampler="fewstep",
-        default_schedule="2-1",
-        shift=2.0,
-        guidance_scale=1.0,
-    )
+    config = nondefault_pyramid_config(guidance_scale=1.0)
     path = save_pyramid_config(tmp_path, config)
     assert path == tmp_path / PYRAMID_CONFIG_NAME
     assert json.loads(path.read_text())["factors"] == [[1, 2, 2]]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from helpers import nondefault_pyramid_config
 from pipeline_helpers import PROMPT, SIZE, build_pipeline
 
 from pyramidal_wan.errors import InputError
@@ -192,16 +193,7 @@ def test_plain_sizes_need_only_full_resolution_geometry(pipe):
 
 
 def test_save_and_from_pretrained_round_trip(tmp_path):
-    config = PyramidConfig(
-        num_stages=2,
-        factors=((1, 2, 2),),
-        clean_ends=(0.4,),
-        wavelet="db2",
-        sampler="fewstep",
-        default_schedule="2-1",
-        shift=2.0,
-        guidance_scale=4.0,
-    )
+    config = nondefault_pyramid_config(guidance_scale=4.0)
     pipe = build_pipeline(config)
     pipe.save_pretrained(tmp_path / "model")
     assert (tmp_path / "model" / PYRAMID_CONFIG_NAME).is_file()
