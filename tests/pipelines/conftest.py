@@ -1,9 +1,8 @@
 """Session fixtures: one set of tiny random components and a 3-stage pipeline over them."""
 
 import pytest
-from pipeline_helpers import SIZE, build_components
+from pipeline_helpers import build_components, build_pipeline
 
-from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pyramid import PyramidConfig
 
 
@@ -14,13 +13,4 @@ def components():
 
 @pytest.fixture(scope="session")
 def pipe(components):
-    pipe = PyramidalWanPipeline(
-        **components,
-        pyramid_config=PyramidConfig(),
-        default_num_frames=SIZE["num_frames"],
-        default_height=SIZE["height"],
-        default_width=SIZE["width"],
-        default_negative_prompt="",
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return build_pipeline(PyramidConfig(), components=components)
