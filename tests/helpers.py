@@ -1,6 +1,8 @@
 """Helpers shared by tests of several areas; tests import it as `helpers` (tests/conftest.py puts tests/
 on sys.path)."""
 
+import torch
+
 from pyramidal_wan.pyramid import PyramidConfig
 
 
@@ -16,3 +18,23 @@ def nondefault_pyramid_config(guidance_scale: float) -> PyramidConfig:
         shift=2.0,
         guidance_scale=guidance_scale,
     )
+
+
+def record_sampling(pipe, prompt: str, **kwargs):
+    """(latents, stages, token shapes): `pipe(prompt, **kwargs)` as latents from seed 0, the stage of every
+    evaluation, and the (batch, tokens) of every transformer forward (CFG doubles the batch)."""
+    stages, token_shapes = [], []
+    hook = pipe.transformer.blocks[0].register_forward_pre_hook(
+        lambda m, args: token_shapes.append(tuple(args[0].shape[:2]))
+    )
+    try:
+        latents = pipe(
+            prompt,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            callback=lambda info: stages.append(info["stage"]),
+            **kwargs,
+        ).frames
+    finally:
+        hook.remove()
+    return latents, stages, token_shapes

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from helpers import record_sampling
 from safetensors.torch import load_file
 
 from pyramidal_wan.cli import main
@@ -358,20 +359,10 @@ def test_ppf_dmd_trains_and_exports_a_few_step_ppf_folder(tiny_cache, tmp_path, 
     pipe = PyramidalWanPipeline.from_pretrained(out / "model")
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe.ppf, PPFTransformer)
-    tokens, stages = [], []
-    hook = pipe.transformer.blocks[0].register_forward_pre_hook(lambda m, a: tokens.append(a[0].shape[:2]))
-    try:
-        video = pipe(
-            "a red circle moving left",
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-            callback=lambda info: stages.append(info["stage"]),
-        ).frames
-    finally:
-        hook.remove()
+    video, stages, token_shapes = record_sampling(pipe, "a red circle moving left")
     assert video.shape == (1, 16, 5, 16, 16) and torch.isfinite(video).all()
     assert stages == [2, 2, 1, 1, 0]
-    assert [tuple(t) for t in tokens] == [(1, 8), (1, 8), (1, 48), (1, 48), (1, 320)]  # no CFG, PPF kernels
+    assert token_shapes == [(1, 8), (1, 8), (1, 48), (1, 48), (1, 320)]  # no CFG, PPF kernels
 
 
 def test_ppf_dmd_runs_the_plain_process_at_full_resolution(tiny_cache, tmp_path, folders):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import record_sampling
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.errors import InputError
@@ -52,21 +53,8 @@ def trained(tiny_cache, tmp_path_factory):
 
 def stages_and_tokens(pipe, **kwargs):
     """Sample latents; record the stage of every evaluation and the token count of every forward."""
-    stages, tokens = [], []
-    hook = pipe.transformer.blocks[0].register_forward_pre_hook(
-        lambda m, args: tokens.append(args[0].shape[1:2])
-    )
-    try:
-        latents = pipe(
-            PROMPT,
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-            callback=lambda info: stages.append(info["stage"]),
-            **kwargs,
-        ).frames
-    finally:
-        hook.remove()
-    return latents, stages, [t[0] for t in tokens]
+    latents, stages, token_shapes = record_sampling(pipe, PROMPT, **kwargs)
+    return latents, stages, [tokens for _, tokens in token_shapes]
 
 
 def test_ppf_fm_exports_a_folder_the_pipeline_samples(trained):
