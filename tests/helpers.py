@@ -1,9 +1,20 @@
 """Helpers shared by tests of several areas; tests import it as `helpers` (tests/conftest.py puts tests/
 on sys.path)."""
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from pyramidal_wan.pyramid import PyramidConfig
+
+# The torchrun of this Python's environment, not whichever is first on PATH.
+TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
+needs_torchrun = pytest.mark.skipif(
+    not os.path.exists(TORCHRUN), reason="torchrun not installed beside this Python"
+)
 
 
 def nondefault_pyramid_config(guidance_scale: float) -> PyramidConfig:
@@ -38,3 +49,17 @@ def record_sampling(pipe, prompt: str, **kwargs):
     finally:
         hook.remove()
     return latents, stages, token_shapes
+
+
+def run_cli_in_two_cpu_processes(
+    cli_args: list[str], standalone: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`pyramidal-wan CLI_ARGS` as 2 gloo CPU processes under torchrun, one thread each; fails the test with
+    the tail of stderr unless it exits 0. `standalone` makes torchrun pick a free rendezvous port (other
+    torchrun jobs on the machine may hold the default)."""
+    rendezvous = ["--standalone"] if standalone else []
+    cmd = [TORCHRUN, *rendezvous, "--nproc_per_node", "2", "-m", "pyramidal_wan.cli", *cli_args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

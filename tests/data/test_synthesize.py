@@ -2,14 +2,12 @@
 interruption, per-video seeds, one-line errors, and (slow) two processes writing what one writes."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from helpers import needs_torchrun, run_cli_in_two_cpu_processes
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.data import synthesize as synth
@@ -22,7 +20,6 @@ from pyramidal_wan.toy.dataset import read_records
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 
 PROMPTS = ["a red circle moving left", "a green square moving up", "a blue triangle moving right"]
-LAUNCHER = os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
 @pytest.fixture(scope="module")
@@ -217,25 +214,16 @@ def test_a_folder_made_with_other_settings_is_refused(teacher, prompts_file, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.exists(LAUNCHER), reason="torchrun not installed beside this Python")
+@needs_torchrun
 def test_two_processes_write_what_one_writes(teacher, tmp_path):
     """torchrun with 2 gloo CPU processes: 3 prompts x 1 video split 2 + 1, the same files as 1 process."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(synthesize_args(teacher, prompts, one, "--videos-per-prompt", "1", "--threads", "1")) == 0
-    cmd = [
-        LAUNCHER,
-        "--standalone",  # a free rendezvous port: other torchrun jobs on the machine may hold the default
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "pyramidal_wan.cli",
-        *synthesize_args(teacher, prompts, two, "--videos-per-prompt", "1", "--threads", "1"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli_in_two_cpu_processes(
+        synthesize_args(teacher, prompts, two, "--videos-per-prompt", "1", "--threads", "1"), standalone=True
+    )
     assert result.stdout.count("3 videos in") == 1  # only the main process reports
     assert "3 written, 0 already on disk" in result.stdout
     assert folder_contents(two) == folder_contents(one)
