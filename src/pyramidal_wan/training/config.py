@@ -6,6 +6,7 @@ are rejected. Overrides use dotted names: `--train.lr=3e-4 --objective.name=pyra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import types
@@ -130,10 +131,8 @@ def _convert(value, annotation, name: str):
     if annotation in (int, float):
         if isinstance(value, str):
             # YAML 1.1 reads 1e-4 (no dot) as a string; Python's float syntax is what users mean.
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{name} must be a number, got {value!r}")
         if annotation is int and float(value) != int(value):
