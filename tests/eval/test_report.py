@@ -89,9 +89,10 @@ def test_tables_come_from_the_records_and_the_markdown_is_deterministic(records_
     assert [(r["model"], r["schedule"]) for r in runs] == [("toy", "1-1-1"), ("toy", "0-0-2")]
     text = (report_dir / "report" / "results.md").read_text()
     assert text == (report_dir / "docs" / "results.md").read_text() == markdown_report(runs)
-    # Real renders score full marks; every other number is a field of the records.
-    assert "| toy | 1-1-1 | 0.0015 | 100.0 | 100.0 | 100.0 | 100.0 | 0.75 |" in text
-    assert "| toy | 0-0-2 | 0.0027 | 100.0 | 100.0 | 100.0 | 100.0 | 1.25 |" in text
+    # Real renders score full marks (so no spread between prompts); every other number is a field of the
+    # records.
+    assert "| toy | 1-1-1 | 0.0015 | 100.0 | 100.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | 0.75 |" in text
+    assert "| toy | 0-0-2 | 0.0027 | 100.0 | 100.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | 1.25 |" in text
     assert "| text | stage 2 | stage 1 | stage 0 | decode | total |" in text
     assert "| toy | 1-1-1 | 0.050 | 0.050 | 0.150 | 0.250 | 0.250 | 0.750 |" in text
     assert not re.search(r"20\d\d-\d\d-\d\d|/tmp/", text)  # no dates, no paths

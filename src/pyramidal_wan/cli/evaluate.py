@@ -35,8 +35,8 @@ def register(subparsers) -> None:
         help="score models x schedules with ToyBench (JSON records, resumable) or VBench",
         description="Generate the fixed, seeded ToyBench prompt set (or the VBench suite) with each model "
         "and schedule, score every video, and print the table: schedule, TFLOPs, semantic / quality / total "
-        "(train and held-out captions), seconds per video. Shards prompts across processes when launched "
-        "with torchrun or accelerate.",
+        "(train and held-out captions; totals ± their bootstrap standard error over prompts), seconds per "
+        "video. Shards prompts across processes when launched with torchrun or accelerate.",
     )
     parser.add_argument("--suite", choices=SUITES, default="toy")
     parser.add_argument("--model", action="append", default=[], help="a model folder (repeatable)")

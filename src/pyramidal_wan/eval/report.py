@@ -29,6 +29,8 @@ import numpy as np
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.timing import DECODE, TEXT
 from pyramidal_wan.eval.toybench import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     QUALITY_DIMS,
     SEMANTIC_DIMS,
     group_records,
@@ -90,9 +92,10 @@ def _first(values: Iterable):
 def toy_runs(records: Sequence[dict]) -> list[dict]:
     """One summary per (model, schedule) of the ToyBench records, in the order the records first name them.
 
-    Keys: model, schedule, model_path, n, tflops, semantic, quality, total, heldout_total, dims (overall
-    dimension scores), seconds (mean per video) and stage_seconds (mean per video of each part; parts
-    missing from older records are left out), devices and batch_sizes (sorted distinct values).
+    Keys: model, schedule, model_path, n, tflops, semantic, quality, total, heldout_total, total_se and
+    heldout_total_se (their bootstrap standard errors over prompts), dims (overall dimension scores),
+    seconds (mean per video) and stage_seconds (mean per video of each part; parts missing from older
+    records are left out), devices and batch_sizes (sorted distinct values).
     """
     runs = []
     toy = [r for r in records if r.get("suite", "toy") == "toy"]
@@ -114,6 +117,8 @@ def toy_runs(records: Sequence[dict]) -> list[dict]:
                 "quality": overall["quality"],
                 "total": overall["total"],
                 "heldout_total": heldout.get("total"),
+                "total_se": overall["total_se"],
+                "heldout_total_se": heldout.get("total_se"),
                 "dims": {d: overall[d] for d in (*SEMANTIC_DIMS, *QUALITY_DIMS)},
                 "seconds": _mean(r.get("seconds") for r in group),
                 # a part is averaged over the records that have it; all of a run's records have the same parts
@@ -160,10 +165,24 @@ def _fmt_tflops(value) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _fmt_with_se(value, se) -> str:
+    """'75.3 ± 2.6': a score and its standard error in one cell, so tables stay narrow."""
+    return "-" if value is None else f"{value:.1f} ± {se:.1f}"
+
+
 def main_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the main table: model, schedule, TFLOPs, semantic, quality, total, held-out total,
-    seconds per video."""
-    header = ["model", "schedule", "TFLOPs", "semantic", "quality", "total", "held-out total", "s / video"]
+    """(header, rows) of the main table: model, schedule, TFLOPs, semantic, quality, total and held-out
+    total (each ± its bootstrap standard error), seconds per video."""
+    header = [
+        "model",
+        "schedule",
+        "TFLOPs",
+        "semantic",
+        "quality",
+        "total ± se",
+        "held-out total ± se",
+        "s / video",
+    ]
     rows = [
         [
             display_name(r["model"]),
@@ -171,8 +190,8 @@ def main_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
             _fmt_tflops(r["tflops"]),
             _fmt(r["semantic"]),
             _fmt(r["quality"]),
-            _fmt(r["total"]),
-            _fmt(r["heldout_total"]),
+            _fmt_with_se(r["total"], r["total_se"]),
+            _fmt_with_se(r["heldout_total"], r["heldout_total_se"]),
             _fmt(r["seconds"], 2),
         ]
         for r in runs
@@ -232,8 +251,10 @@ def vbench_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table; text columns left-aligned, number columns right-aligned."""
+    number = r"-?[\d.e+]+"
     numeric = [
-        i >= 2 and all(re.fullmatch(r"-?[\d.e+]+|-", row[i]) for row in rows) for i in range(len(header))
+        i >= 2 and all(re.fullmatch(rf"{number}( ± {number})?|-", row[i]) for row in rows)
+        for i in range(len(header))
     ]
     lines = [
         "| " + " | ".join(header) + " |",
@@ -261,8 +282,10 @@ def toybench_note(runs: Sequence[dict]) -> str:
     counts = ", ".join(str(n) for n in sorted({r["n"] for r in runs}))
     return (
         f"Videos per row: {counts}. Scores are ToyBench (0-100; total = mean of semantic and quality; "
-        "held-out total: the captions with held-out colour-shape-direction triples). TFLOPs: transformer "
-        "FLOPs of one video (CFG counted). " + _settings_note(runs)
+        "held-out total: the captions with held-out colour-shape-direction triples). ± se: the bootstrap "
+        f"standard error of a total over prompts ({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}), "
+        "the noise of drawing this many prompts. TFLOPs: transformer FLOPs of one video (CFG counted). "
+        + _settings_note(runs)
     )
 
 

@@ -62,7 +62,8 @@ weighs quality 4:1; here the semantic dimensions are exact and are what the toy 
 (a model learns colour first, shape and motion last), while the quality dimensions saturate for any model
 that draws steady blobs. A model drawing perfect, steady blobs of the right colour but the wrong shape
 and direction (semantic 50, quality 100) would total 90 at 4:1, which hides the failure; it totals 75 at
-1:1. ToyBench totals are therefore not on VBench's scale.
+1:1. ToyBench totals are therefore not on VBench's scale. Each total comes with total_se, its bootstrap
+standard error over prompts (`bootstrap_total_se`: BOOTSTRAP_RESAMPLES resamples, seed BOOTSTRAP_SEED).
 
 Records (`evaluate_videos`, `run_toybench`) are plain JSON dicts, one per (model, schedule, prompt,
 seed), written as JSON lines so a partial run resumes without recomputing anything.
@@ -99,6 +100,10 @@ VIDEO_QUALITY_DIMS: tuple[str, ...] = ("temporal_consistency", "motion_smoothnes
 QUALITY_DIMS: tuple[str, ...] = (*VIDEO_QUALITY_DIMS, "frechet")
 SEMANTIC_WEIGHT = 1.0
 QUALITY_WEIGHT = 1.0
+# The bootstrap standard error of a total (`bootstrap_total_se`): resamples and the seed of their
+# generator, fixed so that the same records give the same error in every table.
+BOOTSTRAP_RESAMPLES = 200
+BOOTSTRAP_SEED = 0
 
 CLASS_NAMES: tuple[str, ...] = (*COLOURS, "other")
 _PALETTE = np.asarray(list(COLOURS.values()), np.float32)  # (6, 3)
@@ -752,8 +757,10 @@ def evaluate_videos(
     return records
 
 
-def _split_summary(records: list[dict]) -> dict:
-    out: dict = {"n": len(records)}
+def _set_scores(records: list[dict]) -> dict:
+    """Every dimension (the Frechet one with frechet_distance and frechet_n), semantic, quality and total of
+    a set of records."""
+    out: dict = {}
     for dim in (*SEMANTIC_DIMS, *VIDEO_QUALITY_DIMS):
         out[dim] = float(np.mean([r[dim] for r in records]))
     with_ref = [r for r in records if r.get("reference_features") is not None]
@@ -771,9 +778,40 @@ def _split_summary(records: list[dict]) -> dict:
     return out
 
 
+def bootstrap_total_se(
+    records: Sequence[dict], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> float:
+    """Bootstrap standard error of the total of a set of records: the standard deviation (ddof 1) of the
+    total over `resamples` resamples of the set's prompts, drawn with replacement (each with all of its
+    records, one per seed) by a numpy Generator seeded with `seed`; every dimension, the Frechet one
+    included, and the total are recomputed on each resample as for the set itself.
+
+    Why: a total averages a few dozen prompts, so which prompts the benchmark happens to draw moves it by
+    points (about 3 at 36 prompts); tables show this error so that smaller differences are not read as
+    real. The seed is fixed so that the same records always give the same error.
+    """
+    if resamples < 2:
+        raise InputError(f"a bootstrap standard error needs at least 2 resamples, got {resamples}")
+    prompts: dict[tuple, list[dict]] = {}
+    for record in records:
+        prompts.setdefault((record.get("prompt_index"), record["caption"]), []).append(record)
+    groups = list(prompts.values())
+    rng = np.random.default_rng(seed)
+    totals = []
+    for _ in range(resamples):
+        picks = rng.integers(0, len(groups), size=len(groups))
+        totals.append(_set_scores([r for i in picks for r in groups[i]])["total"])
+    return float(np.std(totals, ddof=1))
+
+
+def _split_summary(records: list[dict]) -> dict:
+    return {"n": len(records), **_set_scores(records), "total_se": bootstrap_total_se(records)}
+
+
 def summarize(records: Iterable[dict]) -> dict:
-    """Per split ("train", "heldout", when present) and "overall": n, every dimension, semantic, quality
-    and total. Records must come from one (model, schedule) run; use `group_records` to split a file.
+    """Per split ("train", "heldout", when present) and "overall": n, every dimension, semantic, quality,
+    total and total_se, the total's bootstrap standard error over prompts (`bootstrap_total_se`). Records
+    must come from one (model, schedule) run; use `group_records` to split a file.
 
     The Frechet dimension uses the records that carry reference features (frechet_n of them) and is None
     when fewer than two do; quality is then the mean of the other three quality dimensions. With few
