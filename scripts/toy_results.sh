@@ -27,7 +27,7 @@ row() {
 # Base (the "pretrained Wan2.1") and its pyramidization (issue 5), with the two ablations.
 # 0-0-13 costs what 20-20-10 costs: the control for the pyramid at equal FLOPs.
 row runs/toy/base/model 0-0-50 0-0-20 0-0-13
-row runs/toy/pyramidal/model 20-20-10 10-10-5 0-0-50
+row runs/toy/pyramidal/model 20-20-10 10-10-5 2-2-1 0-0-50   # 2-2-1: what the students start from
 # The ablations and the boundary experiment are 1000-step fine-tunes: compare them with the main run's
 # step-1000 export (docs/toy.md).
 row runs/toy/pyramidal/model-step1000 20-20-10
