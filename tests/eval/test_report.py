@@ -94,6 +94,8 @@ def test_tables_come_from_the_records_and_the_markdown_is_deterministic(records_
     assert "| toy | 1-1-1 | 0.0015 | 100.0 | 100.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | 0.75 |" in text
     assert "| toy | 0-0-2 | 0.0027 | 100.0 | 100.0 | 100.0 ± 0.0 | 100.0 ± 0.0 | 1.25 |" in text
     assert "| text | stage 2 | stage 1 | stage 0 | decode | total |" in text
+    # The dimension table also gives the Frechet distance, which still orders runs where its score is 0.
+    assert "| background | Frechet | FD |" in text and "| 100.0 | 100.0 | 0.0 |" in text
     assert "| toy | 1-1-1 | 0.050 | 0.050 | 0.150 | 0.250 | 0.250 | 0.750 |" in text
     assert not re.search(r"20\d\d-\d\d-\d\d|/tmp/", text)  # no dates, no paths
     # Writing it again gives the same bytes.

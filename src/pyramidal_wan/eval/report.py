@@ -120,6 +120,7 @@ def toy_runs(records: Sequence[dict]) -> list[dict]:
                 "total_se": overall["total_se"],
                 "heldout_total_se": heldout.get("total_se"),
                 "dims": {d: overall[d] for d in (*SEMANTIC_DIMS, *QUALITY_DIMS)},
+                "frechet_distance": overall.get("frechet_distance"),
                 "seconds": _mean(r.get("seconds") for r in group),
                 # a part is averaged over the records that have it; all of a run's records have the same parts
                 "stage_seconds": {p: float(np.mean(v)) for p, v in _ordered_parts(parts).items()},
@@ -200,10 +201,16 @@ def main_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def dimension_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): every ToyBench dimension, overall, per run."""
-    header = ["model", "schedule", *DIMENSION_HEADERS.values()]
+    """(header, rows): every ToyBench dimension, overall, per run, and the Frechet distance itself: its
+    score saturates at 0 far from the data, where the distance still tells runs apart."""
+    header = ["model", "schedule", *DIMENSION_HEADERS.values(), "FD"]
     rows = [
-        [display_name(r["model"]), r["schedule"], *(_fmt(r["dims"][d]) for d in DIMENSION_HEADERS)]
+        [
+            display_name(r["model"]),
+            r["schedule"],
+            *(_fmt(r["dims"][d]) for d in DIMENSION_HEADERS),
+            _fmt(r.get("frechet_distance")),
+        ]
         for r in runs
     ]
     return header, rows
