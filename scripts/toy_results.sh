@@ -37,19 +37,27 @@ row runs/toy/pyramidal-latent/model 20-20-10
 row runs/toy/pyramidal-snr0.1/model 20-20-10
 row runs/toy/pyramidal-snr1/model 20-20-10
 
-# Few-step distillation (issue 6): the Wan-DMD baselines and the pyramidal variants.
+# Few-step distillation (issue 6): the Wan-DMD baselines and the pyramidal variants, each after 2000
+# iterations and (model-step1000) after 1000; the best 2-2-1 student also at 1-1-1 and 2-2-2.
 row runs/toy/distill-dmd/model 0-0-2
 row runs/toy/distill-dmd-1step/model 0-0-1
-row runs/toy/distill-dmd-ot/model 2-2-1
+row runs/toy/distill-dmd-ot/model 2-2-1 1-1-1 2-2-2
 row runs/toy/distill-dmd-pt/model 2-2-1
 row runs/toy/distill-dmd-pt-star/model 2-2-1
+row runs/toy/distill-dmd-pt-star-no-teach/model 2-2-1
 row runs/toy/distill-adv-o/model 2-2-1
 row runs/toy/distill-adv-p/model 2-2-1
-row runs/toy/distill-dmd-pt-star-no-teach/model 2-2-1
+row runs/toy/distill-dmd/model-step1000 0-0-2
+row runs/toy/distill-dmd-1step/model-step1000 0-0-1
+row runs/toy/distill-dmd-ot/model-step1000 2-2-1
+row runs/toy/distill-dmd-pt/model-step1000 2-2-1
+row runs/toy/distill-dmd-pt-star/model-step1000 2-2-1
+row runs/toy/distill-dmd-pt-star-no-teach/model-step1000 2-2-1
 
 # Patch pyramid (issue 7).
 row runs/toy/ppf/model-step1000 20-20-10
 row runs/toy/ppf/model 20-20-10
 row runs/toy/ppf-dmd/model 2-2-1
+row runs/toy/ppf-dmd/model-step1000 2-2-1
 
 "$PW" report --results "$RECORDS" --out report --markdown docs/results.md --screenshot docs/report.png
