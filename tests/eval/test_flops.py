@@ -6,6 +6,7 @@ import math
 import pytest
 
 from pyramidal_wan.cli import main
+from pyramidal_wan.cli.generate import plan_flops
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import (
     analytic_forward_flops,
@@ -19,6 +20,8 @@ from pyramidal_wan.eval.flops import (
 )
 from pyramidal_wan.models.ppf import PPFConfig, ppf_num_tokens, ppf_token_grids
 from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.toy.family import assemble_toy_pipeline
 
 # Latents of the default 3-stage pyramid at 81x448x832 (METHOD.md §1.2), index 0 = full resolution.
 PAPER_SHAPES = [(16, 21, 56, 104), (16, 11, 28, 52), (16, 6, 14, 26)]
@@ -124,6 +127,18 @@ def test_cli_cfg_flag_overrides_default(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert no_cfg["total_tflops"] == pytest.approx(2_821, rel=0.01)
     assert cfg["total_tflops"] == pytest.approx(2 * 282, rel=0.01)
+
+
+def test_cli_counts_a_model_folder_at_its_own_size_vae_and_text_length(tmp_path, capsys):
+    # The toy folder: 17x64x64 by default, a 4x spatial VAE, 32 text tokens: what `evaluate` records.
+    folder = assemble_toy_pipeline(tmp_path / "toy")
+    assert main(["flops", "--model", str(folder), "--schedule", "0-0-50", "20-20-10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["size"] == [17, 64, 64] and report["text_len"] == 32
+    assert [s["latent"] for s in report["stages"]] == [[5, 16, 16], [3, 8, 8], [2, 4, 4]]
+    plan = PyramidalWanPipeline.plan_from_folder(folder, schedule="20-20-10")
+    expected = plan_flops(get_transformer_config(folder), plan, 32)["total_tflops"]
+    assert report["schedules"][1]["total_tflops"] == pytest.approx(expected)
 
 
 def test_cli_toy_model_and_two_stages(capsys):

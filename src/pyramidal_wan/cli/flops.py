@@ -19,6 +19,8 @@ from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, ppf_schedu
 from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.models.text import folder_max_sequence_length
+from pyramidal_wan.pipelines.pipeline_pyramidal_wan import WAN21_SIZE, folder_video_settings
 from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
 
@@ -39,9 +41,10 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument("--model", default="wan2.1-1.3b", help="preset name, config.json or model folder")
-    parser.add_argument("--num-frames", type=int, default=81, help="pixel frames, 4k+1 (default 81)")
-    parser.add_argument("--height", type=int, default=448, help="pixel height (default 448)")
-    parser.add_argument("--width", type=int, default=832, help="pixel width (default 832)")
+    size_default = "default: a model folder's own (model_index.json), else Wan2.1's"
+    parser.add_argument("--num-frames", type=int, help=f"pixel frames, 4k+1 ({size_default} 81)")
+    parser.add_argument("--height", type=int, help=f"pixel height ({size_default} 448)")
+    parser.add_argument("--width", type=int, help=f"pixel width ({size_default} 832)")
     parser.add_argument("--stages", type=int, default=3, help="number of pyramid stages (default 3)")
     parser.add_argument(
         "--schedule",
@@ -65,7 +68,12 @@ def register(subparsers) -> None:
         help="resolution pyramid or patch pyramid (PPF); default: the model folder's pyramid_config.json "
         "kind, else resolution",
     )
-    parser.add_argument("--text-len", type=int, default=512, help="text tokens (default 512)")
+    parser.add_argument(
+        "--text-len",
+        type=int,
+        default=None,
+        help="text tokens (default: the model folder's tokenizer limit, at most Wan's 512)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(func=run)
 
@@ -76,14 +84,26 @@ def model_kind(model: str) -> str:
     return "resolution" if config is None else config.kind
 
 
+def video_settings(args: argparse.Namespace) -> dict[str, int]:
+    """Video size and VAE factors: a pipeline folder's (the toy VAE compresses 4x, not Wan's 8x), else
+    Wan2.1's 81x448x832 with its VAE; given sizes win."""
+    if (Path(args.model) / "model_index.json").is_file():
+        return folder_video_settings(args.model, args.num_frames, args.height, args.width)
+    wan = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
+    given = {"num_frames": args.num_frames, "height": args.height, "width": args.width}
+    return {name: given[name] if given[name] is not None else wan[name] for name in wan}
+
+
 def compute_report(args: argparse.Namespace) -> dict:
     """Per-stage sizes and FLOPs and one row per schedule, as a JSON-ready dict."""
     config = get_transformer_config(args.model)
     kind = args.kind or model_kind(args.model)
+    # The text tokens every forward cross-attends to: at toy widths their K/V projections weigh as much as
+    # the video tokens, so counting Wan's 512 for the toy's 32 would hide most of the pyramid's saving.
+    text_len = folder_max_sequence_length(args.model) if args.text_len is None else args.text_len
     # PPF stages have the resolution pyramid's token grids, so the same geometry checks the size.
-    geometry = stage_geometry(
-        args.num_frames, args.height, args.width, num_stages=args.stages, patch_size=config["patch_size"]
-    )
+    video = video_settings(args)
+    geometry = stage_geometry(num_stages=args.stages, patch_size=config["patch_size"], **video)
     schedules = args.schedule or ["-".join(["0"] * (args.stages - 1) + [str(DEFAULT_STEPS)])]
     parsed = [parse_schedule(text, args.stages) for text in schedules]  # validate all before counting
     shapes = [(config["in_channels"], *g.latent) for g in geometry]
@@ -93,9 +113,9 @@ def compute_report(args: argparse.Namespace) -> dict:
         cfg = default_cfg(steps) if args.cfg is None else args.cfg
         if kind == "patch":
             ppf = PPFConfig(num_stages=args.stages)
-            result = ppf_schedule_flops(config, shapes[0], by_stage, cfg, ppf, args.text_len)
+            result = ppf_schedule_flops(config, shapes[0], by_stage, cfg, ppf, text_len)
         else:
-            result = schedule_flops(config, shapes, by_stage, cfg, args.text_len)
+            result = schedule_flops(config, shapes, by_stage, cfg, text_len)
         rows.append(
             {
                 "schedule": "-".join(str(n) for n in steps),
@@ -121,12 +141,17 @@ def compute_report(args: argparse.Namespace) -> dict:
     return {
         "model": str(args.model),
         "kind": kind,
-        "size": [args.num_frames, args.height, args.width],
-        "text_len": args.text_len,
+        "size": [video["num_frames"], video["height"], video["width"]],
+        "text_len": text_len,
         "stages": stages,
         "schedules": rows,
         "total_tflops": rows[0]["total_tflops"],
     }
+
+
+def _fmt_tflops(value: float) -> str:
+    """One decimal at Wan2.1 scale (thousands of TFLOPs), four significant digits at toy scale."""
+    return f"{value:,.1f}" if value >= 10 else f"{value:.4g}"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -147,7 +172,7 @@ def format_report(report: dict) -> str:
             "x".join(map(str, s["pixel"])),
             "x".join(map(str, s["latent"])),
             f"{s['tokens']:,}",
-            f"{s['tflops_per_forward']:,.2f}",
+            _fmt_tflops(s["tflops_per_forward"]),
         ]
         for s in report["stages"]
     ]
@@ -156,8 +181,8 @@ def format_report(report: dict) -> str:
             r["schedule"],
             "yes" if r["cfg"] else "no",
             str(r["forwards"]),
-            " / ".join(f"{t:,.1f}" for t in r["stage_tflops"][::-1]),
-            f"2 x {r['total_tflops'] / 2:,.1f}" if r["cfg"] else f"{r['total_tflops']:,.1f}",
+            " / ".join(_fmt_tflops(t) for t in r["stage_tflops"][::-1]),
+            f"2 x {_fmt_tflops(r['total_tflops'] / 2)}" if r["cfg"] else _fmt_tflops(r["total_tflops"]),
             f"{r['speedup']:.2f}x",
         ]
         for r in report["schedules"]

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
@@ -11,6 +15,16 @@ WAN_MAX_SEQUENCE_LENGTH = 512
 def max_sequence_length(tokenizer) -> int:
     """Wan's 512 text tokens, or a smaller tokenizer's own limit (the toy tokenizer's 32)."""
     return min(WAN_MAX_SEQUENCE_LENGTH, int(tokenizer.model_max_length))
+
+
+def folder_max_sequence_length(folder: str | os.PathLike) -> int:
+    """`max_sequence_length` of a pipeline folder's tokenizer, read from its tokenizer_config.json (no
+    tokenizer load); Wan's 512 for a folder without one (a preset name, a bare transformer)."""
+    path = Path(folder) / "tokenizer" / "tokenizer_config.json"
+    if not path.is_file():
+        return WAN_MAX_SEQUENCE_LENGTH
+    limit = json.loads(path.read_text()).get("model_max_length", WAN_MAX_SEQUENCE_LENGTH)
+    return min(WAN_MAX_SEQUENCE_LENGTH, int(limit))
 
 
 @torch.no_grad()

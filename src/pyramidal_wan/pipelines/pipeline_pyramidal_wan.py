@@ -175,6 +175,32 @@ def plan_sampling(
     return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry), pyramid_config.kind, stage_guidance)
 
 
+def folder_video_settings(
+    folder: str | os.PathLike,
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+) -> dict[str, int]:
+    """A saved pipeline folder's video size (`None` takes its model_index.json defaults, else Wan2.1's) and
+    VAE compression factors, read from its JSON configs without loading weights. Returns the keywords of
+    `plan_sampling` and `stage_geometry`: num_frames, height, width, vae_scale_temporal, vae_scale_spatial."""
+    folder = Path(folder)
+    index = read_model_index(folder)
+    vae = read_config_json(folder / "vae" / "config.json", "the AutoencoderKLWan config.json")
+    vae_defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
+    defaults = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
+    settings = {
+        name: value if value is not None else index.get(f"default_{name}", defaults[name])
+        for name, value in (("num_frames", num_frames), ("height", height), ("width", width))
+    }
+    for key, name in (
+        ("vae_scale_temporal", "scale_factor_temporal"),
+        ("vae_scale_spatial", "scale_factor_spatial"),
+    ):
+        settings[key] = vae.get(name, vae_defaults[name].default)
+    return settings
+
+
 class PyramidalWanPipeline(DiffusionPipeline):
     r"""
     Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
@@ -339,26 +365,14 @@ class PyramidalWanPipeline(DiffusionPipeline):
         Returns:
             [`SamplingPlan`]: what `__call__` would sample (the size is `plan.geometry[0].pixel`).
         """
-        folder = Path(folder)
-        index = read_model_index(folder)
-        vae = read_config_json(folder / "vae" / "config.json", "the AutoencoderKLWan config.json")
-        vae_defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
-        defaults = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
-        size = {
-            name: value if value is not None else index.get(f"default_{name}", defaults[name])
-            for name, value in (("num_frames", num_frames), ("height", height), ("width", width))
-        }
+        video = folder_video_settings(folder, num_frames, height, width)
         return plan_sampling(
             pyramid_config_or_plain(folder),
-            **size,
             schedule=schedule,
             sampler=sampler,
             guidance_scale=guidance_scale,
-            vae_scale_temporal=vae.get(
-                "scale_factor_temporal", vae_defaults["scale_factor_temporal"].default
-            ),
-            vae_scale_spatial=vae.get("scale_factor_spatial", vae_defaults["scale_factor_spatial"].default),
             patch_size=get_transformer_config(folder)["patch_size"],
+            **video,
         )
 
     # Inputs ------------------------------------------------------------------------------------------
