@@ -152,9 +152,9 @@ def test_flops_cli_counts_a_ppf_folder_as_patch(trained, capsys):
     assert main(["flops", "--model", str(trained[0]), "--schedule", "2-2-1", *size]) == 0  # plain base
     resolution = json.loads(capsys.readouterr().out)
     assert (ppf["kind"], resolution["kind"]) == ("patch", "resolution")
-    # The command sizes latents with Wan's 8x VAE: 17x64x64 -> 5x8x8, tokens 80 / 12 / 2 at either kind.
-    assert [s["tokens"] for s in ppf["stages"]] == [s["tokens"] for s in resolution["stages"]] == [80, 12, 2]
-    assert all(s["latent"] == [5, 8, 8] for s in ppf["stages"])
+    # A folder is counted with its own 4x toy VAE: 17x64x64 -> 5x16x16, tokens 320 / 48 / 8 at either kind.
+    assert [s["tokens"] for s in ppf["stages"]] == [s["tokens"] for s in resolution["stages"]] == [320, 48, 8]
+    assert all(s["latent"] == [5, 16, 16] for s in ppf["stages"])
     assert ppf["total_tflops"] == pytest.approx(
         resolution["total_tflops"], rel=0.1
     )  # toy: patch layers weigh more
