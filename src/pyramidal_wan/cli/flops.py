@@ -20,7 +20,7 @@ from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.models.text import folder_max_sequence_length
-from pyramidal_wan.pipelines.pipeline_pyramidal_wan import WAN21_SIZE, folder_video_settings
+from pyramidal_wan.pipelines.pipeline_pyramidal_wan import video_settings
 from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
 
@@ -84,16 +84,6 @@ def model_kind(model: str) -> str:
     return "resolution" if config is None else config.kind
 
 
-def video_settings(args: argparse.Namespace) -> dict[str, int]:
-    """Video size and VAE factors: a pipeline folder's (the toy VAE compresses 4x, not Wan's 8x), else
-    Wan2.1's 81x448x832 with its VAE; given sizes win."""
-    if (Path(args.model) / "model_index.json").is_file():
-        return folder_video_settings(args.model, args.num_frames, args.height, args.width)
-    wan = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
-    given = {"num_frames": args.num_frames, "height": args.height, "width": args.width}
-    return {name: given[name] if given[name] is not None else wan[name] for name in wan}
-
-
 def compute_report(args: argparse.Namespace) -> dict:
     """Per-stage sizes and FLOPs and one row per schedule, as a JSON-ready dict."""
     config = get_transformer_config(args.model)
@@ -102,7 +92,9 @@ def compute_report(args: argparse.Namespace) -> dict:
     # the video tokens, so counting Wan's 512 for the toy's 32 would hide most of the pyramid's saving.
     text_len = folder_max_sequence_length(args.model) if args.text_len is None else args.text_len
     # PPF stages have the resolution pyramid's token grids, so the same geometry checks the size.
-    video = video_settings(args)
+    # A pipeline folder's own size and VAE (the toy VAE compresses 4x, not Wan's 8x); given sizes win.
+    folder = args.model if (Path(args.model) / "model_index.json").is_file() else None
+    video = video_settings(folder, args.num_frames, args.height, args.width)
     geometry = stage_geometry(num_stages=args.stages, patch_size=config["patch_size"], **video)
     schedules = args.schedule or ["-".join(["0"] * (args.stages - 1) + [str(DEFAULT_STEPS)])]
     parsed = [parse_schedule(text, args.stages) for text in schedules]  # validate all before counting

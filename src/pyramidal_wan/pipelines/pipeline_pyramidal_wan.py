@@ -175,18 +175,20 @@ def plan_sampling(
     return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry), pyramid_config.kind, stage_guidance)
 
 
-def folder_video_settings(
-    folder: str | os.PathLike,
+def video_settings(
+    folder: str | os.PathLike | None = None,
     num_frames: int | None = None,
     height: int | None = None,
     width: int | None = None,
 ) -> dict[str, int]:
-    """A saved pipeline folder's video size (`None` takes its model_index.json defaults, else Wan2.1's) and
-    VAE compression factors, read from its JSON configs without loading weights. Returns the keywords of
-    `plan_sampling` and `stage_geometry`: num_frames, height, width, vae_scale_temporal, vae_scale_spatial."""
-    folder = Path(folder)
-    index = read_model_index(folder)
-    vae = read_config_json(folder / "vae" / "config.json", "the AutoencoderKLWan config.json")
+    """Video size and VAE compression factors of a saved pipeline folder, read from its JSON configs without
+    loading weights (`None` sizes take its model_index.json defaults), or of Wan2.1 when `folder` is None
+    (81x448x832, the AutoencoderKLWan defaults). Returns the keywords of `plan_sampling` and
+    `stage_geometry`: num_frames, height, width, vae_scale_temporal, vae_scale_spatial."""
+    index, vae = {}, {}
+    if folder is not None:
+        index = read_model_index(Path(folder))
+        vae = read_config_json(Path(folder) / "vae" / "config.json", "the AutoencoderKLWan config.json")
     vae_defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
     defaults = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
     settings = {
@@ -365,7 +367,7 @@ class PyramidalWanPipeline(DiffusionPipeline):
         Returns:
             [`SamplingPlan`]: what `__call__` would sample (the size is `plan.geometry[0].pixel`).
         """
-        video = folder_video_settings(folder, num_frames, height, width)
+        video = video_settings(folder, num_frames, height, width)
         return plan_sampling(
             pyramid_config_or_plain(folder),
             schedule=schedule,
