@@ -51,9 +51,9 @@ results: $(STAMP) chromium
 report: $(STAMP)
 	.venv/bin/pyramidal-wan report --results $(RESULTS) --out $(REPORT) --markdown $(MARKDOWN)
 
-# A full-page PNG of the report (run `make report` first): headless Chromium over its DevTools pipe.
+# A full-page PNG of the report (run `make report` first): Playwright on the system Chromium.
 screenshot: $(STAMP) chromium
-	$(PY) -m pyramidal_wan.eval.browser screenshot $(REPORT)/index.html $(SCREENSHOT)
+	$(PY) -m pyramidal_wan.eval.page_check screenshot $(REPORT)/index.html $(SCREENSHOT)
 
 lint: $(STAMP)
 	.venv/bin/ruff check .

@@ -11,8 +11,8 @@ import torch
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.video import write_video
-from pyramidal_wan.eval.browser import check_page, find_chromium
-from pyramidal_wan.eval.browser import main as browser_main
+from pyramidal_wan.eval.page_check import check_page, find_chromium
+from pyramidal_wan.eval.page_check import main as browser_main
 from pyramidal_wan.eval.pyramid_view import noise_floor, radial_power_spectrum, stage_nyquist
 from pyramidal_wan.eval.report import load_records, markdown_report, toy_runs, vbench_runs
 from pyramidal_wan.eval.toybench import evaluate_videos

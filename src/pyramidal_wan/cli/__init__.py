@@ -20,6 +20,8 @@ COMMAND_MODULES: list[str] = [
     "train",
     "stages",
     "distill",
+    "card",
+    "serve",
 ]
 
 

@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pyramidal_wan.cli.generate import resolve_device
-    from pyramidal_wan.eval.browser import INSTALL_HINT, find_chromium, screenshot
+    from pyramidal_wan.eval.page_check import INSTALL_HINT, find_chromium, screenshot
     from pyramidal_wan.eval.report import write_report
 
     if args.samples < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pyramidal_wan.cli.card import DEFAULT_LICENSE
 from pyramidal_wan.errors import InputError
 
 
@@ -59,12 +60,25 @@ def register(subparsers) -> None:
 
     export = subparsers.add_parser(
         "export",
-        help="write the model folder of a training run's last checkpoint (EMA weights if kept)",
+        help="write a training run's model folder, or a model's difference to its base as a LoRA",
         description="Export RUN/checkpoint as a diffusers Wan folder, e.g. to evaluate a run that is still "
-        "training or was stopped early (finetune and distill export RUN/model themselves at the end).",
+        "training or was stopped early (finetune and distill export RUN/model themselves at the end). "
+        "With --lora RANK, write instead the difference between a model (--model, or the run's export) and "
+        "its base (--base, or the run's model.init) as a LoRA folder that diffusers' load_lora_weights "
+        "reads: a truncated SVD of each Linear weight delta, with the fraction of the delta's energy kept; "
+        "a model trained as a LoRA of that base (model.lora_rank) is written as it is. Every folder gets a "
+        "README.md model card.",
     )
-    export.add_argument("--run", required=True, help="a finetune or distill output folder (train.out)")
-    export.add_argument("--out", default=None, help="model folder (default RUN/model-step{STEP})")
+    export.add_argument("--run", help="a finetune or distill output folder (train.out)")
+    export.add_argument("--model", help="--lora: the tuned model folder (instead of --run)")
+    export.add_argument("--base", help="--lora: the base model folder (default: the run's model.init)")
+    export.add_argument("--lora", metavar="RANK", help="write a LoRA of this rank (or 'full')")
+    export.add_argument(
+        "--out", default=None, help="output folder (default RUN/model-step{STEP}, or MODEL-lora-r{RANK})"
+    )
+    export.add_argument(
+        "--license", default=DEFAULT_LICENSE, help=f"model card license (default {DEFAULT_LICENSE})"
+    )
     export.set_defaults(func=run_export)
 
 
@@ -192,14 +206,79 @@ def run_finetune(args) -> int:
 
 
 def run_export(args) -> int:
-    from pyramidal_wan.training.config import load_config
+    from pyramidal_wan.cli.card import command_line, write_card
+
+    if (args.run is None) == (args.model is None) or (args.model is not None and args.lora is None):
+        raise InputError("export needs --run RUN, or --model MODEL --base BASE --lora RANK")
+    if args.lora is not None:
+        return run_export_lora(args)
+    config = _run_config(args.run)
     from pyramidal_wan.training.trainer import export_checkpoint
 
-    config_path = Path(args.run) / "config.yaml"
-    if not config_path.is_file():
-        raise InputError(
-            f"{args.run} is not a training run (no config.yaml); pass the run's train.out folder"
-        )
-    folder, step = export_checkpoint(load_config(str(config_path), []), args.out)
+    folder, step = export_checkpoint(config, args.out)
+    write_card(folder, command=command_line(), base=_run_base(config), license=args.license)
     print(f"exported step {step} of {args.run} to {folder}")
+    return 0
+
+
+def _run_config(run: str):
+    from pyramidal_wan.training.config import load_config
+
+    config_path = Path(run) / "config.yaml"
+    if not config_path.is_file():
+        raise InputError(f"{run} is not a training run (no config.yaml); pass the run's train.out folder")
+    return load_config(str(config_path), [])
+
+
+def _run_base(config) -> str | None:
+    """The model folder a run started from (model.init), or None for a preset (random initialisation)."""
+    return config.model.init if Path(config.model.init, "model_index.json").is_file() else None
+
+
+def run_export_lora(args) -> int:
+    import tempfile
+
+    from pyramidal_wan.cli.card import command_line, write_card
+    from pyramidal_wan.models.bundled import is_model_folder
+    from pyramidal_wan.models.lora import export_lora, parse_rank
+
+    rank = parse_rank(args.lora)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run is not None:
+            config = _run_config(args.run)
+            base = args.base or _run_base(config)
+            if base is None:
+                raise InputError(f"{args.run} started from a preset, not a model folder: pass --base BASE")
+            from pyramidal_wan.training.trainer import export_checkpoint
+
+            model, _ = export_checkpoint(config, Path(tmp) / "model")
+            default_out = Path(args.run) / f"lora-r{args.lora}"
+        else:
+            model, base = Path(args.model), args.base
+            default_out = Path(f"{model.resolve()}-lora-r{args.lora}")
+        if base is None or not is_model_folder(Path(base)):
+            raise InputError(
+                f"--base {base} must be the base model's diffusers folder (with model_index.json)"
+            )
+        out = Path(args.out) if args.out is not None else default_out
+        exported = export_lora(model, base, rank, out)
+        write_card(
+            out, command=command_line(), base=str(base), license=args.license, lora=exported, tuned=model
+        )
+    print(f"wrote {exported.path} and {out / 'README.md'}")
+    if exported.trained:
+        print(f"  the model's own trained LoRA (rank {exported.rank}), written as it is")
+    else:
+        extraction = exported.extraction
+        print(
+            f"  rank {'full' if rank is None else rank} (largest module rank {exported.rank}): "
+            f"{100 * extraction.kept_fraction:.2f}% of the weight delta's energy kept"
+        )
+        if extraction.left_out:
+            share = extraction.left_out_energy / (extraction.linear_energy + extraction.left_out_energy)
+            print(
+                f"  note: {len(extraction.left_out)} non-Linear parameters also differ (e.g. "
+                f"{extraction.left_out[0]}; {100 * share:.2f}% of the delta's energy): a LoRA cannot "
+                "carry them"
+            )
     return 0

@@ -73,6 +73,13 @@ def sample_stage_ends(pipe, prompt: str, plan, seed: int = 0) -> tuple[dict[int,
     return ends, final.float().cpu()
 
 
+def stage_evaluations(plan) -> dict[int, int]:
+    """{stage index: model evaluations} of a sampling plan, stage 0 = full resolution (a schedule lists its
+    steps lowest resolution first; a plain 0-...-0-N plan has the one stage 0)."""
+    stages = len(plan.geometry)
+    return dict(zip(range(stages - 1, -1, -1), plan.steps[-stages:]))
+
+
 def to_full_resolution(pipe, latent: torch.Tensor, stage: int, shape) -> torch.Tensor:
     """Carry a stage latent to full resolution with R_up (Haar: nearest neighbour), as the next stage would
     see its signal; a latent already at `shape` (PPF, stage 0) is returned as it is."""
@@ -179,7 +186,7 @@ def pyramid_section(run: dict, out_dir: str | Path, prompt_and_seed=None, device
     ends, final = sample_stage_ends(pipe, prompt, plan, seed)
     config = pipe.pyramid_config
     pyramid = config.pyramid()
-    steps = dict(zip(range(len(plan.steps) - 1, -1, -1), plan.steps))  # stage index -> steps
+    steps = stage_evaluations(plan)
     full = {s: to_full_resolution(pipe, x, s, final.shape) for s, x in ends.items()}
     videos = {s: decode_latents(pipe, x)[0] for s, x in full.items()}
     labels, rows = {}, []

@@ -69,6 +69,11 @@ class StageTimer:
         """The pipeline `callback`: closes the interval of the model evaluation that just ran."""
         self._mark(stage_label(info["stage"]), info["x"].device)
 
+    def count_as(self, part: str, device: torch.device | None = None) -> None:
+        """Close the running interval as `part`: work done inside a callback that is no part of sampling
+        (e.g. a preview decode) is counted apart from the stages."""
+        self._mark(part, device)
+
     def stop(self, device: torch.device | None = None) -> dict[str, float]:
         """Close the last interval as "decode" and return the parts (seconds, in the order they ran)."""
         self._mark(DECODE, device)

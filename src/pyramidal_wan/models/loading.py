@@ -383,7 +383,7 @@ def load_wan_pipeline(
 # LoRA adapters
 
 
-def _read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """The LoRA state dict (module names as in the transformer) and its LoraConfig kwargs, if recorded."""
     if not path.exists():
         raise CheckpointError(f"{path}: not found; expected a LoRA adapter folder or .safetensors file")
@@ -460,7 +460,7 @@ def apply_lora(
     `transformer.fuse_lora()` for adapter-free inference speed.
     """
     path = Path(adapter)
-    state_dict, metadata = _read_adapter(path)
+    state_dict, metadata = read_adapter(path)
     _check_adapter_fits(state_dict, transformer, path)
     transformer.load_lora_adapter(state_dict, prefix=None, adapter_name=adapter_name, metadata=metadata)
     loaded = {

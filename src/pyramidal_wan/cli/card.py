@@ -1,0 +1,143 @@
+"""`pyramidal-wan card`: (re)write a model folder's README.md model card; `export` and `toy bundle` call
+`write_card` for every folder they write."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from pyramidal_wan.errors import InputError
+
+DEFAULT_LICENSE = "apache-2.0"  # the project's license, and Wan2.1's
+CARD_NAME = "README.md"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "card",
+        help="write a model folder's README.md model card",
+        description="Write MODEL/README.md from the folder's configs: base model, pyramid config, default "
+        "schedule, TFLOPs per schedule, its ToyBench / VBench rows from evaluation records (--results), the "
+        "command that made it and its license. `export` and `toy bundle` write one themselves.",
+    )
+    parser.add_argument("model", help="a diffusers Wan model folder")
+    parser.add_argument("--base", help="the model it was made from (a folder or a hub name)")
+    parser.add_argument(
+        "--made-by", help="the command that made the folder (default: this `card` command)", default=None
+    )
+    parser.add_argument(
+        "--results", action="append", default=[], help="evaluate records (.jsonl), repeatable"
+    )
+    parser.add_argument(
+        "--eval-name",
+        help="the model's name in the records (default: records whose model_path is this folder)",
+    )
+    parser.add_argument(
+        "--license", default=DEFAULT_LICENSE, help=f"license field (default {DEFAULT_LICENSE})"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pyramidal_wan.models.bundled import is_model_folder
+
+    if not is_model_folder(Path(args.model)):
+        raise InputError(f"{args.model} is not a diffusers model folder (no model_index.json)")
+    path = write_card(
+        args.model,
+        command=args.made_by or command_line(),
+        base=args.base,
+        license=args.license,
+        results=args.results,
+        eval_name=args.eval_name,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def command_line() -> str:
+    """This process's `pyramidal-wan ...` command, quoted for a shell."""
+    return shlex.join(["pyramidal-wan", *sys.argv[1:]])
+
+
+def schedule_flops_rows(folder: Path, schedules) -> list[dict]:
+    """TFLOPs of one default-size video per schedule (None: the folder's default), from configs only."""
+    from pyramidal_wan.cli.generate import describe_guidance, plan_flops
+    from pyramidal_wan.models.presets import read_config_json
+    from pyramidal_wan.models.text import folder_max_sequence_length
+    from pyramidal_wan.pipelines import PyramidalWanPipeline
+
+    config = read_config_json(folder / "transformer" / "config.json", "the transformer's config.json")
+    rows = []
+    for schedule in dict.fromkeys(schedules):
+        plan = PyramidalWanPipeline.plan_from_folder(folder, schedule=schedule)
+        flops = plan_flops(config, plan, folder_max_sequence_length(folder))
+        rows.append(
+            {
+                "schedule": plan.schedule,
+                "sampler": plan.sampler,
+                "cfg": describe_guidance(plan),
+                "tflops": flops["total_tflops"],
+                "forwards": flops["forwards"],
+            }
+        )
+    return rows
+
+
+def write_card(
+    folder,
+    command: str,
+    base: str | None = None,
+    license: str = DEFAULT_LICENSE,
+    results=(),
+    eval_name: str | None = None,
+    lora=None,
+    tuned=None,
+    notes=(),
+) -> Path:
+    """Write FOLDER/README.md. A LoRA folder (`lora`: models.lora.LoraExport) takes its sampling facts from
+    `tuned`, the model folder it was extracted from; evaluation records are matched by model path (the
+    folder, or `tuned`) or by `eval_name`."""
+    from pyramidal_wan.eval.model_card import CardFacts, render_model_card
+    from pyramidal_wan.eval.report import load_records, toy_runs, vbench_runs
+    from pyramidal_wan.models.checkpoint import load_pyramid_config
+    from pyramidal_wan.pipelines.pipeline_pyramidal_wan import video_settings
+    from pyramidal_wan.utils.io import atomic_path
+
+    folder = Path(folder)
+    source = Path(tuned) if tuned is not None else folder
+    records = load_records(results) if results else []
+    paths = {str(folder.resolve()), str(source.resolve())}
+    mine = [r for r in records if r.get("model_path") in paths or (eval_name and r.get("model") == eval_name)]
+    toy, vbench = toy_runs(mine), vbench_runs(mine)
+    pyramid = load_pyramid_config(source)
+    video = video_settings(source)
+    facts = CardFacts(
+        name=folder.resolve().name,
+        license=license,
+        command=command,
+        base_model=base,
+        pyramid_config=asdict(pyramid) if pyramid is not None else {},
+        video_size=(video["num_frames"], video["height"], video["width"]),
+        flops=schedule_flops_rows(source, [None, *(run["schedule"] for run in toy)]),
+        toy_runs=toy,
+        vbench_runs=vbench,
+        notes=tuple(notes),
+    )
+    if lora is not None:
+        extraction = lora.extraction
+        total = extraction.linear_energy + extraction.left_out_energy if extraction else 0.0
+        facts.lora = {
+            "rank": lora.rank,
+            "trained": lora.trained,
+            "weights": lora.path.name,
+            "kept_fraction": extraction.kept_fraction if extraction else 1.0,
+            "left_out": extraction.left_out if extraction else [],
+            "left_out_fraction": extraction.left_out_energy / total if extraction and total else 0.0,
+        }
+    with atomic_path(folder / CARD_NAME) as tmp:
+        tmp.write_text(render_model_card(facts))
+    return folder / CARD_NAME
