@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from pyramidal_wan.errors import PyramidalWanError
@@ -38,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.invocation = shlex.join(["pyramidal-wan", *argv])  # the command, for the model cards it writes
     try:
         return args.func(args) or 0
     except PyramidalWanError as err:

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -48,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.model} is not a diffusers model folder (no model_index.json)")
     path = write_card(
         args.model,
-        command=args.made_by or command_line(),
+        command=args.made_by or args.invocation,
         base=args.base,
         license=args.license,
         results=args.results,
@@ -56,11 +54,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {path}")
     return 0
-
-
-def command_line() -> str:
-    """This process's `pyramidal-wan ...` command, quoted for a shell."""
-    return shlex.join(["pyramidal-wan", *sys.argv[1:]])
 
 
 def schedule_flops_rows(folder: Path, schedules) -> list[dict]:

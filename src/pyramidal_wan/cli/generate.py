@@ -19,6 +19,7 @@ import transformers
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import ppf_schedule_flops, schedule_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
+from pyramidal_wan.models.lora import load_loras, parse_lora_spec
 from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video
@@ -62,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--guidance-scale",
         help="standard CFG scale, 1 = off (default: the model's for multistep, 1 for fewstep); a PPF model "
         "takes one per stage, lowest resolution first, e.g. 3,4,5",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:WEIGHT]",
+        help="a LoRA (.safetensors or a folder with pytorch_lora_weights.safetensors) applied with WEIGHT "
+        "(default 1); repeatable, LoRAs stack",
     )
     parser.add_argument("--negative-prompt", help="unconditional text for CFG (default: the model's)")
     parser.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: the model's)")
@@ -165,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     folder = Path(args.model) if args.model is not None else bundled_model_path()
+    loras = [parse_lora_spec(spec) for spec in args.lora]
     guidance_scale = parse_guidance_scale(args.guidance_scale)
     sampling = {"schedule": args.schedule, "sampler": args.sampler, "guidance_scale": guidance_scale}
     # Every setting is checked against the folder's configs before any weights are loaded.
@@ -178,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = PyramidalWanPipeline.from_pretrained(
         folder, torch_dtype={"transformer": dtype, "text_encoder": dtype}
     )
+    load_loras(pipe, loras)
     pipe.to(device)
     started = time.perf_counter()
     video = pipe(

@@ -206,7 +206,7 @@ def run_finetune(args) -> int:
 
 
 def run_export(args) -> int:
-    from pyramidal_wan.cli.card import command_line, write_card
+    from pyramidal_wan.cli.card import write_card
 
     if (args.run is None) == (args.model is None) or (args.model is not None and args.lora is None):
         raise InputError("export needs --run RUN, or --model MODEL --base BASE --lora RANK")
@@ -216,7 +216,7 @@ def run_export(args) -> int:
     from pyramidal_wan.training.trainer import export_checkpoint
 
     folder, step = export_checkpoint(config, args.out)
-    write_card(folder, command=command_line(), base=_run_base(config), license=args.license)
+    write_card(folder, command=args.invocation, base=_run_base(config), license=args.license)
     print(f"exported step {step} of {args.run} to {folder}")
     return 0
 
@@ -238,7 +238,7 @@ def _run_base(config) -> str | None:
 def run_export_lora(args) -> int:
     import tempfile
 
-    from pyramidal_wan.cli.card import command_line, write_card
+    from pyramidal_wan.cli.card import write_card
     from pyramidal_wan.models.bundled import is_model_folder
     from pyramidal_wan.models.lora import export_lora, parse_rank
 
@@ -263,7 +263,7 @@ def run_export_lora(args) -> int:
         out = Path(args.out) if args.out is not None else default_out
         exported = export_lora(model, base, rank, out)
         write_card(
-            out, command=command_line(), base=str(base), license=args.license, lora=exported, tuned=model
+            out, command=args.invocation, base=str(base), license=args.license, lora=exported, tuned=model
         )
     print(f"wrote {exported.path} and {out / 'README.md'}")
     if exported.trained:

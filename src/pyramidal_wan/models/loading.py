@@ -420,7 +420,7 @@ def read_adapter(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | 
     return state_dict, metadata
 
 
-def _check_adapter_fits(state_dict: Mapping[str, torch.Tensor], transformer: torch.nn.Module, source) -> None:
+def check_adapter_fits(state_dict: Mapping[str, torch.Tensor], transformer: torch.nn.Module, source) -> None:
     """Every LoRA pair must sit on an existing Linear of the transformer with matching feature sizes."""
     modules = dict(transformer.named_modules())
     ranks: dict[str, set[int]] = {}
@@ -461,7 +461,7 @@ def apply_lora(
     """
     path = Path(adapter)
     state_dict, metadata = read_adapter(path)
-    _check_adapter_fits(state_dict, transformer, path)
+    check_adapter_fits(state_dict, transformer, path)
     transformer.load_lora_adapter(state_dict, prefix=None, adapter_name=adapter_name, metadata=metadata)
     loaded = {
         re.sub(rf"\.(lora_[AB])\.{re.escape(adapter_name)}\.", r".\1.", name)

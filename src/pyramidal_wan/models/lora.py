@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,3 +194,30 @@ def export_lora(model: str | os.PathLike, base: str | os.PathLike, rank: int | N
     extraction = extract_lora(tuned, base_model, rank)
     path = save_lora(out, extraction.state_dict)
     return LoraExport(path, False, extraction, max(extraction.ranks.values()))
+
+
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """'FILE[:WEIGHT]' (a LoRA file or folder, optionally its weight, default 1) -> (weights file, weight);
+    the file's header is checked."""
+    match = re.fullmatch(r"(.+):([-+.0-9eE]+)", spec)  # a ':' elsewhere belongs to the path
+    if match is None:
+        return lora_file(spec), 1.0
+    try:
+        weight = float(match[2])
+    except ValueError:
+        raise InputError(f"--lora {spec}: the weight {match[2]!r} after ':' must be a number") from None
+    return lora_file(match[1]), weight
+
+
+def load_loras(pipe, loras: list[tuple[Path, float]]) -> None:
+    """Stack LoRAs on a pipeline's transformer with their weights (diffusers' `load_lora_weights` and
+    `set_adapters`), each checked to fit the transformer first (a one-line `CheckpointError` if not)."""
+    from pyramidal_wan.models.loading import check_adapter_fits, read_adapter
+
+    for path, _ in loras:  # all before any is loaded: loading turns the Linears into LoRA layers
+        check_adapter_fits(read_adapter(path)[0], pipe.transformer, path)
+    names = [f"lora{i}" for i in range(len(loras))]
+    for name, (path, _) in zip(names, loras):
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name)
+    if names:
+        pipe.set_adapters(names, [weight for _, weight in loras])

@@ -28,6 +28,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     WanTransformer3DModel,
 )
+from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
@@ -203,7 +204,7 @@ def video_settings(
     return settings
 
 
-class PyramidalWanPipeline(DiffusionPipeline):
+class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     r"""
     Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
 
@@ -228,6 +229,8 @@ class PyramidalWanPipeline(DiffusionPipeline):
             The video size used when a call does not give one.
         default_negative_prompt (`str`, defaults to Wan2.1's negative prompt):
             The unconditional text used for CFG when a call does not give `negative_prompt`.
+
+    LoRAs load as on diffusers' `WanPipeline` (`load_lora_weights`, `set_adapters`, `fuse_lora`).
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vae"
