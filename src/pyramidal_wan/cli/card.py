@@ -36,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--license", default=DEFAULT_LICENSE, help=f"license field (default {DEFAULT_LICENSE})"
     )
+    parser.add_argument("--note", action="append", default=[], help="a paragraph to add (repeatable)")
     parser.set_defaults(func=run)
 
 
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         license=args.license,
         results=args.results,
         eval_name=args.eval_name,
+        notes=args.note,
     )
     print(f"wrote {path}")
     return 0
@@ -80,6 +82,24 @@ def schedule_flops_rows(folder: Path, schedules) -> list[dict]:
     return rows
 
 
+def training_recipe(model: Path) -> tuple[str, str | None] | None:
+    """(a sentence naming the run and its config, the run's model.init folder or None) for a training run's
+    exported folder RUN/model[-stepN]; None for any other folder."""
+    from pyramidal_wan.training.config import load_config
+
+    config_path = model.parent / "config.yaml"
+    if not config_path.is_file():
+        return None
+    config = load_config(str(config_path), [])
+    init = config.model.init if Path(config.model.init, "model_index.json").is_file() else None
+    start = f"from {init}" if init else f"from the random preset {config.model.init}"
+    sentence = (
+        f"Trained by the run {model.parent} ({config.objective.name}, {config.train.steps} steps, {start}); "
+        f"its resolved config is {config_path}."
+    )
+    return sentence, init
+
+
 def write_card(
     folder,
     command: str,
@@ -90,10 +110,12 @@ def write_card(
     lora=None,
     tuned=None,
     notes=(),
+    trained_by=None,
 ) -> Path:
     """Write FOLDER/README.md. A LoRA folder (`lora`: models.lora.LoraExport) takes its sampling facts from
     `tuned`, the model folder it was extracted from; evaluation records are matched by model path (the
-    folder, or `tuned`) or by `eval_name`."""
+    folder, `tuned` or `trained_by`) or by `eval_name`. `trained_by`: a training run's exported model
+    folder (RUN/model), whose RUN/config.yaml is named as the recipe and gives the default base."""
     from pyramidal_wan.eval.model_card import CardFacts, render_model_card
     from pyramidal_wan.eval.report import load_records, toy_runs, vbench_runs
     from pyramidal_wan.models.checkpoint import load_pyramid_config
@@ -104,6 +126,12 @@ def write_card(
     source = Path(tuned) if tuned is not None else folder
     records = load_records(results) if results else []
     paths = {str(folder.resolve()), str(source.resolve())}
+    if trained_by is not None:
+        paths.add(str(Path(trained_by).resolve()))
+        recipe = training_recipe(Path(trained_by))
+        if recipe is not None:
+            notes = (*notes, recipe[0])
+            base = base or recipe[1]
     mine = [r for r in records if r.get("model_path") in paths or (eval_name and r.get("model") == eval_name)]
     toy, vbench = toy_runs(mine), vbench_runs(mine)
     pyramid = load_pyramid_config(source)

@@ -38,13 +38,21 @@ def _register_bundle(commands) -> None:
     parser.add_argument("--name", required=True, help="member name (e.g. base, pyramidal, few-step)")
     parser.add_argument("--into", default="models/toy", help="the family folder (default models/toy)")
     parser.add_argument("--vae", default=None, help="a VAE folder with the same encoder (newer decoder)")
+    parser.add_argument(
+        "--base", help="the model card's base model (default: the training run's model.init folder)"
+    )
+    parser.add_argument(
+        "--results", action="append", default=[], help="evaluate records (.jsonl) for the model card"
+    )
     parser.set_defaults(func=run_bundle)
 
 
 def run_bundle(args: argparse.Namespace) -> int:
+    from pyramidal_wan.cli.card import write_card
     from pyramidal_wan.toy.family import bundle_member
 
     folder = bundle_member(args.model, args.name, args.into, vae=args.vae)
+    write_card(folder, args.invocation, base=args.base, results=args.results, trained_by=args.model)
     size = sum(p.stat().st_size for p in folder.parent.rglob("*") if p.is_file() and not p.is_symlink())
     print(f"bundled {args.model} as {folder}; the family in {folder.parent} now takes {size / 2**20:.1f} MiB")
     return 0
