@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-slow bench lint format install clean chromium report screenshot results
+.PHONY: demo serve test test-slow bench lint format install clean chromium report screenshot results
 
 # `make report`: the results page and tables from evaluate records (RESULTS: one or more .jsonl files).
 RESULTS    ?= runs/eval/toybench.jsonl
@@ -25,13 +25,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	.venv/bin/pyramidal-wan demo
 
-# Headless Chromium for the report page test (tests/eval/test_report.py skips without it). Best effort: only
-# as root with apt-get, bounded in time, and never an error (the test then says it skipped).
+# The browser app on http://127.0.0.1:7860 (the bundled default model; `pyramidal-wan serve --help`).
+serve: $(STAMP)
+	.venv/bin/pyramidal-wan serve
+
+# The system Chromium that Playwright drives for the browser tests (the report page, the app: they skip
+# without it; Playwright downloads no browser). Best effort: only as root with apt-get, bounded in time, and
+# never an error (the tests then say they skipped).
 chromium:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	  timeout 600 sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends chromium' >/dev/null 2>&1; } || \
-	  echo "chromium not installed (needs root, apt-get and the network): the report page test will skip"
+	  echo "chromium not installed (needs root, apt-get and the network): the browser tests will skip"
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
