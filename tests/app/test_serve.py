@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pyramidal_wan.app.studio import Studio, parse_size
+from pyramidal_wan.app.studio import PREVIEW, Studio, parse_size
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.eval.page_check import find_chromium, launch_chromium, record_errors
 from pyramidal_wan.models.bundled import REPO_ROOT, bundled_model_path
@@ -108,7 +108,8 @@ def test_app_generates_with_stage_previews_and_shows_bad_input(server, model):
         # Two requests at once queue and both finish (a second browser tab, previews off there).
         other = browser.new_page()
         other.goto(url, wait_until="networkidle")
-        other.locator("#previews-on input").uncheck()
+        for tab in (other, page):
+            tab.locator("#previews-on input").uncheck()
         generate(other, PROMPT)
         generate(page, "a blue square moving up on a dark green background", seed=1)
         other.wait_for_selector("#stats :text('TFLOPs')", timeout=120_000)
@@ -124,6 +125,20 @@ def test_app_generates_with_stage_previews_and_shows_bad_input(server, model):
         ):
             generate(page, prompt, schedule, size)
             page.wait_for_selector(f"#error :text('{message}')", timeout=30_000)
+
+        # Side by side: the same prompt and seed at two schedules, with their costs.
+        page.get_by_role("tab", name="Side by side").click()
+        page.locator("#prompt-2 textarea").fill(PROMPT)
+        plain = "-".join(["0"] * (stages - 1) + ["2"])
+        page.locator("#schedule-b textarea, #schedule-b input").first.fill(plain)
+        page.locator("#compare").click()
+        page.wait_for_selector("#compare-stats :text('x the FLOPs')", timeout=120_000)
+        assert page.locator("#video-a video").count() == 1 and page.locator("#video-b video").count() == 1
+        assert (
+            f"| {plain} |" in page.locator("#compare-stats").inner_html()
+            or plain in page.locator("#compare-stats").inner_text()
+        )
+        page.screenshot(path=str(SCREENSHOT.with_name("app-side-by-side.png")), full_page=True)
         assert errors == []
     assert process.poll() is None
 
@@ -141,3 +156,21 @@ def test_studio_checks_input_before_any_model_work(model):
     assert studio._pipes == {}  # nothing was loaded
     with pytest.raises(InputError, match="not a diffusers model folder"):
         Studio([model.parent])
+
+
+def test_previews_show_each_stage_in_order_and_leave_the_video_unchanged(model):
+    """A preview is a decode of the sampler's clean estimate: it must not change what is sampled."""
+    studio = Studio([model])
+    name = studio.names[0]
+    stages = pyramid_config_or_plain(model).num_stages
+    shown = []
+    with_previews = studio.generate(name, PROMPT, seed=3, on_preview=shown.append)
+    without = studio.generate(name, PROMPT, seed=3, previews=False)
+    assert [p.stage for p in shown] == list(range(stages - 1, -1, -1))  # lowest resolution first
+    assert [p.stage for p in with_previews.previews] == [p.stage for p in shown]
+    assert all(p.frames.shape == (*with_previews.size, 3) for p in shown)  # carried to full resolution
+    assert shown[0].latent_size < shown[-1].latent_size
+    assert (with_previews.frames == without.frames).all()
+    assert PREVIEW in with_previews.seconds and PREVIEW not in without.seconds
+    assert {f"stage {s}" for s in range(stages)} <= set(without.seconds)
+    assert without.tflops == with_previews.tflops > 0

@@ -68,6 +68,8 @@ def test_export_cli(tiny_cache, tmp_path, capsys):
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
     assert f"exported step 2 of {tmp_path / 'run'}" in capsys.readouterr().out
     assert (tmp_path / "exported" / "transformer" / "config.json").is_file()
+    card = (tmp_path / "exported" / "README.md").read_text()  # the model card names the run and command
+    assert f"Trained by the run {tmp_path / 'run'}" in card and "pyramidal-wan export --run" in card
     assert main(["export", "--run", str(tmp_path)]) == 2
     assert "not a training run (no config.yaml)" in capsys.readouterr().err
 

@@ -82,19 +82,19 @@ def schedule_flops_rows(folder: Path, schedules) -> list[dict]:
     return rows
 
 
-def training_recipe(model: Path) -> tuple[str, str | None] | None:
-    """(a sentence naming the run and its config, the run's model.init folder or None) for a training run's
-    exported folder RUN/model[-stepN]; None for any other folder."""
+def training_recipe(run: Path) -> tuple[str, str | None] | None:
+    """(a sentence naming a training run and its config, the run's model.init folder or None); None when
+    `run` is no training run (no config.yaml)."""
     from pyramidal_wan.training.config import load_config
 
-    config_path = model.parent / "config.yaml"
+    config_path = run / "config.yaml"
     if not config_path.is_file():
         return None
     config = load_config(str(config_path), [])
     init = config.model.init if Path(config.model.init, "model_index.json").is_file() else None
     start = f"from {init}" if init else f"from the random preset {config.model.init}"
     sentence = (
-        f"Trained by the run {model.parent} ({config.objective.name}, {config.train.steps} steps, {start}); "
+        f"Trained by the run {run} ({config.objective.name}, {config.train.steps} steps, {start}); "
         f"its resolved config is {config_path}."
     )
     return sentence, init
@@ -110,14 +110,15 @@ def write_card(
     lora=None,
     tuned=None,
     notes=(),
-    trained_by=None,
+    run=None,
 ) -> Path:
     """Write FOLDER/README.md. A LoRA folder (`lora`: models.lora.LoraExport) takes its sampling facts from
     `tuned`, the model folder it was extracted from; evaluation records are matched by model path (the
-    folder, `tuned` or `trained_by`) or by `eval_name`. `trained_by`: a training run's exported model
-    folder (RUN/model), whose RUN/config.yaml is named as the recipe and gives the default base."""
+    folder or `tuned`) or by `eval_name`. `run`: the training run that made the model, whose config.yaml
+    is named as the recipe and whose model.init is the default base."""
     from pyramidal_wan.eval.model_card import CardFacts, render_model_card
     from pyramidal_wan.eval.report import load_records, toy_runs, vbench_runs
+    from pyramidal_wan.models.bundled import is_model_folder
     from pyramidal_wan.models.checkpoint import load_pyramid_config
     from pyramidal_wan.pipelines.pipeline_pyramidal_wan import video_settings
     from pyramidal_wan.utils.io import atomic_path
@@ -126,24 +127,25 @@ def write_card(
     source = Path(tuned) if tuned is not None else folder
     records = load_records(results) if results else []
     paths = {str(folder.resolve()), str(source.resolve())}
-    if trained_by is not None:
-        paths.add(str(Path(trained_by).resolve()))
-        recipe = training_recipe(Path(trained_by))
-        if recipe is not None:
-            notes = (*notes, recipe[0])
-            base = base or recipe[1]
+    recipe = training_recipe(Path(run)) if run is not None else None
+    if recipe is not None:
+        notes = (*notes, recipe[0])
+        base = base or recipe[1]
     mine = [r for r in records if r.get("model_path") in paths or (eval_name and r.get("model") == eval_name)]
     toy, vbench = toy_runs(mine), vbench_runs(mine)
     pyramid = load_pyramid_config(source)
-    video = video_settings(source)
+    pipeline = is_model_folder(source)  # a run from a preset exports a transformer alone: no size, no FLOPs
+    video = video_settings(source) if pipeline else None
+    if not pipeline:
+        notes = (*notes, "A transformer without a pipeline (no model_index.json): no default video size.")
     facts = CardFacts(
         name=folder.resolve().name,
         license=license,
         command=command,
         base_model=base,
         pyramid_config=asdict(pyramid) if pyramid is not None else {},
-        video_size=(video["num_frames"], video["height"], video["width"]),
-        flops=schedule_flops_rows(source, [None, *(run["schedule"] for run in toy)]),
+        video_size=(video["num_frames"], video["height"], video["width"]) if pipeline else None,
+        flops=schedule_flops_rows(source, [None, *(r["schedule"] for r in toy)]) if pipeline else (),
         toy_runs=toy,
         vbench_runs=vbench,
         notes=tuple(notes),

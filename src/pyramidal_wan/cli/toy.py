@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -52,7 +53,9 @@ def run_bundle(args: argparse.Namespace) -> int:
     from pyramidal_wan.toy.family import bundle_member
 
     folder = bundle_member(args.model, args.name, args.into, vae=args.vae)
-    write_card(folder, args.invocation, base=args.base, results=args.results, trained_by=args.model)
+    # A training run's export (RUN/model) names its run; records of the run's folder count as the member's.
+    model = Path(args.model)
+    write_card(folder, args.invocation, args.base, results=args.results, tuned=model, run=model.parent)
     size = sum(p.stat().st_size for p in folder.parent.rglob("*") if p.is_file() and not p.is_symlink())
     print(f"bundled {args.model} as {folder}; the family in {folder.parent} now takes {size / 2**20:.1f} MiB")
     return 0

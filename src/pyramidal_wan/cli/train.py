@@ -216,7 +216,7 @@ def run_export(args) -> int:
     from pyramidal_wan.training.trainer import export_checkpoint
 
     folder, step = export_checkpoint(config, args.out)
-    write_card(folder, command=args.invocation, license=args.license, trained_by=folder)
+    write_card(folder, command=args.invocation, license=args.license, run=args.run)
     print(f"exported step {step} of {args.run} to {folder}")
     return 0
 
