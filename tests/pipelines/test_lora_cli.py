@@ -103,7 +103,10 @@ def test_a_trained_lora_is_written_as_it_is(folders, tmp_path, capsys):
         (["export", "--model", "M"], "export needs --run RUN, or --model MODEL --base BASE --lora RANK"),
         (["export", "--model", "{tuned}", "--base", "{tuned}", "--lora", "0"], "positive integer or 'full'"),
         (["export", "--model", "{tuned}", "--base", "{tuned}", "--lora", "4"], "no LoRA to export"),
-        (["export", "--model", "{tuned}", "--base", "nowhere", "--lora", "4"], "must be the base model's"),
+        (
+            ["export", "--model", "{tuned}", "--base", "nowhere", "--lora", "4"],
+            "must be the base model's folder",
+        ),
         (["generate", PROMPT, "--model", "{base}", "--lora", "nowhere"], "no LoRA file"),
         (
             ["generate", PROMPT, "--model", "{base}", "--lora", "{tuned}/model_index.json"],

@@ -74,6 +74,19 @@ def test_export_cli(tiny_cache, tmp_path, capsys):
     assert "not a training run (no config.yaml)" in capsys.readouterr().err
 
 
+def test_export_lora_of_a_lora_run_writes_its_trained_adapter(tiny_cache, tmp_path, capsys):
+    """`export --run RUN --lora R` of a run that trained a LoRA (model.lora_rank) on its model.init."""
+    first = train(tiny_config(tiny_cache, tmp_path / "full"), progress=False)
+    run = tmp_path / "lora"
+    init = first / "model" / "transformer"  # a run from a preset exports its transformer alone
+    train(tiny_config(tiny_cache, run, f"model.init={init}", "model.lora_rank=2"), progress=False)
+    assert main(["export", "--run", str(run), "--lora", "16"]) == 0
+    assert "the model's own trained LoRA (rank 2), written as it is" in capsys.readouterr().out
+    assert (run / "lora-r16" / "pytorch_lora_weights.safetensors").is_file()
+    card = (run / "lora-r16" / "README.md").read_text()
+    assert f'base_model: "{init}"' in card and "trained LoRA, written as it is" in card
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path, monkeypatch):
     calls = {"n": 0}
     original = objectives.FlowMatching.generator_loss

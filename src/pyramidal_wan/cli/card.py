@@ -91,7 +91,7 @@ def training_recipe(run: Path) -> tuple[str, str | None] | None:
     if not config_path.is_file():
         return None
     config = load_config(str(config_path), [])
-    init = config.model.init if Path(config.model.init, "model_index.json").is_file() else None
+    init = config.model.init if Path(config.model.init).is_dir() else None
     start = f"from {init}" if init else f"from the random preset {config.model.init}"
     sentence = (
         f"Trained by the run {run} ({config.objective.name}, {config.train.steps} steps, {start}); "

@@ -232,14 +232,13 @@ def _run_config(run: str):
 
 def _run_base(config) -> str | None:
     """The model folder a run started from (model.init), or None for a preset (random initialisation)."""
-    return config.model.init if Path(config.model.init, "model_index.json").is_file() else None
+    return config.model.init if Path(config.model.init).is_dir() else None
 
 
 def run_export_lora(args) -> int:
     import tempfile
 
     from pyramidal_wan.cli.card import write_card
-    from pyramidal_wan.models.bundled import is_model_folder
     from pyramidal_wan.models.lora import export_lora, parse_rank
 
     rank = parse_rank(args.lora)
@@ -256,10 +255,8 @@ def run_export_lora(args) -> int:
         else:
             model, base = Path(args.model), args.base
             default_out = Path(f"{model.resolve()}-lora-r{args.lora}")
-        if base is None or not is_model_folder(Path(base)):
-            raise InputError(
-                f"--base {base} must be the base model's diffusers folder (with model_index.json)"
-            )
+        if base is None or not Path(base).exists():
+            raise InputError(f"--base {base} must be the base model's folder (pipeline or transformer)")
         out = Path(args.out) if args.out is not None else default_out
         exported = export_lora(model, base, rank, out)
         write_card(

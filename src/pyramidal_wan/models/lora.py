@@ -183,8 +183,12 @@ def export_lora(model: str | os.PathLike, base: str | os.PathLike, rank: int | N
     by SVD (`rank=None`: full rank)."""
     from pyramidal_wan.models.loading import load_transformer
 
+    def transformer_of(folder: Path):  # a model folder, or a training export of a transformer alone
+        inner = folder / "transformer"
+        return load_transformer(inner if (inner / "config.json").is_file() else folder)
+
     model = Path(model)
-    tuned, base_model = load_transformer(model), load_transformer(base)
+    tuned, base_model = transformer_of(model), transformer_of(Path(base))
     trained = _trained_adapter(model, base_model, tuned)
     if trained is not None:
         state_dict, metadata = trained
