@@ -74,7 +74,7 @@ def build_app(studio: Studio):
     def generate(model, prompt, schedule, seed, size, previews):
         try:
             studio.plan(model, prompt, schedule, size)  # bad input: a message, before any model work
-        except Exception as err:  # noqa: BLE001 - every failure is shown in the page
+        except Exception as err:  # every failure is shown in the page
             yield _error(err), None, [], ""
             return
         shown: queue.Queue = queue.Queue()
@@ -85,7 +85,7 @@ def build_app(studio: Studio):
                 outcome["generation"] = studio.generate(
                     model, prompt, schedule, seed or 0, size, previews, on_preview=shown.put
                 )
-            except Exception as err:  # noqa: BLE001
+            except Exception as err:
                 outcome["error"] = err
             finally:
                 shown.put(None)
@@ -110,7 +110,7 @@ def build_app(studio: Studio):
                 studio.generate(model, prompt, s, seed or 0, size, previews=False)
                 for s in (schedule_a, schedule_b)
             ]
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             return _error(err), None, None, ""
         rows = [f"| {g.schedule} | {g.sampler} | {g.tflops:.4g} | {g.total_seconds:.2f} |" for g in results]
         a, b = results

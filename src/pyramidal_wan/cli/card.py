@@ -61,15 +61,18 @@ def run(args: argparse.Namespace) -> int:
 def schedule_flops_rows(folder: Path, schedules) -> list[dict]:
     """TFLOPs of one default-size video per schedule (None: the folder's default), from configs only."""
     from pyramidal_wan.cli.generate import describe_guidance, plan_flops
+    from pyramidal_wan.models.ppf import find_ppf_folder, load_ppf_config
     from pyramidal_wan.models.presets import read_config_json
     from pyramidal_wan.models.text import folder_max_sequence_length
     from pyramidal_wan.pipelines import PyramidalWanPipeline
 
     config = read_config_json(folder / "transformer" / "config.json", "the transformer's config.json")
+    ppf_folder = find_ppf_folder(folder)  # a PPF model's own stage kernels
+    ppf_config = load_ppf_config(ppf_folder) if ppf_folder is not None else None
     rows = []
     for schedule in dict.fromkeys(schedules):
         plan = PyramidalWanPipeline.plan_from_folder(folder, schedule=schedule)
-        flops = plan_flops(config, plan, folder_max_sequence_length(folder))
+        flops = plan_flops(config, plan, folder_max_sequence_length(folder), ppf_config)
         rows.append(
             {
                 "schedule": plan.schedule,
