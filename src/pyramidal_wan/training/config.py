@@ -55,6 +55,7 @@ class TrainConfig:
     log_every: int = 50
     threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
     critic_lr: float = 2e-6  # learning rate of the critic group (fake score / discriminator heads)
+    sharding: str = "none"  # "none" (one full copy per process, DDP) or "fsdp2" (training/sharding.py)
 
 
 @dataclass

@@ -21,6 +21,15 @@ from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import CheckpointError, TrainingDiverged
 from pyramidal_wan.training.config import Config, save_config
 from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.sharding import (
+    FSDP2,
+    check_sharding,
+    frozen_networks,
+    full_value,
+    is_sharded_checkpoint,
+    load_sharded_weights,
+    mean_over_ranks,
+)
 from pyramidal_wan.utils.io import atomic_path
 
 CHECKPOINT = "checkpoint"
@@ -73,6 +82,11 @@ def load_checkpoint(
 ) -> int:
     """Restore a `save_checkpoint` folder (weights_only loading, no pickle); returns the step."""
     folder = out / CHECKPOINT
+    if is_sharded_checkpoint(folder):
+        raise CheckpointError(
+            f"{folder} was written with train.sharding=fsdp2: resume it with train.sharding=fsdp2 on as many "
+            f"processes, or export it (pyramidal-wan export --run {out}) and start from model.init=FOLDER"
+        )
     state = _load_weights(folder, nets, ema)
     for group in nets:
         optimizers[group].load_state_dict(state["optimizers"][group])
@@ -116,17 +130,21 @@ def export_checkpoint(config: Config, folder: str | Path | None = None) -> tuple
     objective = build_objective(config)
     generator = objective.nets["generator"]
     ema = EMA(generator, config.train.ema) if config.train.ema > 0 else None
-    step = int(_load_weights(out / CHECKPOINT, {"generator": generator}, ema)["step"])
+    if is_sharded_checkpoint(out / CHECKPOINT):  # an FSDP2 run: gather its shards in this one process
+        step = int(load_sharded_weights(out / CHECKPOINT, generator, ema)["step"])
+    else:
+        step = int(_load_weights(out / CHECKPOINT, {"generator": generator}, ema)["step"])
     folder = Path(folder) if folder is not None else out / f"model-step{step}"
     export_model(config, generator, ema, objective.export_config(), folder)
     return folder, step
 
 
 def check_ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module, step: int) -> None:
-    """Raise if data-parallel ranks hold different weights (a fingerprint of every trainable tensor)."""
+    """Raise if ranks hold different weights: a fingerprint of every trainable tensor's full value (an
+    FSDP2 shard is gathered first, so the ranks compare whole models, not their own slices)."""
     if accelerator.num_processes == 1:
         return
-    sums = [p.detach().double().sum() for p in model.parameters() if p.requires_grad]
+    sums = [full_value(p.detach()).double().sum() for p in model.parameters() if p.requires_grad]
     fingerprint = torch.stack(sums).sum()
     values = accelerator.gather(fingerprint.reshape(1).to(accelerator.device))
     if not torch.allclose(values, values[0].expand_as(values), rtol=1e-9, atol=0):
@@ -137,6 +155,7 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     """Run `config` to `config.train.steps` iterations, resuming from `train.out/checkpoint` if present."""
     tc = config.train
     out = Path(tc.out)
+    check_sharding(tc.sharding)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     accelerator = Accelerator(mixed_precision=tc.precision, log_with="tensorboard", project_dir=str(out))
@@ -151,6 +170,12 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     data = CachedLatents(config.data.cache)
     objective = build_objective(config)
     nets = objective.nets
+    # FSDP2 shards the networks in place before the optimisers see their parameters; without sharding,
+    # accelerate moves the trained groups to the device in `prepare` and the frozen ones move here.
+    sharded = FSDP2(objective, accelerator.device) if tc.sharding == "fsdp2" else None
+    if sharded is None:
+        for net in frozen_networks(objective):
+            net.to(accelerator.device)
     optimizers = {
         group: torch.optim.AdamW(
             [p for p in net.parameters() if p.requires_grad],
@@ -165,15 +190,19 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     }
     ema = EMA(nets["generator"], tc.ema) if tc.ema > 0 else None
     step = 0
-    if resume and (out / CHECKPOINT).exists():
+    if resume and (out / CHECKPOINT).exists() and sharded is None:
         step = load_checkpoint(out, nets, optimizers, schedulers, generators, ema)
     groups = list(nets)
+    wrapped = [] if sharded else [nets[g] for g in groups]  # FSDP2 networks are not wrapped again
     prepared = accelerator.prepare(
-        *[nets[g] for g in groups], *[optimizers[g] for g in groups], *[schedulers[g] for g in groups]
+        *wrapped, *[optimizers[g] for g in groups], *[schedulers[g] for g in groups]
     )
-    n = len(groups)
-    objective.use(dict(zip(groups, prepared[:n])))
-    optimizers, schedulers = dict(zip(groups, prepared[n : 2 * n])), dict(zip(groups, prepared[2 * n :]))
+    n = len(wrapped)
+    objective.use(dict(zip(groups, prepared[:n])) if n else nets)
+    m = len(groups)
+    optimizers, schedulers = dict(zip(groups, prepared[n : n + m])), dict(zip(groups, prepared[n + m :]))
+    if resume and (out / CHECKPOINT).exists() and sharded is not None:  # collective: after the optimisers
+        step = sharded.load(out / CHECKPOINT, nets, optimizers, schedulers, generators, ema)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -202,12 +231,15 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
             loss_fn = objective.generator_loss if group == "generator" else objective.critic_loss
             with accelerator.autocast():
                 loss, group_logs = loss_fn(batch, generators["noise"])
-            if not math.isfinite(loss.item()):
+            mean_loss = mean_over_ranks(loss).item()  # the global batch's loss, on every rank
+            if not math.isfinite(mean_loss):
                 raise TrainingDiverged(
-                    f"{group} loss is {loss.item()} at step {step + 1}; stopped, the last good checkpoint is "
+                    f"{group} loss is {mean_loss} at step {step + 1}; stopped, the last good checkpoint is "
                     f"{out / CHECKPOINT if (out / CHECKPOINT).exists() else 'none (no checkpoint yet)'}"
                 )
-            params = [p for p in nets[group].parameters() if p.requires_grad]
+            # The optimiser's parameters: during FSDP2's forward/backward, a root unit's module attributes
+            # are its gathered copies, which receive no gradient.
+            params = [p for param_group in optimizers[group].param_groups for p in param_group["params"]]
             accelerator.backward(loss)
             if tc.grad_clip > 0:
                 accelerator.clip_grad_norm_(params, tc.grad_clip)
@@ -216,7 +248,7 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
             optimizers[group].zero_grad(set_to_none=True)
             if group == "generator" and ema is not None:
                 ema.update(nets["generator"])
-            logs.update({f"{group}/loss": loss.item(), **{k: v.item() for k, v in group_logs.items()}})
+            logs.update({f"{group}/loss": mean_loss, **{k: v.item() for k, v in group_logs.items()}})
         step += 1
 
         if step % tc.log_every == 0 or step == tc.steps:
@@ -226,13 +258,20 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
         if step % tc.checkpoint_every == 0 or step == tc.steps:
             for net in nets.values():
                 check_ranks_in_sync(accelerator, net, step)
-            if accelerator.is_main_process:
+            if sharded is not None:
+                sharded.save(out / CHECKPOINT, step, nets, optimizers, schedulers, generators, ema)
+            elif accelerator.is_main_process:
                 save_checkpoint(out, step, nets, optimizers, schedulers, generators, ema)
             accelerator.wait_for_everyone()
     bar.close()
+    generator = nets["generator"]
+    if sharded is not None:  # gathered on rank 0, while the process group still exists
+        generator, shadow = sharded.gather(generator, ema)
+        if ema is not None:
+            ema.shadow = shadow
     accelerator.end_training()
     if accelerator.is_main_process:
-        export_model(config, nets["generator"], ema, objective.export_config(), out / "model")
+        export_model(config, generator, ema, objective.export_config(), out / "model")
     return out
 
 
