@@ -57,8 +57,13 @@ def run_cli_in_two_cpu_processes(
     """`pyramidal-wan CLI_ARGS` as 2 gloo CPU processes under torchrun, one thread each; fails the test with
     the tail of stderr unless it exits 0. `standalone` makes torchrun pick a free rendezvous port (other
     torchrun jobs on the machine may hold the default)."""
+    return run_in_two_cpu_processes(["-m", "pyramidal_wan.cli", *cli_args], standalone)
+
+
+def run_in_two_cpu_processes(argv: list[str], standalone: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python ARGV` (a script or `-m module`) as 2 gloo CPU processes under torchrun; see above."""
     rendezvous = ["--standalone"] if standalone else []
-    cmd = [TORCHRUN, *rendezvous, "--nproc_per_node", "2", "-m", "pyramidal_wan.cli", *cli_args]
+    cmd = [TORCHRUN, *rendezvous, "--nproc_per_node", "2", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

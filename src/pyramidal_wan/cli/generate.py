@@ -7,6 +7,7 @@ so a bad argument gives a one-line error (exit status 2) and no output file.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
+from pyramidal_wan.pipelines.parallel import MODES, check_context_parallel, enable_context_parallel
 from pyramidal_wan.pyramid import is_baseline_schedule
 from pyramidal_wan.pyramid.config import SAMPLERS
 
@@ -85,6 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", help=f"{' or '.join(DTYPES)} (default float32)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--context-parallel",
+        choices=MODES,
+        help="split every transformer forward over the GPUs of a torchrun launch (Ulysses or ring "
+        "attention); rank 0 writes the video",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -180,6 +188,18 @@ def run(args: argparse.Namespace) -> int:
     # Every setting is checked against the folder's configs before any weights are loaded.
     plan = PyramidalWanPipeline.plan_from_folder(folder, args.num_frames, args.height, args.width, **sampling)
     num_frames, height, width = plan.geometry[0].pixel
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if args.context_parallel is not None:
+        heads = get_transformer_config(str(folder))["num_attention_heads"]
+        check_context_parallel(plan, args.context_parallel, world_size, heads)
+        if device.type != "cuda":
+            raise InputError(
+                "--context-parallel needs GPUs (diffusers picks each rank's device from torch.accelerator): "
+                "add --device cuda"
+            )
+        torch.distributed.init_process_group("nccl")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -190,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
     )
     load_loras(pipe, loras)
     pipe.to(device)
+    if args.context_parallel is not None:
+        enable_context_parallel(pipe.transformer, args.context_parallel, world_size)
     started = time.perf_counter()
     video = pipe(
         args.prompt,
@@ -201,6 +223,10 @@ def run(args: argparse.Namespace) -> int:
         generator=torch.Generator().manual_seed(args.seed),
     ).frames[0]
     seconds = time.perf_counter() - started
+    if args.context_parallel is not None:
+        torch.distributed.destroy_process_group()
+    if rank != 0:  # every rank holds the same video
+        return 0
     written = export_video(video, out, fps=args.fps, gif=args.gif)
 
     ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
