@@ -3,7 +3,7 @@
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
-from helpers import record_sampling
+from helpers import needs_torchrun, record_sampling, run_cli_in_two_cpu_processes
 from safetensors.torch import load_file
 
 from pyramidal_wan.cli import main
@@ -30,7 +30,7 @@ from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.training import adversarial, distill
 from pyramidal_wan.training.config import load_config
 from pyramidal_wan.training.objectives import build_objective
-from pyramidal_wan.training.trainer import sample_batch, train
+from pyramidal_wan.training.trainer import export_checkpoint, sample_batch, train
 
 METHODS = ("dmd", "dmd-ot", "dmd-pt", "dmd-pt-star", "adv-o", "adv-p")
 
@@ -113,6 +113,25 @@ def test_each_method_trains_and_exports_a_few_step_model(tiny_cache, tmp_path, f
         model, noise, pyramid, grid, {"encoder_hidden_states": batch["prompt_embeds"][:1]}
     )
     assert video.shape == batch["latents"][0][:1].shape and torch.isfinite(video).all()
+
+
+@needs_torchrun
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [*METHODS, "ppf-dmd"])
+def test_each_method_trains_under_fsdp2(tiny_cache, tmp_path, folders, method):
+    """2 gloo processes with train.sharding=fsdp2: student, critic and frozen teachers sharded; three
+    iterations (generator and critic updates) finish with finite losses, the sharded checkpoint gathers
+    into the same folder the run exported."""
+    out = tmp_path / method
+    args = overrides(tiny_cache, out, method, folders, "train.sharding=fsdp2", "train.threads=1")
+    run_cli_in_two_cpu_processes(["distill", "--method", method, *args], standalone=True)
+    state = torch.load(out / "checkpoint" / "train_state.pt", weights_only=True)
+    assert (state["step"], state["world_size"]) == (3, 2)
+    folder, _ = export_checkpoint(distill_config(tiny_cache, out, method, folders), tmp_path / "gathered")
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    final, gathered = load_file(out / "model" / name), load_file(folder / name)
+    assert final.keys() == gathered.keys()
+    assert all(torch.isfinite(final[k]).all() and torch.equal(final[k], gathered[k]) for k in final)
 
 
 @pytest.mark.parametrize("method", ["dmd-pt", "adv-p"])
