@@ -287,7 +287,8 @@ def format_table(result: dict) -> str:
     for r in result["memory"]:
         peak = "-" if r["measured_peak_gb"] is None else f"{r['measured_peak_gb']:.1f}"
         lines.append(
-            f"{r['method']:>16} {r['samples']:>8} {peak:>12} {r['estimate_gb']:>12.2f}  {r['stages_seen'] or 'all'}"
+            f"{r['method']:>16} {r['samples']:>8} {peak:>12} {r['estimate_gb']:>12.2f}  "
+            f"{r['stages_seen'] or 'all'}"
         )
     big = result["big"]
     lines += [
