@@ -9,9 +9,10 @@ OUT with .txt (the table, also printed):
 1. Per-stage forward latency of the transformer, eager SDPA and `torch.compile` of the repeated blocks,
    next to the paper's 631.77 / 33.76 / 7.62 ms (benchmarks/gpu_latency.py's code, imported).
 2. End-to-end `PyramidalWanPipeline` calls at 2-2-1 (few-step, no CFG), 20-20-10 and 0-0-50 (multi-step,
-   CFG 5): transformer sampling and VAE decode timed apart. The pipeline is built in memory: the
-   transformer from its preset, a Wan VAE of the real AutoencoderKLWan config (the toy VAE with --tiny),
-   and a tiny 2-layer UMT5 text encoder of the transformer's text width (not umT5-XXL: text encoding is
+   CFG 5): transformer sampling timed apart from the VAE decode (decoded once: one latent size). The
+   pipeline is built in memory: the transformer from its preset, a Wan VAE of the real AutoencoderKLWan
+   config (the toy VAE with --tiny), and a tiny 2-layer UMT5 text encoder of the transformer's text
+   width (not umT5-XXL: text encoding is
    not what is measured here).
 3. Peak GPU memory of one pyramidal fine-tuning step and of DMD-OT iterations (generator and critic
    updates) with gradient checkpointing, at 1 and 2 full-resolution samples, next to the
@@ -143,7 +144,7 @@ def generation(args, device, dtype) -> list[dict]:
             guidance_scale=guidance,
             callback=record,
             generator=torch.Generator().manual_seed(0),
-            output_type="pt",
+            output_type="latent" if rows else "pt",  # decoding takes as long at every schedule: once
         )
         synchronize(device)
         end = time.perf_counter()
@@ -154,11 +155,11 @@ def generation(args, device, dtype) -> list[dict]:
                 "guidance_scale": guidance,
                 "evaluations": len(stamps),
                 "transformer_s": stamps[-1] - start,  # text encoding (tiny) and sampling to the last step
-                "decode_s": end - stamps[-1],
+                "decode_s": None if rows else end - stamps[-1],
             }
         )
         print(
-            f"  generate {schedule}: {rows[-1]['transformer_s']:.2f} s + decode {rows[-1]['decode_s']:.2f} s",
+            f"  generate {schedule}: {rows[-1]['transformer_s']:.2f} s, decode {rows[-1]['decode_s']} s",
             file=sys.stderr,
         )
     return rows
@@ -281,7 +282,8 @@ def format_table(result: dict) -> str:
     lines += ["", f"{'schedule':>9} {'evals':>6} {'transformer s':>14} {'decode s':>9}"]
     for r in result["generate"]:
         lines.append(
-            f"{r['schedule']:>9} {r['evaluations']:>6} {r['transformer_s']:>14.2f} {r['decode_s']:>9.2f}"
+            f"{r['schedule']:>9} {r['evaluations']:>6} {r['transformer_s']:>14.2f} "
+            f"{'-' if r['decode_s'] is None else format(r['decode_s'], '.2f'):>9}"
         )
     lines += ["", f"{'training update':>16} {'samples':>8} {'measured GB':>12} {'estimate GB':>12}  stages"]
     for r in result["memory"]:

@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pyramidal_wan.eval.memory import estimate, parameter_count
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
 
+@pytest.mark.slow  # 56 s on the shared 2-core machine at best (four sections, 100 CFG forwards at 0-0-50)
 def test_gpu_check_runs_at_tiny_size(tmp_path):
     out = tmp_path / "check.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -29,7 +32,12 @@ def test_gpu_check_runs_at_tiny_size(tmp_path):
         ("20-20-10", 50),
         ("0-0-50", 50),
     ]
-    assert all(r["transformer_s"] > 0 and r["decode_s"] > 0 for r in report["generate"])
+    assert all(r["transformer_s"] > 0 for r in report["generate"])
+    assert [r["decode_s"] is not None and r["decode_s"] > 0 for r in report["generate"]] == [
+        True,
+        False,
+        False,
+    ]
     memory = {(r["method"], r["samples"]): r for r in report["memory"]}
     assert set(memory) == {("pyramidal", 1), ("pyramidal", 2), ("dmd-ot", 1), ("dmd-ot", 2)}
     assert all(r["measured_peak_gb"] is None for r in memory.values())  # not measured on CPU
