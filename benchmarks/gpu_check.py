@@ -12,8 +12,7 @@ OUT with .txt (the table, also printed):
    CFG 5): transformer sampling timed apart from the VAE decode (decoded once: one latent size). The
    pipeline is built in memory: the transformer from its preset, a Wan VAE of the real AutoencoderKLWan
    config (the toy VAE with --tiny), and a tiny 2-layer UMT5 text encoder of the transformer's text
-   width (not umT5-XXL: text encoding is
-   not what is measured here).
+   width (not umT5-XXL: text encoding is not what is measured here).
 3. Peak GPU memory of one pyramidal fine-tuning step and of DMD-OT iterations (generator and critic
    updates) with gradient checkpointing, at 1 and 2 full-resolution samples, next to the
    `pyramidal_wan.eval.memory` estimates (docs/memory.md). On CPU the steps run and memory is not measured.
