@@ -2,6 +2,7 @@
 the same global batch, exact resume, and a gathered export that a plain pipeline loads."""
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -84,6 +85,7 @@ def base(tmp_path_factory):
 
 
 @needs_torchrun
+@pytest.mark.slow  # 65 s here: two torchrun processes plus the one-process reference
 def test_fsdp2_trains_like_one_process_and_exports_a_loadable_pipeline(tiny_cache, base, tmp_path):
     """Two FSDP2 processes: the logged loss of every step (the mean over both ranks) equals one process
     stepping on the same global batch, within float32 tolerance; the gathered export (EMA off) holds the
@@ -122,15 +124,41 @@ def test_fsdp2_trains_like_one_process_and_exports_a_loadable_pipeline(tiny_cach
     more = [*args, f"train.steps={STEPS + 1}"]
     with pytest.raises(CheckpointError, match="written with train.sharding=fsdp2"):
         train(load_config(None, [*more, "train.sharding=none"]), progress=False)
-    store = torch.distributed.FileStore(str(tmp_path / "store"), 1)
+    with (
+        one_process_group(tmp_path / "store"),
+        pytest.raises(CheckpointError, match="written by 2 processes .* resumes exactly only on 2, not 1"),
+    ):
+        train(load_config(None, more), progress=False)
+
+
+@contextmanager
+def one_process_group(store_path):
+    """A gloo process group of this one process (FSDP2 needs one); the trainer's end closes it."""
+    store = torch.distributed.FileStore(str(store_path), 1)
     torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     try:
-        with pytest.raises(
-            CheckpointError, match="written by 2 processes .* resumes exactly only on 2, not 1"
-        ):
-            train(load_config(None, more), progress=False)
+        yield
     finally:
-        torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def test_fsdp2_in_one_process_resumes_exactly_and_exports(tiny_cache, base, tmp_path):
+    """The sharded code path without torchrun (a world of one): DCP checkpoint, exact resume (weights,
+    AdamW, EMA, RNG), the gathered export at the end and `export` of the sharded checkpoint agree."""
+    common = ["train.ema=0.9", "train.checkpoint_every=1"]
+    for out, steps in (("a", 2), ("b", 1), ("b", 2)):
+        config = load_config(
+            None, overrides(tiny_cache, base, tmp_path / out, *common, f"train.steps={steps}")
+        )
+        with one_process_group(tmp_path / f"store-{out}-{steps}"):
+            train(config, progress=False)
+    name = "transformer/diffusion_pytorch_model.safetensors"
+    a, b = load_file(tmp_path / "a" / "model" / name), load_file(tmp_path / "b" / "model" / name)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    folder, step = export_checkpoint(load_config(tmp_path / "a" / "config.yaml"), tmp_path / "exported")
+    gathered = load_file(folder / name)
+    assert step == 2 and all(torch.equal(a[k], gathered[k]) for k in a)
 
 
 @needs_torchrun
