@@ -38,7 +38,9 @@ chromium:
 	    --no-install-recommends chromium' >/dev/null 2>&1; } || \
 	  echo "chromium not installed (needs root, apt-get and the network): the browser tests will skip"
 
+# The import layers (pyproject.toml [tool.importlinter]) first: a broken contract fails before the tests run.
 test: $(STAMP) chromium
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

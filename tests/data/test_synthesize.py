@@ -12,12 +12,12 @@ from helpers import needs_torchrun, run_cli_in_two_cpu_processes
 from pyramidal_wan.cli import main
 from pyramidal_wan.data import synthesize as synth
 from pyramidal_wan.data.cache import CachedLatents
-from pyramidal_wan.data.video import read_video
+from pyramidal_wan.data.dataset import read_records
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
-from pyramidal_wan.toy.dataset import read_records
 from pyramidal_wan.toy.family import assemble_toy_pipeline
+from pyramidal_wan.utils.video import read_video
 
 PROMPTS = ["a red circle moving left", "a green square moving up", "a blue triangle moving right"]
 

@@ -6,9 +6,9 @@ import sys
 import pytest
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.data.video import read_video
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
+from pyramidal_wan.utils.video import read_video
 
 
 def test_evaluate_writes_records_and_resumes(tmp_path, capsys):

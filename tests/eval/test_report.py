@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.data.video import write_video
 from pyramidal_wan.eval.page_check import check_page, find_chromium
 from pyramidal_wan.eval.page_check import main as browser_main
 from pyramidal_wan.eval.pyramid_view import noise_floor, radial_power_spectrum, stage_nyquist
@@ -19,6 +18,7 @@ from pyramidal_wan.eval.toybench import evaluate_videos
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.toy.world import eval_prompts
+from pyramidal_wan.utils.video import write_video
 
 SCENES = eval_prompts(3, "train") + eval_prompts(1, "heldout")
 needs_chromium = pytest.mark.skipif(

@@ -9,10 +9,10 @@ import textwrap
 import pytest
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.data.video import read_video
 from pyramidal_wan.eval.vbench import CUSTOM_DIMENSIONS, JUDGE_WEIGHTS, video_name
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
+from pyramidal_wan.utils.video import read_video
 
 PROMPTS = [
     "a red circle moving left on a dark blue background",

@@ -5,10 +5,10 @@ import pytest
 from pipeline_helpers import PROMPT, build_pipeline, build_ppf_pipeline
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.data.video import read_video
 from pyramidal_wan.models import bundled
 from pyramidal_wan.pipelines import export_video, to_uint8_video
 from pyramidal_wan.pyramid import PyramidConfig
+from pyramidal_wan.utils.video import read_video
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from pyramidal_wan.data.video import read_video
+from pyramidal_wan.data.dataset import CAPTIONS_FILE, read_records
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.toy.dataset import CAPTIONS_FILE, make_dataset, read_records
+from pyramidal_wan.toy.dataset import make_dataset
 from pyramidal_wan.toy.world import Scene, parse_caption, seeded_scene
+from pyramidal_wan.utils.video import read_video
 
 
 def test_dataset_format_matches_the_scenes(tmp_path):

@@ -43,12 +43,13 @@ from typing import Any
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
-from pyramidal_wan.cli.generate import plan_flops, quiet_loading, resolve_device, resolve_dtype
+from pyramidal_wan.cli.generate import plan_flops, resolve_device, resolve_dtype
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg
 from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE
+from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
 from pyramidal_wan.models.presets import count_parameters, get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline

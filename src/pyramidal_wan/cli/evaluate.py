@@ -90,7 +90,8 @@ def _setup(args, models, schedules):
     import torch
     from accelerate import PartialState
 
-    from pyramidal_wan.cli.generate import quiet_loading, resolve_device, resolve_dtype
+    from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
+    from pyramidal_wan.models.loading import quiet_loading
     from pyramidal_wan.pipelines import PyramidalWanPipeline
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -242,8 +243,8 @@ class SampleSaver:
         self.count = count
 
     def save(self, indices, seeds, videos) -> list[str | None]:
-        from pyramidal_wan.data.video import write_video
         from pyramidal_wan.pipelines.export import DEFAULT_FPS
+        from pyramidal_wan.utils.video import write_video
 
         paths = []
         for index, seed, video in zip(indices, seeds, videos):
@@ -260,10 +261,10 @@ def vae_ceiling(vae_dir, prompts, seeds, out, batch_size, state) -> tuple[str, s
     """ToyBench of encode -> decode of the real rendered clips: the ceiling a VAE puts on any model."""
     import torch
 
-    from pyramidal_wan.data.video import to_pixel_tensor, to_uint8_frames
     from pyramidal_wan.eval.report import VAE_CEILING_PREFIX
     from pyramidal_wan.eval.toybench import run_toybench
     from pyramidal_wan.toy.vae import load_vae
+    from pyramidal_wan.utils.video import to_pixel_tensor, to_uint8_frames
 
     vae = load_vae(vae_dir)
     scenes = {scene.caption(): scene for scene in prompts}
@@ -393,8 +394,8 @@ def _empty_cache(device) -> None:
 def generate_vbench_videos(generate, names: dict, videos_dir: Path, batch_size: int, state) -> list[float]:
     """Write every missing `{prompt}-{i}.mp4` (seed i) of `names`, this process's share of them; return
     the seconds per video of the batches it generated."""
-    from pyramidal_wan.data.video import write_video
     from pyramidal_wan.pipelines.export import DEFAULT_FPS
+    from pyramidal_wan.utils.video import write_video
 
     todo = [key for key, name in names.items() if not (videos_dir / name).exists()]
     with state.split_between_processes(todo) as mine:

@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
-import transformers
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import ppf_schedule_flops, schedule_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
+from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.lora import load_loras, parse_lora_spec
 from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
@@ -242,9 +241,3 @@ def run(args: argparse.Namespace) -> int:
         f"{flops['forwards']} transformer forwards"
     )
     return 0
-
-
-def quiet_loading() -> None:
-    """Hide diffusers' and transformers' weight-loading progress bars (the sampling bars stay)."""
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()

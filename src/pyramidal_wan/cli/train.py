@@ -112,8 +112,8 @@ def add_synthesize_arguments(parser) -> None:
 
 
 def run_synthesize(args) -> int:
-    from pyramidal_wan.cli.generate import quiet_loading
     from pyramidal_wan.data.synthesize import SynthesisSettings, process_state, synthesize
+    from pyramidal_wan.models.loading import quiet_loading
 
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")

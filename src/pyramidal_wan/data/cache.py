@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from pyramidal_wan.data.dataset import read_records
 from pyramidal_wan.data.stages import TEMPORAL_FILTERS, stage_videos
-from pyramidal_wan.data.video import read_video, to_pixel_tensor
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.pyramid import Pyramid, stage_geometry
 from pyramidal_wan.utils.io import atomic_path, write_json
+from pyramidal_wan.utils.video import read_video, to_pixel_tensor
 
 MANIFEST = "manifest.json"
 EMPTY_PROMPT = "empty_prompt.safetensors"
@@ -118,8 +119,6 @@ def prepare_data(
     Returns the manifest. Unreadable or too-short videos are skipped and listed in the manifest with the
     reason; nothing is dropped silently.
     """
-    from pyramidal_wan.toy.dataset import read_records  # the dataset format: folder + captions.jsonl
-
     dataset, out = Path(dataset), Path(out)
     records = read_records(dataset)[:limit]
     geometry = stage_geometry(

@@ -1,7 +1,7 @@
 """`synthesize-data`: a synthetic training set sampled by a teacher model, in the format `prepare-data` reads.
 
 The paper fine-tunes on 80K videos made by Wan2.1-14B; synthetic data beat real videos (METHOD.md 4.6).
-Layout of the output folder (the dataset layout of `pyramidal_wan.toy.dataset`, so `prepare-data` reads it
+Layout of the output folder (the dataset layout of `pyramidal_wan.data.dataset`, so `prepare-data` reads it
 unchanged):
 
     000000-00.mp4, 000000-01.mp4, ...   video v of prompt p is `{p:06d}-{v:02d}.mp4` (uint8, lossless H.264)
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pyramidal_wan.data.video import write_video
+from pyramidal_wan.data.dataset import CAPTIONS_FILE
 from pyramidal_wan.errors import CheckpointError, InputError
-from pyramidal_wan.toy.dataset import CAPTIONS_FILE
 from pyramidal_wan.utils.io import atomic_path, write_json
+from pyramidal_wan.utils.video import write_video
 
 MANIFEST_FILE = "synthesis.json"
 PART_PATTERN = "captions.part-*.jsonl"

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pyramidal_wan.data.video import to_uint8_frames, write_video
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
+from pyramidal_wan.utils.video import to_uint8_frames, write_video
 
 
 def radial_power_spectrum(latent: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +174,7 @@ def spectrum_figure(latent: torch.Tensor, pyramid, factors, out_dir: Path):
 def pyramid_section(run: dict, out_dir: str | Path, prompt_and_seed=None, device: str = "cpu") -> str:
     """Sample one prompt with the run's model and schedule, write the figures and per-stage GIFs under
     `out_dir`, and return the report's HTML section. `prompt_and_seed` defaults to a toy caption, seed 0."""
-    from pyramidal_wan.cli.generate import quiet_loading
+    from pyramidal_wan.models.loading import quiet_loading
     from pyramidal_wan.pipelines import PyramidalWanPipeline
 
     out_dir = Path(out_dir)

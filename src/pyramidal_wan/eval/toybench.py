@@ -191,7 +191,7 @@ def check_video(video) -> np.ndarray:
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         raise InputError(
             f"ToyBench takes uint8 videos of shape (F, H, W, 3), got {array.dtype} {array.shape}; "
-            "convert a [-1, 1] tensor with pyramidal_wan.data.video.to_uint8_frames"
+            "convert a [-1, 1] tensor with pyramidal_wan.utils.video.to_uint8_frames"
         )
     return array
 

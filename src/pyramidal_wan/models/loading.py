@@ -18,7 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import diffusers
 import torch
+import transformers
 from diffusers import ModelMixin, SchedulerMixin, WanPipeline, WanTransformer3DModel
 from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 from safetensors import SafetensorError, safe_open
@@ -26,6 +28,7 @@ from safetensors.torch import load_file
 
 from pyramidal_wan.errors import CheckpointError
 from pyramidal_wan.models.presets import (
+    PRESETS,
     build_on_meta,
     config_from_json,
     get_transformer_config,
@@ -278,6 +281,20 @@ def load_transformer(
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: missing transformer/config.json; expected a Wan pipeline folder")
     return load_diffusers_transformer(path, torch_dtype)
+
+
+def load_transformer_for(init: str, seed: int = 0) -> WanTransformer3DModel:
+    """A WanTransformer3DModel: a preset name (random init from `seed`) or pretrained weights (any layout)."""
+    if init in PRESETS:
+        torch.manual_seed(seed)
+        return WanTransformer3DModel(**get_transformer_config(init))
+    return load_transformer(init)
+
+
+def quiet_loading() -> None:
+    """Hide diffusers' and transformers' weight-loading progress bars (the sampling bars stay)."""
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -32,6 +32,12 @@ from torch import nn
 
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, CFGVelocity
+from pyramidal_wan.models.loading import (
+    load_diffusers_transformer,
+    load_safetensors,
+    load_transformer_for,
+)
+from pyramidal_wan.models.presets import read_config_json
 from pyramidal_wan.pyramid.config import PyramidConfig, stage_config_from_dict, stage_config_to_dict
 from pyramidal_wan.pyramid.geometry import check_factors, cumulative_factors
 from pyramidal_wan.pyramid.pyramid import default_clean_ends
@@ -462,8 +468,6 @@ class PPFTransformer(nn.Module):
 
         Missing, corrupt or mismatched files raise a one-line `CheckpointError`.
         """
-        from pyramidal_wan.models.loading import load_diffusers_transformer, load_safetensors
-
         folder = Path(folder)
         config = load_ppf_config(folder)
         layers_path = folder / PPF_LAYERS_NAME
@@ -494,8 +498,6 @@ class PPFTransformer(nn.Module):
 
 def load_ppf_config(folder: str | os.PathLike) -> PPFConfig:
     """The `PPFConfig` of a PPF model folder; a missing or invalid file raises a one-line CheckpointError."""
-    from pyramidal_wan.models.presets import read_config_json
-
     path = Path(folder) / PPF_CONFIG_NAME
     data = read_config_json(path, "a PPF model's ppf_config.json (PPFConfig fields)")
     try:
@@ -533,3 +535,10 @@ class StageGuidance(nn.Module):
         scale = torch.tensor(self.scales, dtype=torch.float32)[ppf_stage_of(sigma_b.cpu(), self.clean_ends)]
         guided = CFGVelocity(self.model, scale.to(x.device))
         return guided(x, sigma, encoder_hidden_states, negative_encoder_hidden_states, **kwargs)
+
+
+def load_ppf_or_wan(init: str, seed: int = 0):
+    """A PPF model folder as its `PPFTransformer` (per-stage kernels), anything else (a preset, a plain Wan
+    folder) as `load_transformer_for` loads it: the teacher and fake score of PPF-DMD (METHOD.md 9)."""
+    folder = find_ppf_folder(init)
+    return PPFTransformer.from_pretrained(folder) if folder is not None else load_transformer_for(init, seed)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pyramidal_wan.data.video import write_video
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.utils.video import write_video
 
 # Wan2.1's `sample_fps`.
 DEFAULT_FPS = 16.0

@@ -1,14 +1,14 @@
-"""Write toy-world clips to disk in the training data format: a folder of MP4s plus `captions.jsonl`.
+"""Write toy-world clips to disk in the training data format (`pyramidal_wan.data.dataset`).
 
 Layout of `out_dir`:
 
-    000000.mp4, 000001.mp4, ...   uint8 RGB clips (lossless H.264, see `pyramidal_wan.data.video`)
+    000000.mp4, 000001.mp4, ...   uint8 RGB clips (lossless H.264, see `pyramidal_wan.utils.video`)
     captions.jsonl                one JSON object per line: {"video": "000000.mp4", "caption": "...",
                                   "seed": S, "index": i, "split": "train", "scene": Scene.to_dict()}
     dataset.json                  how the clips were made (seed, split, world, fps), checked on resume
 
-Real-video datasets use the same layout with only the "video" and "caption" keys required. Clip i is
-`seeded_scene(seed, i, split, world)`, so a rerun skips the clips already written and reproduces the rest.
+Clip i is `seeded_scene(seed, i, split, world)`, so a rerun skips the clips already written and reproduces
+the rest.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pyramidal_wan.data.video import write_video
+from pyramidal_wan.data.dataset import CAPTIONS_FILE
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.toy.world import DEFAULT_WORLD, SPLITS, WorldConfig, seeded_scene
 from pyramidal_wan.utils.io import atomic_path, write_json
+from pyramidal_wan.utils.video import write_video
 
-CAPTIONS_FILE = "captions.jsonl"
 MANIFEST_FILE = "dataset.json"
 
 
@@ -93,22 +93,3 @@ def make_dataset(
     with atomic_path(captions_path) as tmp:
         tmp.write_text("".join(json.dumps(record) + "\n" for record in records))
     return captions_path
-
-
-def read_records(out_dir: str | Path) -> list[dict]:
-    """The records of a dataset folder's `captions.jsonl`, checking each has "video" and "caption" keys."""
-    path = Path(out_dir) / CAPTIONS_FILE
-    if not path.is_file():
-        raise InputError(f"no {CAPTIONS_FILE} in {out_dir}; make one with `pyramidal-wan toy make-dataset`")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{number} is not JSON ({err.msg})") from err
-        if not isinstance(record, dict) or not {"video", "caption"} <= record.keys():
-            raise InputError(f"{path}:{number} needs the keys 'video' and 'caption'")
-        records.append(record)
-    return records

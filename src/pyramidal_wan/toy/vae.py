@@ -32,10 +32,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from pyramidal_wan.data.video import to_pixel_tensor
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.toy.world import Scene, WorldConfig, eval_prompts, seeded_scene
 from pyramidal_wan.utils.io import atomic_path, write_json
+from pyramidal_wan.utils.video import to_pixel_tensor
 
 LATENT_CHANNELS = 16
 TEMPORAL_FACTOR = 4

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
+from pyramidal_wan.models.loading import load_transformer_for
+from pyramidal_wan.models.ppf import load_ppf_or_wan
 from pyramidal_wan.pyramid import (
     PLAIN_SEGMENT,
     Pyramid,
@@ -64,9 +66,9 @@ from pyramidal_wan.pyramid.distillation import (
 )
 from pyramidal_wan.pyramid.geometry import parse_schedule
 from pyramidal_wan.training.config import Config
-from pyramidal_wan.training.networks import load_transformer_for, student_network
+from pyramidal_wan.training.networks import student_network
 from pyramidal_wan.training.objectives import Objective
-from pyramidal_wan.training.ppf import check_ppf_init, load_ppf_or_wan, objective_ppf_config, ppf_network
+from pyramidal_wan.training.ppf import check_ppf_init, objective_ppf_config, ppf_network
 
 STUDENT_INPUTS = ("data", "backward")
 PT_FORMS = ("eps", "x0")  # DMD-PT's w_Q: closed-form eps route (gamma_1) or x0 route (1 / D)

@@ -1,4 +1,7 @@
-"""Building the networks objectives train or read: presets, pretrained folders, frozen copies, LoRA."""
+"""The networks objectives train or read, from a run's model settings: the student, frozen copies, LoRA.
+
+Loading a transformer (a preset or a folder) is `models.loading`'s; this module decides what a run trains.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +10,10 @@ import copy
 import torch
 
 from pyramidal_wan.models.denoiser import WanVelocity
+from pyramidal_wan.models.loading import load_transformer_for
 
 # LoRA targets (METHOD.md 7.2): attention projections of both attention layers and the FFN.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
-
-
-def load_transformer_for(init: str, seed: int = 0):
-    """A WanTransformer3DModel: a preset name (random init from `seed`) or pretrained weights (any layout)."""
-    from diffusers import WanTransformer3DModel
-
-    from pyramidal_wan.models.loading import load_transformer
-    from pyramidal_wan.models.presets import PRESETS, get_transformer_config
-
-    if init in PRESETS:
-        torch.manual_seed(seed)
-        return WanTransformer3DModel(**get_transformer_config(init))
-    return load_transformer(init)
 
 
 def frozen(model: torch.nn.Module) -> torch.nn.Module:

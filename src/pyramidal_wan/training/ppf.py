@@ -19,10 +19,15 @@ import torch
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.denoiser import WanVelocity
-from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer, find_ppf_folder, load_ppf_config
+from pyramidal_wan.models.ppf import (
+    PPFConfig,
+    PPFTransformer,
+    find_ppf_folder,
+    load_ppf_config,
+    load_ppf_or_wan,
+)
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, ppf_stage_of, randn
 from pyramidal_wan.training.config import Config, ObjectiveConfig
-from pyramidal_wan.training.networks import load_transformer_for
 from pyramidal_wan.training.objectives import Objective, split_evenly
 
 
@@ -54,13 +59,6 @@ def check_ppf_init(model_config, ppf_config: PPFConfig) -> None:
         raise InputError(
             f"{init} is a resolution-pyramid model; PPF starts from a PPF model folder or a plain Wan model"
         )
-
-
-def load_ppf_or_wan(init: str, seed: int = 0):
-    """A PPF model folder as its `PPFTransformer` (per-stage kernels), anything else (a preset, a plain Wan
-    folder) as `load_transformer_for` loads it: the teacher and fake score of PPF-DMD (METHOD.md 9)."""
-    folder = find_ppf_folder(init)
-    return PPFTransformer.from_pretrained(folder) if folder is not None else load_transformer_for(init, seed)
 
 
 def ppf_network(model_config, ppf_config: PPFConfig, seed: int) -> WanVelocity:

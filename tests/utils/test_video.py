@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pyramidal_wan.data.video import read_video, to_pixel_tensor, to_uint8_frames, write_video
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.toy.world import seeded_scene
+from pyramidal_wan.utils.video import read_video, to_pixel_tensor, to_uint8_frames, write_video
 
 
 @pytest.fixture(scope="module")
