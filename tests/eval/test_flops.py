@@ -6,12 +6,12 @@ import math
 import pytest
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.cli.generate import plan_flops
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import (
     analytic_forward_flops,
     default_cfg,
     num_tokens,
+    plan_flops,
     ppf_forward_flops,
     ppf_schedule_flops,
     schedule_flops,

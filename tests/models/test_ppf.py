@@ -28,7 +28,7 @@ from pyramidal_wan.models.ppf import (
     rope_tables,
 )
 from pyramidal_wan.models.presets import get_transformer_config
-from pyramidal_wan.pyramid import get_ppf_grid, ppf_stage_of, stage_geometry
+from pyramidal_wan.pyramid import get_ppf_grid, parse_schedule, ppf_stage_of, stage_geometry
 
 TINY = {**get_transformer_config("toy-wan"), "num_layers": 2}
 LATENT = (16, 5, 16, 16)  # (C, T, H, W): a 17x64x64 toy video
@@ -198,7 +198,7 @@ def test_stage_boundaries_go_to_the_stage_whose_noisy_end_they_are():
     # float32 timestep 1000 sigma (what WanVelocity hands the transformer).
     ppf = PPFTransformer(tiny_transformer())
     for sampler, schedule in (("multistep", "20-20-10"), ("fewstep", "2-2-1"), ("multistep", "3-3-3")):
-        for stage_steps in get_ppf_grid(clean_ends, schedule, sampler, shift=2.0):
+        for stage_steps in get_ppf_grid(clean_ends, parse_schedule(schedule, 3), sampler, shift=2.0):
             evaluated = stage_steps.sigmas[:-1] if sampler == "multistep" else stage_steps.sigmas
             sigmas = torch.tensor(evaluated, dtype=torch.float32)
             assert ppf_stage_of(sigmas, clean_ends).eq(stage_steps.segment.stage).all()

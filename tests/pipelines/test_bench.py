@@ -7,8 +7,7 @@ from pipeline_helpers import build_pipeline, build_ppf_pipeline
 
 from pyramidal_wan.cli import build_parser, main
 from pyramidal_wan.cli.bench import build_random_pipeline, build_text_stack, compute_bench, format_bench
-from pyramidal_wan.cli.generate import plan_flops
-from pyramidal_wan.eval.flops import ppf_schedule_flops
+from pyramidal_wan.eval.flops import plan_flops, ppf_schedule_flops
 from pyramidal_wan.pyramid import PyramidConfig
 
 SMALL = ["--num-frames", "17", "--height", "64", "--width", "64", "--forward-repeats", "1"]

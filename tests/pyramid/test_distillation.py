@@ -166,7 +166,7 @@ def test_gradient_dtype_shape_floor_and_nan(pyramid):
 
 
 def test_data_noised_input_lands_on_the_grid_level(pyramid):
-    grid = get_fewstep_grid(pyramid, "2-2-1")
+    grid = get_fewstep_grid(pyramid, (2, 2, 1))
     x0_full, noise_full, _, _ = stage_tensors(pyramid, 0)
     for n, k in grid_points(grid):
         seg, sigma = grid[n].segment, grid[n].sigmas[k]
@@ -182,7 +182,7 @@ def test_data_noised_input_lands_on_the_grid_level(pyramid):
 
 
 def test_grid_point_helpers(pyramid):
-    grid = get_fewstep_grid(pyramid, "2-2-1")
+    grid = get_fewstep_grid(pyramid, (2, 2, 1))
     assert grid_points(grid) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
     assert next_sigma(grid, 0, 0) == grid[0].sigmas[1]
     assert next_sigma(grid, 1, 1) == pyramid.segments[1].sigma_c
@@ -194,7 +194,7 @@ def test_grid_point_helpers(pyramid):
 
 def test_simulated_input_is_the_samplers_state(pyramid):
     """Backward simulation stops where the few-step sampler would evaluate (n, k), with the same noise."""
-    grid = get_fewstep_grid(pyramid, "2-2-1")
+    grid = get_fewstep_grid(pyramid, (2, 2, 1))
 
     def model(x, sigma):  # a fixed, input-dependent velocity
         return 0.5 * x + sigma.view(-1, 1, 1, 1, 1)

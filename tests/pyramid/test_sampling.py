@@ -12,6 +12,7 @@ from pyramidal_wan.pyramid import (
     Pyramid,
     get_fewstep_grid,
     get_multistep_grid,
+    parse_schedule,
     sample_euler,
     sample_pyramid_euler,
     sample_pyramid_few_step,
@@ -78,7 +79,7 @@ def test_gaussian_exact_denoiser_multistep_recovers_the_data_covariance(wavelet)
     mean, cov = exponential_covariance(SHAPE[1:], mean=0.3)
     p = Pyramid.build(3, wavelet=wavelet)
 
-    grid = get_multistep_grid(p, "100-100-100")
+    grid = get_multistep_grid(p, (100, 100, 100))
     pyr = sample_pyramid_euler(
         StageOracle(p, mean, cov),
         start_noise(p, grid, n, 0, torch.float32),
@@ -87,7 +88,7 @@ def test_gaussian_exact_denoiser_multistep_recovers_the_data_covariance(wavelet)
         disable=True,
         generator=torch.Generator().manual_seed(1),
     )
-    plain_grid = get_multistep_grid(p, "0-0-150")
+    plain_grid = get_multistep_grid(p, (0, 0, 150))
     plain = sample_pyramid_euler(
         StageOracle(p, mean, cov, plain=True),
         start_noise(p, plain_grid, n, 2, torch.float32),
@@ -121,8 +122,8 @@ def test_point_mass_data_is_reached_exactly(wavelet, schedule):
     oracle = StageOracle(p, target.reshape(-1), torch.zeros(80, 80, dtype=torch.float64), plain=plain)
     g = torch.Generator().manual_seed(4)
     for grid, sampler in (
-        (get_multistep_grid(p, schedule), sample_pyramid_euler),
-        (get_fewstep_grid(p, schedule), sample_pyramid_few_step),
+        (get_multistep_grid(p, parse_schedule(schedule, 3)), sample_pyramid_euler),
+        (get_fewstep_grid(p, parse_schedule(schedule, 3)), sample_pyramid_few_step),
     ):
         x = start_noise(p, grid, 2, 5)
         out = sampler(oracle, x, p, grid, disable=True, generator=g)
@@ -131,7 +132,7 @@ def test_point_mass_data_is_reached_exactly(wavelet, schedule):
 
 def test_single_stage_pyramid_is_plain_euler():
     p1 = Pyramid.build(1)
-    grid = get_multistep_grid(p1, "12")
+    grid = get_multistep_grid(p1, (12,))
     assert len(grid) == 1 and grid[0].sigmas[0] == 1.0 and grid[0].sigmas[-1] == 0.0
 
     def model(x, sigma):
@@ -148,7 +149,7 @@ def test_single_stage_pyramid_is_plain_euler():
 
 def test_multistep_grid_values():
     p = Pyramid.build(3)
-    grid = get_multistep_grid(p, "20-20-10")
+    grid = get_multistep_grid(p, (20, 20, 10))
     assert [g.segment.stage for g in grid] == [2, 1, 0]
     assert [g.num_steps - 1 for g in grid] == [20, 20, 10]
     for g in grid:
@@ -157,24 +158,24 @@ def test_multistep_grid_values():
         )
     steps = [g.sigmas[0] - g.sigmas[1] for g in grid]
     assert steps == pytest.approx([0.0167, 0.0258, 0.0586], abs=1e-4)  # METHOD.md 5.3
-    plain = get_multistep_grid(p, "0-0-50")
+    plain = get_multistep_grid(p, (0, 0, 50))
     assert plain[0].segment == PLAIN_SEGMENT and plain[0].sigmas[0] == 1.0 and plain[0].sigmas[-1] == 0.0
     assert plain[0].sigmas[1] == pytest.approx(3 * 0.98 / (1 + 2 * 0.98))  # shift 3
 
 
 def test_fewstep_grid_values():
     p = Pyramid.build(3)
-    sigmas = [s for g in get_fewstep_grid(p, "2-2-1") for s in g.sigmas]
+    sigmas = [s for g in get_fewstep_grid(p, (2, 2, 1)) for s in g.sigmas]
     assert sigmas == pytest.approx([1.0, 0.833333, 0.849779, 0.591556, 0.585786], abs=1e-6)  # METHOD.md 6.2
-    assert get_fewstep_grid(p, "0-0-2")[0].sigmas == (1.0, 0.5)
+    assert get_fewstep_grid(p, (0, 0, 2))[0].sigmas == (1.0, 0.5)
     with pytest.raises(ValueError, match="must start at 1"):
-        get_fewstep_grid(p, "2-2-1", rhos=[[1.0, 0.5], [0.5, 0.25], [1.0]])
+        get_fewstep_grid(p, (2, 2, 1), rhos=[[1.0, 0.5], [0.5, 0.25], [1.0]])
 
 
 def test_callbacks_report_stage_and_denoised():
     p = Pyramid.build(3)
     seen = []
-    grid = get_multistep_grid(p, "2-2-1")
+    grid = get_multistep_grid(p, (2, 2, 1))
     x = torch.randn(1, 1, 2, 1, 1, generator=torch.Generator().manual_seed(0))
     sample_pyramid_euler(
         lambda x, s: -x,

@@ -15,7 +15,7 @@ from pyramidal_wan.models.loading import load_transformer
 from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
-from pyramidal_wan.pipelines.pipeline_pyramidal_wan import resolve_sampling
+from pyramidal_wan.pipelines.planning import resolve_sampling
 from pyramidal_wan.pyramid import (
     PLAIN_SEGMENT,
     get_fewstep_grid,
@@ -103,7 +103,7 @@ def test_each_method_trains_and_exports_a_few_step_model(tiny_cache, tmp_path, f
     steps = (0, 0, 2) if method == "dmd" else (2, 2, 1)
     assert resolve_sampling(pyramid_config) == (steps, "fewstep", 1.0)
     pyramid = pyramid_config.pyramid()
-    grid = get_fewstep_grid(pyramid, pyramid_config.default_schedule)
+    grid = get_fewstep_grid(pyramid, steps)
     model = WanVelocity(load_transformer(out / "model" / "transformer")).eval()
     batch = tiny_batch(tiny_cache)
     noise = torch.randn(
@@ -391,7 +391,7 @@ def test_ppf_dmd_runs_the_plain_process_at_full_resolution(tiny_cache, tmp_path,
     assert isinstance(objective.teacher.transformer, WanTransformer3DModel)  # the unmodified base
     assert isinstance(objective.nets["critic"].transformer, WanTransformer3DModel)  # fake score from it
     clean_ends = PPFConfig().clean_ends
-    assert objective.grid == get_ppf_grid(clean_ends, "2-2-1", "fewstep")
+    assert objective.grid == get_ppf_grid(clean_ends, (2, 2, 1), "fewstep")
     batch = tiny_batch(tiny_cache)
     x0, embeds = batch["latents"][0], batch["prompt_embeds"]
     for n, k in grid_points(objective.grid):

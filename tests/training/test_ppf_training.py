@@ -11,7 +11,7 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import PYRAMID_CONFIG_NAME
 from pyramidal_wan.models.ppf import PPF_LAYERS_NAME, PPFConfig, PPFTransformer
 from pyramidal_wan.pipelines import PyramidalWanPipeline
-from pyramidal_wan.pipelines.pipeline_pyramidal_wan import plan_sampling
+from pyramidal_wan.pipelines.planning import plan_sampling
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, ppf_stage_of
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.training.config import load_config

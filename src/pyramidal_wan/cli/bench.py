@@ -43,16 +43,16 @@ from typing import Any
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
-from pyramidal_wan.cli.generate import plan_flops, resolve_device, resolve_dtype
+from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg
+from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, plan_flops
 from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
 from pyramidal_wan.models.presets import count_parameters, get_transformer_config
-from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, is_baseline_schedule, parse_schedule
 from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
@@ -221,10 +221,9 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
     stages = stage_latencies(pipe, full, text_len, args.forward_repeats)
 
-    def ours(schedule: str, sampler: str, guidance_scale: float) -> Callable[[], object]:
-        sampling = {"schedule": schedule, "sampler": sampler, "guidance_scale": guidance_scale}
+    def ours(plan: SamplingPlan) -> Callable[[], object]:
         return lambda: pipe(
-            PROMPT, **size, **sampling, generator=torch.Generator().manual_seed(0), output_type="latent"
+            PROMPT, plan=plan, generator=torch.Generator().manual_seed(0), output_type="latent"
         )
 
     wan = WanPipeline(
@@ -250,16 +249,20 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
 
     # Untimed warm-up of every code path and shape: CFG and no-CFG calls at every stage, and WanPipeline.
     ones = "-".join(["1"] * num_stages)
-    for warm_up in (ours(ones, "multistep", args.guidance_scale), ours(ones, "fewstep", 1.0), theirs):
+    warm_ups = [
+        pipe.check_inputs(PROMPT, None, **size, schedule=ones, sampler=sampler, guidance_scale=scale)
+        for sampler, scale in (("multistep", args.guidance_scale), ("fewstep", 1.0))
+    ]
+    for warm_up in (*(ours(plan) for plan in warm_ups), theirs):
         warm_up()
-    calls = {row["schedule"]: ours(row["schedule"], row["sampler"], row["guidance_scale"]) for row in rows}
+    calls = {row["schedule"]: ours(row["plan"]) for row in rows}
     seconds: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(args.repeats):  # rounds, so that every schedule sees the same machine load
         for name, call in calls.items():
             seconds[name].append(time_seconds(call, device))
     # The 0-0-N pair alternates, and its ratio is the median of per-pair ratios: a shared machine's load
     # drifts, and each pair sees nearly the same load.
-    ours_wan = ours(wan_schedule, "multistep", args.guidance_scale)
+    ours_wan = ours(wan_plan)
     pairs = [(time_seconds(ours_wan, device), time_seconds(theirs, device)) for _ in range(args.wan_repeats)]
 
     latents = torch.randn((1, channels, *full.geometry[0].latent), generator=torch.Generator().manual_seed(0))

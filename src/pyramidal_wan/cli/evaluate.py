@@ -92,11 +92,11 @@ def _setup(args, models, schedules):
 
     from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
     from pyramidal_wan.models.loading import quiet_loading
-    from pyramidal_wan.pipelines import PyramidalWanPipeline
+    from pyramidal_wan.pipelines import plan_from_folder
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     # Validate every model x schedule before generating anything.
-    plans = {(m, s): PyramidalWanPipeline.plan_from_folder(m, schedule=s) for m in models for s in schedules}
+    plans = {(m, s): plan_from_folder(m, schedule=s) for m in models for s in schedules}
     state = PartialState(cpu=device.type == "cpu")
     if device.type == "cuda":
         device = state.device  # each process its own GPU
@@ -118,7 +118,7 @@ def _load(model, device, dtype):
 
 
 def _tflops(pipe, plan) -> float:
-    from pyramidal_wan.cli.generate import plan_flops
+    from pyramidal_wan.eval.flops import plan_flops
 
     ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None  # a PPF model's own kernels
     text_len = pipe.default_max_sequence_length()
@@ -143,9 +143,7 @@ class TimedGenerator:
             self.timer.start()
             frames = self.pipe(
                 captions,
-                schedule=self.plan.schedule,
-                sampler=self.plan.sampler,
-                guidance_scale=self.plan.stage_guidance or self.plan.guidance_scale,
+                plan=self.plan,
                 output_type="np",
                 generator=[torch.Generator().manual_seed(s) for s in seeds],
                 callback=self.timer.callback,

@@ -20,7 +20,7 @@ from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.models.text import folder_max_sequence_length
-from pyramidal_wan.pipelines.pipeline_pyramidal_wan import video_settings
+from pyramidal_wan.pipelines.planning import video_settings
 from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
 

@@ -9,23 +9,19 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.eval.flops import ppf_schedule_flops, schedule_flops
+from pyramidal_wan.eval.flops import plan_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.lora import load_loras, parse_lora_spec
-from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
-from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video
+from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video, plan_from_folder
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
 from pyramidal_wan.pipelines.parallel import MODES, check_context_parallel, enable_context_parallel
-from pyramidal_wan.pyramid import is_baseline_schedule
 from pyramidal_wan.pyramid.config import SAMPLERS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -146,30 +142,6 @@ def describe_guidance(plan: SamplingPlan) -> str:
     return f"CFG {plan.guidance_scale:g}" if plan.guidance_scale > 1 else "no CFG"
 
 
-def plan_flops(
-    transformer_config: Mapping[str, Any],
-    plan: SamplingPlan,
-    text_len: int,
-    ppf_config: PPFConfig | None = None,
-) -> dict[str, Any]:
-    """Transformer FLOPs of one video sampled by `plan` (eval.flops on the meta device; CFG doubles).
-
-    A patch-pyramid plan counts the PPF stage forwards on the full-resolution latent, with `ppf_config`'s
-    kernels (default: the plan's stage count with (2, 2, 2) factors); per-stage guidance doubles only the
-    stages with w > 1.
-    """
-    steps_by_stage = plan.steps[::-1][: len(plan.geometry)]  # stage 0 first; a plain run has one stage
-    config = get_transformer_config(dict(transformer_config))
-    shapes = [(config["in_channels"], *g.latent) for g in plan.geometry]
-    cfg = plan.guidance_scale > 1.0
-    if plan.stage_guidance is not None:
-        cfg = [w > 1.0 for w in plan.stage_guidance[::-1]]  # by stage index, 0 = full resolution
-    if plan.kind == "patch" and not is_baseline_schedule(plan.steps):
-        ppf_config = PPFConfig(num_stages=len(plan.geometry)) if ppf_config is None else ppf_config
-        return ppf_schedule_flops(config, shapes[0], steps_by_stage, cfg, ppf_config, text_len)
-    return schedule_flops(config, shapes, steps_by_stage, cfg, text_len)
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of `pyramidal-wan generate`."""
     out = Path(args.out)
@@ -183,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.model) if args.model is not None else bundled_model_path()
     loras = [parse_lora_spec(spec) for spec in args.lora]
     guidance_scale = parse_guidance_scale(args.guidance_scale)
-    sampling = {"schedule": args.schedule, "sampler": args.sampler, "guidance_scale": guidance_scale}
-    # Every setting is checked against the folder's configs before any weights are loaded.
-    plan = PyramidalWanPipeline.plan_from_folder(folder, args.num_frames, args.height, args.width, **sampling)
+    # Every setting is checked against the folder's configs before any weights are loaded; the pipeline
+    # samples this plan.
+    plan = plan_from_folder(
+        folder, args.num_frames, args.height, args.width, args.schedule, args.sampler, guidance_scale
+    )
     num_frames, height, width = plan.geometry[0].pixel
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.context_parallel is not None:
@@ -215,10 +189,7 @@ def run(args: argparse.Namespace) -> int:
     video = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
-        num_frames=num_frames,
-        height=height,
-        width=width,
-        **sampling,
+        plan=plan,
         generator=torch.Generator().manual_seed(args.seed),
     ).frames[0]
     seconds = time.perf_counter() - started

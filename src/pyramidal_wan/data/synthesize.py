@@ -133,14 +133,14 @@ def resolve_manifest(teacher: Path, prompts: list[str], settings: SynthesisSetti
     """
     import hashlib
 
-    from pyramidal_wan.pipelines import PyramidalWanPipeline
+    from pyramidal_wan.pipelines import plan_from_folder
 
     if not teacher.is_dir():
         raise CheckpointError(
             f"--teacher {teacher} is not a folder; give a diffusers Wan pipeline folder (model_index.json, "
             "transformer/, vae/, text_encoder/, tokenizer/)"
         )
-    plan = PyramidalWanPipeline.plan_from_folder(
+    plan = plan_from_folder(
         teacher,
         settings.num_frames,
         settings.height,
@@ -244,7 +244,7 @@ def process_state():
 
 def _sample_videos(teacher: Path, jobs: list[dict], out: Path, resolved: dict, state, progress) -> None:
     """Load the teacher on this process's device and write each job's video, one sampling call per video."""
-    from pyramidal_wan.pipelines import PyramidalWanPipeline, to_uint8_video
+    from pyramidal_wan.pipelines import PyramidalWanPipeline, plan_from_folder, to_uint8_video
 
     dtype = getattr(torch, resolved["dtype"])  # the VAE stays float32, as Wan runs it
     pipe = PyramidalWanPipeline.from_pretrained(
@@ -252,6 +252,7 @@ def _sample_videos(teacher: Path, jobs: list[dict], out: Path, resolved: dict, s
     ).to(state.device)
     pipe.set_progress_bar_config(disable=True)
     sampling = {k: resolved[k] for k in ("num_frames", "height", "width", "schedule", "sampler")}
+    plan = plan_from_folder(teacher, **sampling, guidance_scale=resolved["guidance_scale"])  # once for all
     # The main process shows its share; the others run at the same pace.
     bar = tqdm(
         total=len(jobs),
@@ -264,9 +265,8 @@ def _sample_videos(teacher: Path, jobs: list[dict], out: Path, resolved: dict, s
         frames = pipe(
             job["caption"],
             negative_prompt=resolved["negative_prompt"],
-            guidance_scale=resolved["guidance_scale"],
+            plan=plan,
             generator=torch.Generator().manual_seed(job["seed"]),
-            **sampling,
         ).frames[0]
         write_video(out / job["video"], to_uint8_video(frames), fps=resolved["fps"], crf=resolved["crf"])
         bar.update(1)

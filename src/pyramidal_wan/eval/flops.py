@@ -21,6 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer, ppf_num_tokens
 from pyramidal_wan.models.presets import build_on_meta, get_transformer_config
+from pyramidal_wan.pipelines.planning import SamplingPlan
+from pyramidal_wan.pyramid import is_baseline_schedule
 
 # A schedule whose stages all take at most this many steps is a few-step (distilled) schedule: the paper
 # counts those without CFG (2-2-1 = 5 forwards = 282 TFLOPs) and multi-step schedules with it.
@@ -243,3 +245,27 @@ def _schedule_totals(forwards, steps_per_stage: Sequence[int], cfg) -> dict[str,
         "total_flops": total,
         "total_tflops": total / TERA,
     }
+
+
+def plan_flops(
+    transformer_config: Mapping[str, Any],
+    plan: SamplingPlan,
+    text_len: int,
+    ppf_config: PPFConfig | None = None,
+) -> dict[str, Any]:
+    """Transformer FLOPs of one video sampled by `plan` (on the meta device; CFG doubles).
+
+    A patch-pyramid plan counts the PPF stage forwards on the full-resolution latent, with `ppf_config`'s
+    kernels (default: the plan's stage count with (2, 2, 2) factors); per-stage guidance doubles only the
+    stages with w > 1.
+    """
+    steps_by_stage = plan.steps[::-1][: len(plan.geometry)]  # stage 0 first; a plain run has one stage
+    config = get_transformer_config(dict(transformer_config))
+    shapes = [(config["in_channels"], *g.latent) for g in plan.geometry]
+    cfg = plan.guidance_scale > 1.0
+    if plan.stage_guidance is not None:
+        cfg = [w > 1.0 for w in plan.stage_guidance[::-1]]  # by stage index, 0 = full resolution
+    if plan.kind == "patch" and not is_baseline_schedule(plan.steps):
+        ppf_config = PPFConfig(num_stages=len(plan.geometry)) if ppf_config is None else ppf_config
+        return ppf_schedule_flops(config, shapes[0], steps_by_stage, cfg, ppf_config, text_len)
+    return schedule_flops(config, shapes, steps_by_stage, cfg, text_len)

@@ -63,9 +63,7 @@ def sample_stage_ends(pipe, prompt: str, plan, seed: int = 0) -> tuple[dict[int,
 
     final = pipe(
         prompt,
-        schedule=plan.schedule,
-        sampler=plan.sampler,
-        guidance_scale=plan.stage_guidance or plan.guidance_scale,
+        plan=plan,
         output_type="latent",
         generator=torch.Generator().manual_seed(seed),
         callback=keep_last,

@@ -14,10 +14,8 @@ paper's size, divisible for three stages) and Wan2.1's `sample_neg_prompt`. The 
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     WanTransformer3DModel,
 )
-from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
@@ -43,26 +40,28 @@ from pyramidal_wan.models.checkpoint import (
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
-from pyramidal_wan.models.presets import get_transformer_config, read_config_json
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
+from pyramidal_wan.pipelines.planning import (
+    WAN21_SIZE,
+    SamplingPlan,
+    plan_from_folder,
+    plan_sampling,
+    resolve_sampling,
+)
 from pyramidal_wan.pyramid import (
     Pyramid,
     PyramidConfig,
-    StageGeometry,
     get_fewstep_grid,
     get_multistep_grid,
     get_ppf_grid,
     is_baseline_schedule,
-    parse_schedule,
     randn,
     sample_ppf_euler,
     sample_ppf_few_step,
     sample_pyramid_euler,
     sample_pyramid_few_step,
-    stage_geometry,
 )
-from pyramidal_wan.pyramid.config import SAMPLERS
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
 
 # Wan2.1's default negative prompt (`sample_neg_prompt` in the Wan2.1 repo's wan/configs/shared_config.py).
@@ -71,140 +70,12 @@ WAN21_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-# The paper's video size (frames, height, width): Wan2.1's 81 frames at 448x832, divisible for 3 stages.
-WAN21_SIZE = (81, 448, 832)
 # Pipeline settings kept in model_index.json (see the module docstring).
 PIPELINE_SETTINGS = ("default_num_frames", "default_height", "default_width", "default_negative_prompt")
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 
-@dataclass(frozen=True)
-class SamplingPlan:
-    """What one call samples, resolved from the arguments and the checkpoint's `PyramidConfig`."""
-
-    steps: tuple[int, ...]  # steps per stage, lowest resolution first
-    sampler: str  # "multistep" or "fewstep"
-    guidance_scale: float  # standard CFG w; 1 = no guidance (the largest stage scale with stage_guidance)
-    geometry: tuple[StageGeometry, ...]  # stage sizes, index 0 = full resolution (one stage for 0-...-0-N)
-    kind: str = "resolution"  # the model's pyramid kind: "resolution" or "patch" (PPF, METHOD.md 9)
-    stage_guidance: tuple[float, ...] | None = None  # PPF: one CFG w per stage, lowest resolution first
-
-    @property
-    def schedule(self) -> str:
-        return "-".join(str(n) for n in self.steps)
-
-    @property
-    def noise_latent(self) -> tuple[int, int, int]:
-        """(T, H, W) of the start noise: the lowest stage's, or full resolution for PPF and 0-...-0-N."""
-        return self.geometry[0 if self.kind == "patch" else -1].latent
-
-
-def resolve_stage_guidance(pyramid_config: PyramidConfig, scales) -> tuple[float, ...]:
-    """Per-stage CFG scales (lowest resolution first) of a patch-pyramid model (METHOD.md 9)."""
-    if pyramid_config.kind != "patch":
-        raise InputError(
-            "one guidance scale per stage needs a patch-pyramid (PPF) model; pass a single guidance_scale"
-        )
-    scales = tuple(float(w) for w in scales)
-    if len(scales) != pyramid_config.num_stages or not all(w >= 1.0 for w in scales):
-        raise InputError(
-            f"guidance scales {scales} must be {pyramid_config.num_stages} values >= 1, lowest resolution "
-            "first"
-        )
-    return scales
-
-
-def resolve_sampling(
-    pyramid_config: PyramidConfig,
-    schedule=None,
-    sampler: str | None = None,
-    guidance_scale: float | None = None,
-) -> tuple[tuple[int, ...], str, float]:
-    """Steps per stage, sampler and CFG scale of a call: the arguments, else the checkpoint's defaults.
-
-    Few-step sampling runs without CFG unless `guidance_scale` is passed; multi-step defaults to the
-    checkpoint's `guidance_scale`.
-    """
-    sampler = pyramid_config.sampler if sampler is None else sampler
-    if sampler not in SAMPLERS:
-        raise InputError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    schedule = pyramid_config.default_schedule if schedule is None else schedule
-    steps = parse_schedule(schedule, pyramid_config.num_stages)
-    if guidance_scale is None:
-        guidance_scale = pyramid_config.guidance_scale if sampler == "multistep" else 1.0
-    if not guidance_scale >= 1.0:
-        raise InputError(f"guidance_scale {guidance_scale} must be >= 1 (1 disables CFG)")
-    return steps, sampler, float(guidance_scale)
-
-
-def plan_sampling(
-    pyramid_config: PyramidConfig,
-    num_frames: int,
-    height: int,
-    width: int,
-    schedule=None,
-    sampler: str | None = None,
-    guidance_scale: float | tuple[float, ...] | None = None,
-    vae_scale_temporal: int = 4,
-    vae_scale_spatial: int = 8,
-    patch_size: tuple[int, int, int] = (1, 2, 2),
-) -> SamplingPlan:
-    """Check a video size and sampling settings against a model's configs (no weights needed).
-
-    Plain sampling (0-...-0-N) needs only the full-resolution geometry, so e.g. 480x832 stays valid there;
-    a pyramidal schedule needs every stage to divide cleanly (for PPF, into every stage's patch kernel: the
-    same conditions, METHOD.md 1.4). Raises one-line `InputError`s.
-    """
-    stage_guidance = None
-    if isinstance(guidance_scale, (tuple, list)):
-        stage_guidance = resolve_stage_guidance(pyramid_config, guidance_scale)
-        guidance_scale = max(stage_guidance)  # decides whether the negative prompt is needed
-    steps, sampler, guidance_scale = resolve_sampling(pyramid_config, schedule, sampler, guidance_scale)
-    plain = is_baseline_schedule(steps)
-    if plain and stage_guidance is not None:
-        raise InputError(f"schedule {'-'.join(map(str, steps))} has one stage; pass a single guidance_scale")
-    geometry = stage_geometry(
-        num_frames,
-        height,
-        width,
-        num_stages=1 if plain else pyramid_config.num_stages,
-        factors=None if plain else pyramid_config.factors,
-        vae_scale_temporal=vae_scale_temporal,
-        vae_scale_spatial=vae_scale_spatial,
-        patch_size=patch_size,
-    )
-    return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry), pyramid_config.kind, stage_guidance)
-
-
-def video_settings(
-    folder: str | os.PathLike | None = None,
-    num_frames: int | None = None,
-    height: int | None = None,
-    width: int | None = None,
-) -> dict[str, int]:
-    """Video size and VAE compression factors of a saved pipeline folder, read from its JSON configs without
-    loading weights (`None` sizes take its model_index.json defaults), or of Wan2.1 when `folder` is None
-    (81x448x832, the AutoencoderKLWan defaults). Returns the keywords of `plan_sampling` and
-    `stage_geometry`: num_frames, height, width, vae_scale_temporal, vae_scale_spatial."""
-    index, vae = {}, {}
-    if folder is not None:
-        index = read_model_index(Path(folder))
-        vae = read_config_json(Path(folder) / "vae" / "config.json", "the AutoencoderKLWan config.json")
-    vae_defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
-    defaults = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
-    settings = {
-        name: value if value is not None else index.get(f"default_{name}", defaults[name])
-        for name, value in (("num_frames", num_frames), ("height", height), ("width", width))
-    }
-    for key, name in (
-        ("vae_scale_temporal", "scale_factor_temporal"),
-        ("vae_scale_spatial", "scale_factor_spatial"),
-    ):
-        settings[key] = vae.get(name, vae_defaults[name].default)
-    return settings
-
-
-class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
+class PyramidalWanPipeline(DiffusionPipeline):
     r"""
     Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
 
@@ -348,37 +219,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         else:
             save_pyramid_config(save_directory, self.pyramid_config)
 
-    @classmethod
-    def plan_from_folder(
-        cls,
-        folder: str | os.PathLike,
-        num_frames: int | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        schedule=None,
-        sampler: str | None = None,
-        guidance_scale: float | tuple[float, ...] | None = None,
-    ) -> SamplingPlan:
-        r"""
-        Check a call's size and sampling settings against a saved folder's configs, without loading weights.
-
-        Args:
-            folder (`str` or `os.PathLike`): a pipeline folder (as for `from_pretrained`).
-            num_frames, height, width, schedule, sampler, guidance_scale: as in
-                [`~PyramidalWanPipeline.__call__`]; `None` takes the folder's defaults.
-
-        Returns:
-            [`SamplingPlan`]: what `__call__` would sample (the size is `plan.geometry[0].pixel`).
-        """
-        video = video_settings(folder, num_frames, height, width)
-        return plan_sampling(
-            pyramid_config_or_plain(folder),
-            schedule=schedule,
-            sampler=sampler,
-            guidance_scale=guidance_scale,
-            patch_size=get_transformer_config(folder)["patch_size"],
-            **video,
-        )
+    # A saved folder's plan, from its JSON configs only (`planning.plan_from_folder`).
+    plan_from_folder = staticmethod(plan_from_folder)
 
     # Inputs ------------------------------------------------------------------------------------------
 
@@ -404,6 +246,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "np",
+        plan: SamplingPlan | None = None,
     ) -> SamplingPlan:
         r"""
         Check every argument before any model work; raise a one-line `InputError` naming the problem and fix.
@@ -412,20 +255,26 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             (as in [`~PyramidalWanPipeline.__call__`], with the size already resolved)
 
         Returns:
-            [`SamplingPlan`]: the resolved steps, sampler, guidance scale and stage geometry.
+            [`SamplingPlan`]: `plan` when given (checked against this model), else the one planned here.
         """
-        plan = plan_sampling(
-            self.pyramid_config,
-            num_frames,
-            height,
-            width,
-            schedule,
-            sampler,
-            guidance_scale,
-            vae_scale_temporal=self.vae_scale_factor_temporal,
-            vae_scale_spatial=self.vae_scale_factor_spatial,
-            patch_size=tuple(self.transformer.config.patch_size),
-        )
+        if plan is None:
+            plan = plan_sampling(
+                self.pyramid_config,
+                num_frames,
+                height,
+                width,
+                schedule,
+                sampler,
+                guidance_scale,
+                vae_scale_temporal=self.vae_scale_factor_temporal,
+                vae_scale_spatial=self.vae_scale_factor_spatial,
+                patch_size=tuple(self.transformer.config.patch_size),
+            )
+        elif plan.kind != self.pyramid_config.kind or len(plan.steps) != self.pyramid_config.num_stages:
+            raise InputError(
+                f"the plan ({plan.kind}, schedule {plan.schedule}) was made for another model; plan with "
+                "this model's pyramid_config (plan_sampling or plan_from_folder)"
+            )
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type {output_type!r} must be one of {', '.join(OUTPUT_TYPES)}")
         batch_size = self._check_prompts(
@@ -630,6 +479,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         max_sequence_length: int | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
+        plan: SamplingPlan | None = None,
     ) -> WanPipelineOutput | tuple:
         r"""
         Generate videos from text, sampling through the model's resolution pyramid.
@@ -677,11 +527,21 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 `denoised`).
             attention_kwargs (`dict`, *optional*):
                 Passed to the transformer's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
+            plan ([`SamplingPlan`], *optional*):
+                A plan made beforehand (`plan_from_folder`, `plan_sampling`): it replaces the size,
+                `schedule`, `sampler` and `guidance_scale` arguments, which must then be left unset.
 
         Returns:
             [`WanPipelineOutput`] or `tuple`: the videos in `.frames` (or the first element of the tuple).
         """
         # 1. Check inputs. Raise error if not correct
+        if plan is not None:
+            given = {"num_frames": num_frames, "height": height, "width": width, "schedule": schedule}
+            given.update(sampler=sampler, guidance_scale=guidance_scale)
+            if any(v is not None for v in given.values()):
+                names = ", ".join(k for k, v in given.items() if v is not None)
+                raise InputError(f"pass either a plan or {names}: the plan already fixes them")
+            num_frames, height, width = plan.geometry[0].pixel
         num_frames = self.config.default_num_frames if num_frames is None else num_frames
         height = self.config.default_height if height is None else height
         width = self.config.default_width if width is None else width
@@ -700,6 +560,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             prompt_embeds,
             negative_prompt_embeds,
             output_type,
+            plan,
         )
 
         # 2. Define call parameters

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import trange
 
-from pyramidal_wan.pyramid.geometry import is_baseline_schedule, parse_schedule
+from pyramidal_wan.pyramid.geometry import is_baseline_schedule
 from pyramidal_wan.pyramid.noise import randn
 from pyramidal_wan.pyramid.pyramid import PLAIN_SEGMENT, Pyramid, Segment
 
@@ -41,14 +41,23 @@ def shift_levels(r: float, shift: float) -> float:
     return shift * r / (1.0 + (shift - 1.0) * r)
 
 
+def _stage_steps(steps, num_stages: int) -> tuple[int, ...]:
+    """Parsed steps per stage (`geometry.parse_schedule`), one per stage: grids never parse text."""
+    steps = tuple(steps)
+    if len(steps) != num_stages or not all(isinstance(n, int) for n in steps):
+        raise ValueError(f"expected {num_stages} parsed step counts (parse_schedule), got {steps!r}")
+    return steps
+
+
 def get_multistep_grid(
-    pyramid: Pyramid, schedule, shift: float = 1.0, baseline_shift: float = BASELINE_SHIFT
+    pyramid: Pyramid, steps: tuple[int, ...], shift: float = 1.0, baseline_shift: float = BASELINE_SHIFT
 ) -> tuple[StageSteps, ...]:
     """Euler grids per stage: rho_k = phi_s(1 - k/n), k = 0..n, so the last step lands on sigma_c.
 
-    "0-...-0-N" is the plain baseline: one full-resolution segment [0, 1] with shift `baseline_shift`.
+    `steps` are parsed steps per stage, lowest resolution first; (0, ..., 0, N) is the plain baseline: one
+    full-resolution segment [0, 1] with shift `baseline_shift`.
     """
-    steps = parse_schedule(schedule, pyramid.num_stages)
+    steps = _stage_steps(steps, pyramid.num_stages)
     if is_baseline_schedule(steps):
         n = steps[-1]
         sigmas = tuple(shift_levels(1 - k / n, baseline_shift) for k in range(n + 1))
@@ -60,13 +69,13 @@ def get_multistep_grid(
     return tuple(grid)
 
 
-def get_fewstep_grid(pyramid: Pyramid, schedule, rhos=None) -> tuple[StageSteps, ...]:
+def get_fewstep_grid(pyramid: Pyramid, steps: tuple[int, ...], rhos=None) -> tuple[StageSteps, ...]:
     """Few-step grids: stage i evaluates at rho = 1 - k/n_i, k = 0..n_i-1 (METHOD.md 6.2, 6.3).
 
-    `rhos` optionally gives explicit rho lists per stage, lowest resolution first. "0-...-0-N" is the
-    plain baseline: sigma = 1 - k/N on the full-resolution segment [0, 1].
+    `steps` are parsed steps per stage; `rhos` optionally gives explicit rho lists per stage, lowest
+    resolution first. (0, ..., 0, N) is the plain baseline: sigma = 1 - k/N on the segment [0, 1].
     """
-    steps = parse_schedule(schedule, pyramid.num_stages)
+    steps = _stage_steps(steps, pyramid.num_stages)
     if rhos is not None:
         _check_rhos(rhos, steps)
     if is_baseline_schedule(steps):
@@ -103,7 +112,11 @@ def ppf_stage_of(sigma, clean_ends) -> torch.Tensor:
 
 
 def get_ppf_grid(
-    clean_ends, schedule, sampler: str = "multistep", shift: float = 1.0, baseline_shift=BASELINE_SHIFT
+    clean_ends,
+    steps: tuple[int, ...],
+    sampler: str = "multistep",
+    shift: float = 1.0,
+    baseline_shift=BASELINE_SHIFT,
 ) -> tuple[StageSteps, ...]:
     """Grids of the patch pyramid (METHOD.md 9): plain sigma levels over each PPF stage interval.
 
@@ -113,7 +126,7 @@ def get_ppf_grid(
     the resolution pyramid.
     """
     segments = get_ppf_segments(clean_ends)
-    steps = parse_schedule(schedule, len(segments))
+    steps = _stage_steps(steps, len(segments))
     if is_baseline_schedule(steps):
         plain = Pyramid.build(len(segments))  # the baseline grid uses no stage boundaries
         if sampler == "fewstep":

@@ -235,7 +235,7 @@ class FewStepObjective(Objective):
 
     def get_grid(self) -> tuple[StageSteps, ...]:
         """The student's few-step grid (METHOD.md 6.2; the 0-...-0-N baseline is one plain segment)."""
-        return get_fewstep_grid(self.pyramid, self.cfg.schedule)
+        return get_fewstep_grid(self.pyramid, parse_schedule(self.cfg.schedule, self.pyramid.num_stages))
 
     def build_student(self, config: Config) -> WanVelocity:
         return student_network(config.model, config.train.seed)
@@ -483,7 +483,9 @@ class PPFDMD(DistributionMatching):
         check_ppf_init(config.model, objective_ppf_config(config.objective))
 
     def get_grid(self) -> tuple[StageSteps, ...]:
-        return get_ppf_grid(objective_ppf_config(self.cfg).clean_ends, self.cfg.schedule, "fewstep")
+        ppf_config = objective_ppf_config(self.cfg)
+        steps = parse_schedule(self.cfg.schedule, ppf_config.num_stages)
+        return get_ppf_grid(ppf_config.clean_ends, steps, "fewstep")
 
     def build_student(self, config: Config) -> WanVelocity:
         return ppf_network(config.model, objective_ppf_config(config.objective), config.train.seed)
