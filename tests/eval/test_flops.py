@@ -18,9 +18,10 @@ from pyramidal_wan.eval.flops import (
     transformer_forward_flop_breakdown,
     transformer_forward_flops,
 )
-from pyramidal_wan.models.ppf import PPFConfig, ppf_num_tokens, ppf_token_grids
+from pyramidal_wan.models.ppf import ppf_num_tokens, ppf_token_grids
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 
 # Latents of the default 3-stage pyramid at 81x448x832 (METHOD.md §1.2), index 0 = full resolution.
@@ -197,7 +198,7 @@ def patch_layer_excess(preset, latent_thw, stage) -> int:
     config = get_transformer_config(preset)
     d = config["num_attention_heads"] * config["attention_head_dim"]
     patch = math.prod(config["patch_size"])
-    kernels = PPFConfig().kernels(stage, config["patch_size"])
+    kernels = PyramidConfig(kind="patch").kernels(stage, config["patch_size"])
     grids = ppf_token_grids(latent_thw, kernels)
     rest, first = kernels
     return sum(
@@ -223,7 +224,7 @@ def test_ppf_flops_are_the_resolution_pyramids_plus_the_patch_layers(preset, sha
     for stage, shape in enumerate(shapes):
         ppf = ppf_forward_flops(preset, shapes[0], stage, text_len=text_len)
         resolution = transformer_forward_flops(preset, shape, text_len=text_len)
-        kernels = PPFConfig().kernels(stage, config["patch_size"])
+        kernels = PyramidConfig(kind="patch").kernels(stage, config["patch_size"])
         assert ppf_num_tokens(shapes[0][1:], kernels) == num_tokens(config, shape)
         assert ppf - resolution == patch_layer_excess(preset, shapes[0][1:], stage)
         if preset == "wan2.1-1.3b":

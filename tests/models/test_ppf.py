@@ -19,7 +19,6 @@ from pyramidal_wan.models.denoiser import WanVelocity
 from pyramidal_wan.models.ppf import (
     PPF_CONFIG_NAME,
     PPF_LAYERS_NAME,
-    PPFConfig,
     PPFTransformer,
     StageGuidance,
     find_ppf_folder,
@@ -28,7 +27,7 @@ from pyramidal_wan.models.ppf import (
     rope_tables,
 )
 from pyramidal_wan.models.presets import get_transformer_config
-from pyramidal_wan.pyramid import get_ppf_grid, parse_schedule, ppf_stage_of, stage_geometry
+from pyramidal_wan.pyramid import PyramidConfig, get_ppf_grid, parse_schedule, ppf_stage_of, stage_geometry
 
 TINY = {**get_transformer_config("toy-wan"), "num_layers": 2}
 LATENT = (16, 5, 16, 16)  # (C, T, H, W): a 17x64x64 toy video
@@ -88,7 +87,7 @@ class FixedRope(torch.nn.Module):
 def test_rope_tables_at_integer_positions_equal_diffusers(head_dim):
     # METHOD.md 1.1: 44 / 42 / 42 channels per 128-channel head; 12 / 10 / 10 for the toy's 32.
     latent = (21, 56, 104)
-    kernels = PPFConfig().kernels(0)
+    kernels = PyramidConfig(kind="patch").kernels(0)
     cos, sin = rope_tables(ppf_positions(latent, kernels, (1, 2, 2)), head_dim)
     theirs = WanRotaryPosEmbed(head_dim, (1, 2, 2), 1024)(torch.empty(1, 16, *latent))
     assert torch.equal(cos, theirs[0]) and torch.equal(sin, theirs[1])  # bit for bit
@@ -96,7 +95,7 @@ def test_rope_tables_at_integer_positions_equal_diffusers(head_dim):
 
 def test_positions_are_the_centres_of_the_covered_fine_tokens():
     # Stage 2 of 81x448x832: kernels (4, 8, 8) / (1, 8, 8), token grid 6x7x13 (METHOD.md 9 table).
-    kernels = PPFConfig().kernels(2)
+    kernels = PyramidConfig(kind="patch").kernels(2)
     assert kernels == ((4, 8, 8), (1, 8, 8))
     positions = ppf_positions((21, 56, 104), kernels, (1, 2, 2))
     assert positions.shape == (6 * 7 * 13, 3)
@@ -109,7 +108,7 @@ def test_positions_are_the_centres_of_the_covered_fine_tokens():
 
 
 def test_token_counts_equal_the_resolution_pyramid():
-    config = PPFConfig()
+    config = PyramidConfig(kind="patch")
     geometry = stage_geometry(81, 448, 832)
     for stage, g in enumerate(geometry):
         assert ppf_num_tokens((21, 56, 104), config.kernels(stage)) == g.num_tokens
@@ -131,7 +130,7 @@ def test_stage_zero_is_the_original_model():
 def test_init_identity_with_grid_positions(stage):
     """At init, stage i == upsample(original(avg_pool(x))) exactly up to float rounding (METHOD.md 9)."""
     base = tiny_transformer()
-    ppf = PPFTransformer(base, PPFConfig(rope_positions="grid"))
+    ppf = PPFTransformer(base, PyramidConfig(kind="patch", rope_positions="grid"))
     kernels = ppf.stage_kernels[stage]
     x, text = inputs()
     t = timesteps(stage)
@@ -166,7 +165,7 @@ def test_init_identity_with_centre_positions(stage):
 
 def test_stage_one_with_a_spatial_only_transition():
     # factors (1, 2, 2) then (2, 2, 2): stage 1 keeps every frame (k_t = 1), stage 2 pools time by 2.
-    config = PPFConfig(factors=((1, 2, 2), (2, 2, 2)), rope_positions="grid")
+    config = PyramidConfig(kind="patch", factors=((1, 2, 2), (2, 2, 2)), rope_positions="grid")
     base = tiny_transformer()
     ppf = PPFTransformer(base, config)
     assert ppf.stage_kernels[1:] == (((1, 4, 4), (1, 4, 4)), ((2, 8, 8), (1, 8, 8)))
@@ -207,7 +206,7 @@ def test_stage_boundaries_go_to_the_stage_whose_noisy_end_they_are():
 
 def test_the_stage_embedding_starts_at_zero_and_changes_only_its_stage():
     base = tiny_transformer()
-    ppf = PPFTransformer(base, PPFConfig(stage_embedding=True))
+    ppf = PPFTransformer(base, PyramidConfig(kind="patch", stage_embedding=True))
     x, text = inputs()
     with torch.no_grad():
         before = {s: ppf(x, timesteps(s), text, return_dict=False)[0] for s in (0, 1)}
@@ -254,7 +253,9 @@ def test_stage_guidance_uses_each_stage_scale():
 
 
 def test_save_and_load_round_trip(tmp_path):
-    ppf = PPFTransformer(tiny_transformer(), PPFConfig(clean_ends=(0.3, 0.7), stage_embedding=True))
+    ppf = PPFTransformer(
+        tiny_transformer(), PyramidConfig(kind="patch", clean_ends=(0.3, 0.7), stage_embedding=True)
+    )
     with torch.no_grad():  # trained-looking layers, so a load that re-initialised them would show
         for p in ppf.parameters():
             if not p.is_floating_point():
@@ -264,7 +265,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert {PPF_CONFIG_NAME, PPF_LAYERS_NAME, "config.json"} <= {p.name for p in (tmp_path / "ppf").iterdir()}
     assert find_ppf_folder(tmp_path / "ppf") == tmp_path / "ppf"
     loaded = PPFTransformer.from_pretrained(tmp_path / "ppf")
-    assert loaded.ppf_config == ppf.ppf_config
+    assert loaded.pyramid_config == ppf.pyramid_config
     x, text = inputs(batch=3)
     t = torch.tensor([900.0, 500.0, 100.0])
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), ppf.state_dict().values()))
@@ -307,9 +308,9 @@ def test_broken_folders_raise_one_line_checkpoint_errors(tmp_path, name, content
 
 def test_invalid_settings_and_sizes_raise_input_errors():
     with pytest.raises(InputError, match="2 clean-end levels"):
-        PPFConfig(clean_ends=(0.5,))
+        PyramidConfig(kind="patch", clean_ends=(0.5,))
     with pytest.raises(InputError, match="increase strictly"):
-        PPFConfig(clean_ends=(0.6, 0.4))
+        PyramidConfig(kind="patch", clean_ends=(0.6, 0.4))
     ppf = PPFTransformer(tiny_transformer())
     x, text = inputs(latent=(16, 5, 12, 16))  # 12 rows: not divisible by stage 2's 8
     with pytest.raises(InputError, match="not divisible by the PPF kernel 8x8"):
@@ -320,7 +321,9 @@ def test_invalid_settings_and_sizes_raise_input_errors():
 
 
 def test_kernels_follow_the_cumulative_factors():
-    config = PPFConfig(num_stages=4, factors=((2, 2, 2), (1, 2, 2), (2, 1, 2)), clean_ends=(0.25, 0.5, 0.75))
+    config = PyramidConfig(
+        kind="patch", num_stages=4, factors=((2, 2, 2), (1, 2, 2), (2, 1, 2)), clean_ends=(0.25, 0.5, 0.75)
+    )
     assert [config.kernels(i) for i in range(4)] == [
         ((1, 2, 2), (1, 2, 2)),
         ((2, 4, 4), (1, 4, 4)),

@@ -7,7 +7,7 @@ latents (toy VAE: 4x time, 4x space), and three (2, 2, 2) stages to 320 / 48 / 8
 import torch
 from diffusers import WanTransformer3DModel
 
-from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
+from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pyramid import PyramidConfig
@@ -41,11 +41,11 @@ def build_components(seed: int = 0) -> dict:
 
 def build_ppf_pipeline(seed: int = 0, **sampling) -> PyramidalWanPipeline:
     """`build_pipeline` as a patch-pyramid (PPF) model: the transformer in freshly initialised stage patch
-    layers (METHOD.md 9, default 3 stages), sampled with `PPFConfig().pyramid_config(**sampling)`."""
-    config = PPFConfig()
+    layers (METHOD.md 9, default 3 stages), sampled with `PyramidConfig(kind="patch", **sampling)`."""
+    config = PyramidConfig(kind="patch", **sampling)
     components = build_components(seed)
     components["transformer"] = PPFTransformer(components["transformer"], config)
-    return build_pipeline(config.pyramid_config(**sampling), seed, components)
+    return build_pipeline(config, seed, components)
 
 
 def build_pipeline(

@@ -12,12 +12,13 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.denoiser import WanVelocity
 from pyramidal_wan.models.loading import load_transformer
-from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
+from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pipelines.planning import resolve_sampling
 from pyramidal_wan.pyramid import (
     PLAIN_SEGMENT,
+    PyramidConfig,
     get_fewstep_grid,
     get_ppf_grid,
     ppf_stage_of,
@@ -29,7 +30,8 @@ from pyramidal_wan.pyramid.distillation import grid_points
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.training import adversarial, distill
 from pyramidal_wan.training.config import load_config
-from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.methods import METHODS as REGISTRY
+from pyramidal_wan.training.methods import build_objective
 from pyramidal_wan.training.trainer import export_checkpoint, sample_batch, train
 
 METHODS = ("dmd", "dmd-ot", "dmd-pt", "dmd-pt-star", "adv-o", "adv-p")
@@ -43,8 +45,8 @@ def folders(tmp_path_factory):
     for seed, name in enumerate(("base", "pyramidal", "multires")):
         torch.manual_seed(seed)
         WanTransformer3DModel(**get_transformer_config("toy-wan")).save_pretrained(root / name)
-    ppf = PPFTransformer(WanTransformer3DModel.from_pretrained(root / "base"), PPFConfig())
-    assemble_toy_pipeline(root / "ppf", transformer=ppf, pyramid_config=ppf.ppf_config.pyramid_config())
+    ppf = PPFTransformer(WanTransformer3DModel.from_pretrained(root / "base"), PyramidConfig(kind="patch"))
+    assemble_toy_pipeline(root / "ppf", transformer=ppf, pyramid_config=ppf.pyramid_config)
     return root
 
 
@@ -58,7 +60,11 @@ def roles(method, folders):
         "adv-o": [f"model.init={folders / 'pyramidal'}", f"objective.teacher={folders / 'multires'}"],
         "adv-p": [f"model.init={folders / 'pyramidal'}"],
         # METHOD.md 9: the PPF student, the unmodified base as teacher (and fake score).
-        "ppf-dmd": [f"model.init={folders / 'ppf'}", f"objective.teacher={folders / 'base'}"],
+        "ppf-dmd": [
+            f"model.init={folders / 'ppf'}",
+            f"objective.teacher={folders / 'base'}",
+            "pyramid.kind=patch",
+        ],
     }[method]
 
 
@@ -74,8 +80,7 @@ def overrides(cache, out, method, folders, *extra):
         "data.text_dropout=0",
         f"objective.name={method}",
         "objective.critic_ratio=2",  # iterations 0 and 2 update the generator; every one the critic
-        "objective.head_channels=32",
-        "objective.rec_steps=2",
+        *(["objective.head_channels=32", "objective.rec_steps=2"] if method.startswith("adv") else []),
         *roles(method, folders),
         *extra,
     ]
@@ -235,7 +240,8 @@ def test_adversarial_steps_on_the_smallest_stage(tiny_cache, tmp_path, folders, 
         ("adv-p", ["objective.adv_blocks=[1, 4]"], r"adv_blocks \(1, 4\) must be distinct .* 0..3"),
         ("ppf-dmd", ["objective.schedule=0-0-2"], "ppf-dmd trains a pyramidal student"),
         ("ppf-dmd", ["model.lora_rank=4"], "lora_rank=0"),
-        ("ppf-dmd", ["objective.clean_ends=[0.3, 0.6]"], "match objective.num_stages / clean_ends"),
+        ("ppf-dmd", ["pyramid.clean_ends=[0.3, 0.6]"], "match pyramid.num_stages / clean_ends"),
+        ("ppf-dmd", ["objective.teacher=None"], "needs objective.teacher"),
         ("ppf-dmd", ["model.init={folders}/pyramidal-folder"], "resolution-pyramid model"),
         (
             "dmd-ot",
@@ -268,7 +274,7 @@ def test_student_folder_pyramid_must_match_the_objective(tiny_cache, tmp_path, f
     shutil.copytree(folders / "pyramidal", student)
     save_pyramid_config(student, PyramidConfig(clean_ends=(0.3, 0.6)))
     config = distill_config(tiny_cache, tmp_path / "x", "dmd-pt-star", folders, f"model.init={student}")
-    with pytest.raises(InputError, match=r"clean ends \[0.3, 0.6\].*objective.clean_ends"):
+    with pytest.raises(InputError, match=r"clean ends \[0.3, 0.6\].*pyramid.clean_ends"):
         build_objective(config)
     config = distill_config(
         tiny_cache,
@@ -276,7 +282,7 @@ def test_student_folder_pyramid_must_match_the_objective(tiny_cache, tmp_path, f
         "dmd-pt-star",
         folders,
         f"model.init={student}",
-        "objective.clean_ends=[0.3, 0.6]",
+        "pyramid.clean_ends=[0.3, 0.6]",
     )
     assert build_objective(config).pyramid.segments[1].sigma_c == 0.3
 
@@ -291,13 +297,11 @@ def test_shipped_configs_are_valid(monkeypatch):
     root = Path(__file__).resolve().parents[2] / "configs"
     paths = sorted(root.glob("*/distill-*.yaml"))
     assert {p.parent.name for p in paths} == {"toy", "wan2.1-1.3b"}
-    classes = {**distill.METHODS, **adversarial.METHODS}
     for path in paths:
         config = load_config(path)
         method = config.objective.name
         assert path.stem == f"distill-{method}", path
-        cls = classes[method]
-        cls.check(cls.__new__(cls), config)
+        REGISTRY[method].objective.check(config, REGISTRY[method])
         assert config.objective.critic_ratio == (1 if method.startswith("adv") else 5)
 
 
@@ -361,9 +365,9 @@ def test_two_cpu_processes_under_ddp(tiny_cache, tmp_path, folders, method):
 # PPF-DMD (METHOD.md 9) ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("teacher", ["base", "ppf"])
 def test_ppf_dmd_trains_and_exports_a_few_step_ppf_folder(tiny_cache, tmp_path, folders, teacher):
-    """Three iterations through the one distillation trainer; teacher the plain base (METHOD.md 9) or, unset,
-    the PPF folder itself. The exported folder samples 2-2-1 few-step with per-stage kernels, no flags."""
-    extra = ["objective.teacher=None"] if teacher == "ppf" else []
+    """Three iterations through the one distillation trainer; teacher the plain base (METHOD.md 9) or the PPF
+    folder itself. The exported folder samples 2-2-1 few-step with per-stage kernels, no flags."""
+    extra = [f"objective.teacher={folders / 'ppf'}"] if teacher == "ppf" else []
     out = train(distill_config(tiny_cache, tmp_path / teacher, "ppf-dmd", folders, *extra), progress=False)
     assert torch.load(out / "checkpoint" / "train_state.pt", weights_only=True)["step"] == 3
     generator = load_file(out / "checkpoint" / "generator.safetensors")
@@ -390,7 +394,7 @@ def test_ppf_dmd_runs_the_plain_process_at_full_resolution(tiny_cache, tmp_path,
     objective = build_objective(distill_config(tiny_cache, tmp_path / "p", "ppf-dmd", folders))
     assert isinstance(objective.teacher.transformer, WanTransformer3DModel)  # the unmodified base
     assert isinstance(objective.nets["critic"].transformer, WanTransformer3DModel)  # fake score from it
-    clean_ends = PPFConfig().clean_ends
+    clean_ends = PyramidConfig(kind="patch").clean_ends
     assert objective.grid == get_ppf_grid(clean_ends, (2, 2, 1), "fewstep")
     batch = tiny_batch(tiny_cache)
     x0, embeds = batch["latents"][0], batch["prompt_embeds"]
@@ -407,7 +411,7 @@ def test_ppf_dmd_runs_the_plain_process_at_full_resolution(tiny_cache, tmp_path,
         assert (ppf_stage_of(tau, clean_ends) == segment.stage).all()
         assert segment.sigma_c < tau.min() and tau.max() < segment.sigma_n
     ppf_taught = build_objective(
-        distill_config(tiny_cache, tmp_path / "q", "ppf-dmd", folders, "objective.teacher=None")
+        distill_config(tiny_cache, tmp_path / "q", "ppf-dmd", folders, f"objective.teacher={folders / 'ppf'}")
     )
     assert isinstance(ppf_taught.teacher.transformer, PPFTransformer)  # the PPF folder, its stage kernels
     assert isinstance(ppf_taught.nets["critic"].transformer, PPFTransformer)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pyramidal_wan.training.config import load_config
-from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.methods import build_objective
 
 # Toy latents 16x5x16x16 and its stages 16x3x8x8, 16x2x4x4: 320 / 48 / 8 tokens at patch (1, 2, 2).
 STAGE_SHAPES = [(16, 5, 16, 16), (16, 3, 8, 8), (16, 2, 4, 4)]

@@ -9,7 +9,7 @@ from helpers import record_sampling
 from pyramidal_wan.cli import main
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import PYRAMID_CONFIG_NAME
-from pyramidal_wan.models.ppf import PPF_LAYERS_NAME, PPFConfig, PPFTransformer
+from pyramidal_wan.models.ppf import PPF_LAYERS_NAME, PPFTransformer
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pipelines.planning import plan_sampling
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, ppf_stage_of
@@ -37,6 +37,7 @@ def overrides(cache, init, out, *extra):
         "train.threads=1",
         "train.ema=0.5",  # exported from the EMA copy, whose names pass through the PPF wrapper
         "objective.name=ppf-fm",
+        "pyramid.kind=patch",
         *extra,
     ]
 
@@ -122,15 +123,15 @@ def test_pipeline_round_trip_and_kind_checks(trained, tmp_path):
 def test_a_run_resumes_from_a_ppf_folder(trained):
     base, out = trained
     config = load_config(None, overrides("unused", out / "model", "unused"))
-    model = ppf_network(config.model, PPFConfig(), seed=0)
+    model = ppf_network(config.model, PyramidConfig(kind="patch"), seed=0)
     saved = PyramidalWanPipeline.from_pretrained(out / "model").ppf
     for name, tensor in saved.layers_state_dict().items():
         assert torch.equal(model.transformer.layers_state_dict()[name], tensor)
-    with pytest.raises(InputError, match="match objective.num_stages"):
-        ppf_network(config.model, PPFConfig(clean_ends=(0.3, 0.6)), seed=0)
+    with pytest.raises(InputError, match="match pyramid.num_stages"):
+        ppf_network(config.model, PyramidConfig(kind="patch", clean_ends=(0.3, 0.6)), seed=0)
     lora = load_config(None, overrides("unused", base, "unused", "model.lora_rank=4"))
     with pytest.raises(InputError, match="lora_rank=0"):
-        ppf_network(lora.model, PPFConfig(), seed=0)
+        ppf_network(lora.model, PyramidConfig(kind="patch"), seed=0)
 
 
 def test_training_sigmas_fill_each_stage_interval_equally():

@@ -134,7 +134,7 @@ def test_config_types_and_yaml(tmp_path):
     path.write_text("train:\n  lr: 3.0e-4\n  betas: [0.9, 0.95]\nobjective:\n  stages: [0, 1]\n")
     config = load_config(path, ["train.steps=7", "objective.clean_ends=[0.3, 0.6]", "model.pipeline=none"])
     assert config.train.lr == 3e-4 and config.train.betas == (0.9, 0.95) and config.train.steps == 7
-    assert config.objective.stages == (0, 1) and config.objective.clean_ends == (0.3, 0.6)
+    assert config.objective.stages == (0, 1) and config.pyramid.clean_ends == (0.3, 0.6)
     assert config.model.pipeline is None
 
 

@@ -50,7 +50,7 @@ from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latenc
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE
 from pyramidal_wan.models.loading import quiet_loading
-from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer
+from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import count_parameters, get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, is_baseline_schedule, parse_schedule
@@ -156,8 +156,8 @@ def build_random_pipeline(
         transformer = WanTransformer3DModel.from_config(config).eval()
     pyramid_config = PyramidConfig()
     if kind == "patch":
-        transformer = PPFTransformer(transformer, PPFConfig())
-        pyramid_config = transformer.ppf_config.pyramid_config()
+        transformer = PPFTransformer(transformer, PyramidConfig(kind="patch"))
+        pyramid_config = transformer.pyramid_config
     tokenizer, text_encoder = build_text_stack(config["text_dim"], seed)
     frames, height, width = BENCH_SIZE
     return PyramidalWanPipeline(
@@ -218,7 +218,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     full = pipe.check_inputs(PROMPT, None, **size, schedule="-".join(["1"] * num_stages), sampler="multistep")
     text_len = pipe.default_max_sequence_length()
     channels = pipe.transformer.config.in_channels
-    ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
+    ppf_config = pipe.ppf.pyramid_config if pipe.ppf is not None else None
     stages = stage_latencies(pipe, full, text_len, args.forward_repeats)
 
     def ours(plan: SamplingPlan) -> Callable[[], object]:

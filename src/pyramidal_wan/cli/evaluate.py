@@ -120,7 +120,7 @@ def _load(model, device, dtype):
 def _tflops(pipe, plan) -> float:
     from pyramidal_wan.eval.flops import plan_flops
 
-    ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None  # a PPF model's own kernels
+    ppf_config = pipe.ppf.pyramid_config if pipe.ppf is not None else None  # a PPF model's own kernels
     text_len = pipe.default_max_sequence_length()
     return plan_flops(pipe.transformer.config, plan, text_len, ppf_config)["total_tflops"]
 

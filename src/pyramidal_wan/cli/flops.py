@@ -17,11 +17,10 @@ from pathlib import Path
 
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, ppf_schedule_flops, schedule_flops
 from pyramidal_wan.models.checkpoint import load_pyramid_config
-from pyramidal_wan.models.ppf import PPFConfig
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.models.text import folder_max_sequence_length
 from pyramidal_wan.pipelines.planning import video_settings
-from pyramidal_wan.pyramid.config import KINDS
+from pyramidal_wan.pyramid.config import KINDS, PyramidConfig
 from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
 
 # Without --schedule: plain Wan with the paper's 50 steps, at every stage count.
@@ -104,7 +103,7 @@ def compute_report(args: argparse.Namespace) -> dict:
         by_stage = steps[::-1]  # schedule strings run lowest first; stage index 0 is full resolution
         cfg = default_cfg(steps) if args.cfg is None else args.cfg
         if kind == "patch":
-            ppf = PPFConfig(num_stages=args.stages)
+            ppf = PyramidConfig(num_stages=args.stages, kind="patch")
             result = ppf_schedule_flops(config, shapes[0], by_stage, cfg, ppf, text_len)
         else:
             result = schedule_flops(config, shapes, by_stage, cfg, text_len)

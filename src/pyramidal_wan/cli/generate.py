@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     written = export_video(video, out, fps=args.fps, gif=args.gif)
 
-    ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
+    ppf_config = pipe.ppf.pyramid_config if pipe.ppf is not None else None
     flops = plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length(), ppf_config)
     cfg = describe_guidance(plan)
     print(f"wrote {' and '.join(str(p) for p in written)}")

@@ -147,7 +147,8 @@ def run_synthesize(args) -> int:
 
 def run_prepare(args) -> int:
     from pyramidal_wan.data.cache import CacheSettings, derive_latent_cache, prepare_data
-    from pyramidal_wan.models.loading import load_pipeline_components
+    from pyramidal_wan.models.loading import load_pipeline_components, read_model_index
+    from pyramidal_wan.pipelines import WAN21_NEGATIVE_PROMPT
 
     if args.from_cache is not None:
         if args.construction != "latent":
@@ -172,6 +173,8 @@ def run_prepare(args) -> int:
         dtype=args.dtype,
     )
     parts = load_pipeline_components(args.model, components=("vae", "tokenizer", "text_encoder"))
+    # The model's negative prompt: the distillation teachers' unconditional text, as the model samples.
+    negative = read_model_index(args.model).get("default_negative_prompt", WAN21_NEGATIVE_PROMPT)
     manifest = prepare_data(
         args.data,
         args.out,
@@ -182,6 +185,7 @@ def run_prepare(args) -> int:
         shard_size=args.shard_size,
         batch_size=args.batch_size,
         limit=args.limit,
+        negative_prompt=negative,
     )
     cached = sum(s["count"] for s in manifest["shards"])
     print(

@@ -2,7 +2,9 @@
 
 Training never runs the VAE or the text encoder. A cache folder holds `manifest.json` (settings, shards,
 skipped videos), `shard-NNNNN.safetensors` files with `latents.{stage}` (N, C, T, H, W) and
-`prompt_embeds` (N, L, D), and `empty_prompt.safetensors` (the embedding used for text dropout / CFG).
+`prompt_embeds` (N, L, D), `empty_prompt.safetensors` (the embedding used for text dropout) and
+`negative_prompt.safetensors` (the model's negative prompt, its text in the file's metadata: the
+unconditional text of the distillation teachers' CFG, as the model samples with it).
 Shards are written atomically in dataset order, so an interrupted run resumes after its last shard.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -29,6 +32,7 @@ from pyramidal_wan.utils.video import read_video, to_pixel_tensor
 
 MANIFEST = "manifest.json"
 EMPTY_PROMPT = "empty_prompt.safetensors"
+NEGATIVE_PROMPT = "negative_prompt.safetensors"
 CONSTRUCTIONS = ("pixel", "latent")
 
 
@@ -102,6 +106,15 @@ def _read_manifest(out: Path) -> dict | None:
         ) from err
 
 
+def read_negative_prompt(folder: Path) -> tuple[torch.Tensor | None, str | None]:
+    """(embedding (L, D), text) of a cache's negative prompt, or (None, None) where it has none."""
+    path = Path(folder) / NEGATIVE_PROMPT
+    if not path.is_file():
+        return None, None
+    with safe_open(path, framework="pt") as f:
+        return f.get_tensor("prompt_embeds"), (f.metadata() or {}).get("text", "")
+
+
 def prepare_data(
     dataset: str | Path,
     out: str | Path,
@@ -113,11 +126,13 @@ def prepare_data(
     batch_size: int = 8,
     limit: int | None = None,
     progress: bool = True,
+    negative_prompt: str = "",
 ) -> dict:
     """Cache stage latents and prompt embeddings of a video dataset (MP4s + captions.jsonl); resumable.
 
-    Returns the manifest. Unreadable or too-short videos are skipped and listed in the manifest with the
-    reason; nothing is dropped silently.
+    `negative_prompt` is the model's (its pipeline's `default_negative_prompt`); a rerun on an older cache
+    adds its embedding. Returns the manifest. Unreadable or too-short videos are skipped and listed in the
+    manifest with the reason; nothing is dropped silently.
     """
     dataset, out = Path(dataset), Path(out)
     records = read_records(dataset)[:limit]
@@ -148,6 +163,10 @@ def prepare_data(
     if not (out / EMPTY_PROMPT).exists():
         with atomic_path(out / EMPTY_PROMPT) as tmp:
             save_file({"prompt_embeds": encode_prompts(tokenizer, text_encoder, [""])[0].to(dtype)}, tmp)
+    if read_negative_prompt(out)[1] != negative_prompt:
+        embeds = encode_prompts(tokenizer, text_encoder, [negative_prompt])[0].to(dtype)
+        with atomic_path(out / NEGATIVE_PROMPT) as tmp:
+            save_file({"prompt_embeds": embeds}, tmp, metadata={"text": negative_prompt})
 
     start = manifest["shards"][-1]["end"] if manifest["shards"] else 0
     bar = tqdm(total=len(records), initial=start, desc="prepare-data", unit="video", disable=not progress)
@@ -210,6 +229,8 @@ def derive_latent_cache(source: str | Path, out: str | Path) -> dict:
         with atomic_path(out / shard["file"]) as tmp:
             save_file(tensors, tmp)
     shutil.copy2(source / EMPTY_PROMPT, out / EMPTY_PROMPT)
+    if (source / NEGATIVE_PROMPT).is_file():
+        shutil.copy2(source / NEGATIVE_PROMPT, out / NEGATIVE_PROMPT)
     write_json(out / MANIFEST, derived)  # last: a folder with a manifest is complete
     return derived
 
@@ -267,6 +288,8 @@ class CachedLatents(torch.utils.data.Dataset):
         self.latents = [torch.cat([s[f"latents.{i}"] for s in shards]) for i in range(self.num_stages)]
         self.prompt_embeds = torch.cat([s["prompt_embeds"] for s in shards])
         self.empty_prompt = load_file(self.folder / EMPTY_PROMPT)["prompt_embeds"]
+        # (L, D) and its text, or (None, None) for a cache made before negative prompts were cached
+        self.negative_prompt, self.negative_prompt_text = read_negative_prompt(self.folder)
 
     def __len__(self) -> int:
         return len(self.prompt_embeds)

@@ -19,10 +19,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.models.ppf import PPFConfig, PPFTransformer, ppf_num_tokens
+from pyramidal_wan.models.ppf import PPFTransformer, ppf_num_tokens
 from pyramidal_wan.models.presets import build_on_meta, get_transformer_config
 from pyramidal_wan.pipelines.planning import SamplingPlan
-from pyramidal_wan.pyramid import is_baseline_schedule
+from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule
 
 # A schedule whose stages all take at most this many steps is a few-step (distilled) schedule: the paper
 # counts those without CFG (2-2-1 = 5 forwards = 282 TFLOPs) and multi-step schedules with it.
@@ -88,7 +88,7 @@ def _count_ppf_by_op(
     config_key: str, latent_shape: tuple[int, ...], text_len: int, stage: int, ppf_key: str
 ) -> tuple[tuple[str, int], ...]:
     config = json.loads(config_key)
-    ppf = PPFTransformer(_meta_model(config_key), PPFConfig.from_dict(json.loads(ppf_key)))
+    ppf = PPFTransformer(_meta_model(config_key), PyramidConfig.from_dict(json.loads(ppf_key)))
     latents = torch.empty((1, *latent_shape), device="meta")  # (B, C, T, H, W), full resolution
     text = torch.empty((1, text_len, config["text_dim"]), device="meta")  # (B, N_txt, text_dim)
     timestep = torch.empty((1,), device="meta")
@@ -125,13 +125,13 @@ def ppf_forward_flops(
     config: str | Mapping[str, Any],
     latent_shape_CTHW: Sequence[int],
     stage: int,
-    ppf_config: PPFConfig | None = None,
+    ppf_config: PyramidConfig | None = None,
     text_len: int = 512,
 ) -> int:
     """FLOPs of one batch-1 forward of stage `stage` of a PPF model on a full-resolution (C, T, H, W) latent
     (METHOD.md 9): the transformer blocks see the stage's token count, plus its patch layers."""
     config = get_transformer_config(config)
-    ppf_config = PPFConfig() if ppf_config is None else ppf_config
+    ppf_config = PyramidConfig(kind="patch") if ppf_config is None else ppf_config
     if text_len < 1:
         raise InputError(f"text length {text_len} must be at least 1")
     shape = check_latent_shape(config, latent_shape_CTHW)
@@ -189,14 +189,16 @@ def ppf_schedule_flops(
     latent_shape_CTHW: Sequence[int],
     steps_per_stage: Sequence[int],
     cfg: bool | Sequence[bool],
-    ppf_config: PPFConfig | None = None,
+    ppf_config: PyramidConfig | None = None,
     text_len: int = 512,
 ) -> dict[str, Any]:
     """Cost of a patch-pyramid schedule on a full-resolution latent: sum_i n_i FLOPs_PPF(i), doubled with
     CFG (METHOD.md 9, 10.1). `steps_per_stage` is indexed by stage (0 = full resolution); the result has
     the keys of `schedule_flops`, every stage's `latent` being the full-resolution one."""
     config = get_transformer_config(config)
-    ppf_config = PPFConfig(num_stages=len(steps_per_stage)) if ppf_config is None else ppf_config
+    ppf_config = (
+        PyramidConfig(num_stages=len(steps_per_stage), kind="patch") if ppf_config is None else ppf_config
+    )
     if ppf_config.num_stages != len(steps_per_stage):
         raise InputError(f"{len(steps_per_stage)} step counts for {ppf_config.num_stages} stages")
     _check_steps(steps_per_stage)
@@ -251,7 +253,7 @@ def plan_flops(
     transformer_config: Mapping[str, Any],
     plan: SamplingPlan,
     text_len: int,
-    ppf_config: PPFConfig | None = None,
+    ppf_config: PyramidConfig | None = None,
 ) -> dict[str, Any]:
     """Transformer FLOPs of one video sampled by `plan` (on the meta device; CFG doubles).
 
@@ -266,6 +268,8 @@ def plan_flops(
     if plan.stage_guidance is not None:
         cfg = [w > 1.0 for w in plan.stage_guidance[::-1]]  # by stage index, 0 = full resolution
     if plan.kind == "patch" and not is_baseline_schedule(plan.steps):
-        ppf_config = PPFConfig(num_stages=len(plan.geometry)) if ppf_config is None else ppf_config
+        ppf_config = (
+            PyramidConfig(num_stages=len(plan.geometry), kind="patch") if ppf_config is None else ppf_config
+        )
         return ppf_schedule_flops(config, shapes[0], steps_by_stage, cfg, ppf_config, text_len)
     return schedule_flops(config, shapes, steps_by_stage, cfg, text_len)

@@ -13,14 +13,14 @@ each sample's stage kernel from its sigma; training objectives and samplers need
 
 A PPF model folder is a diffusers transformer folder (config.json + weights of the base transformer, which
 `WanTransformer3DModel` and `WanPipeline` still load as a plain model) plus `ppf_layers.safetensors` (the
-stage >= 1 patch layers and the optional stage embedding) and `ppf_config.json` (the `PPFConfig`).
+stage >= 1 patch layers and the optional stage embedding) and `pyramid_config.json` (its `PyramidConfig`,
+kind "patch"; folders saved before have `ppf_config.json`, read as the same layout).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.checkpoint import PYRAMID_CONFIG_NAME
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, CFGVelocity
 from pyramidal_wan.models.loading import (
     load_diffusers_transformer,
@@ -38,87 +39,16 @@ from pyramidal_wan.models.loading import (
     load_transformer_for,
 )
 from pyramidal_wan.models.presets import read_config_json
-from pyramidal_wan.pyramid.config import PyramidConfig, stage_config_from_dict, stage_config_to_dict
-from pyramidal_wan.pyramid.geometry import check_factors, cumulative_factors
-from pyramidal_wan.pyramid.pyramid import default_clean_ends
-from pyramidal_wan.pyramid.sampling import get_ppf_segments, ppf_stage_of
+from pyramidal_wan.pyramid.config import Kernel, PyramidConfig
+from pyramidal_wan.pyramid.sampling import ppf_stage_of
 from pyramidal_wan.utils.io import atomic_path, write_json
 
-PPF_CONFIG_NAME = "ppf_config.json"
+# The PPF transformer folder's stage layout: a `PyramidConfig` of kind "patch", as the pipeline folder's.
+PPF_CONFIG_NAME = PYRAMID_CONFIG_NAME
+LEGACY_PPF_CONFIG_NAME = "ppf_config.json"  # folders saved before PyramidConfig described PPF too
 PPF_LAYERS_NAME = "ppf_layers.safetensors"
 # WanTransformer3DModel builds WanRotaryPosEmbed without a theta argument, so every Wan model uses 1e4.
 ROPE_THETA = 10000.0
-# "centre": a coarse token sits at the centre of the stage-0 tokens it covers (METHOD.md 9, the default);
-# "grid": the integer positions of the stage's own token grid, as the resolution pyramid uses (METHOD.md
-# 3.5), under which stage i at initialisation is exactly the original model on the average-pooled latent.
-ROPE_POSITIONS = ("centre", "grid")
-
-Kernel = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class PPFConfig:
-    """The stage layout of a patch-pyramid model (METHOD.md 9): stages, factors, boundaries, options."""
-
-    num_stages: int = 3  # S; stage 0 is the original patch (1, 2, 2)
-    factors: tuple[tuple[int, int, int], ...] | None = None  # (f_t, f_h, f_w) per transition; None: 2s
-    clean_ends: tuple[float, ...] | None = None  # sigma_c of stages 1..S-1; None = equal thirds
-    stage_embedding: bool = False  # a learned, zero-initialised per-stage offset of the timestep embedding
-    rope_positions: str = "centre"  # "centre" (METHOD.md 9) or "grid" (see ROPE_POSITIONS)
-
-    def __post_init__(self):
-        object.__setattr__(self, "factors", check_factors(self.factors, self.num_stages))
-        clean = self.clean_ends if self.clean_ends is not None else default_clean_ends(self.num_stages)
-        object.__setattr__(self, "clean_ends", tuple(float(c) for c in clean))
-        if len(self.clean_ends) != self.num_stages - 1:
-            raise InputError(
-                f"{self.num_stages} stages need {self.num_stages - 1} clean-end levels, got {self.clean_ends}"
-            )
-        try:
-            get_ppf_segments(self.clean_ends)
-        except ValueError as err:
-            raise InputError(str(err)) from None
-        if self.rope_positions not in ROPE_POSITIONS:
-            raise InputError(
-                f"unknown rope_positions {self.rope_positions!r}; choose one of {', '.join(ROPE_POSITIONS)}"
-            )
-
-    def kernels(self, stage: int, patch_size=(1, 2, 2)) -> tuple[Kernel, Kernel]:
-        """(kernel of frames >= 1, kernel of frame 0) of a stage: k = (Phi_t, p_h Phi_h, p_w Phi_w)."""
-        if not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage {stage} out of range 0..{self.num_stages - 1}")
-        p_t, p_h, p_w = patch_size
-        if p_t != 1:
-            raise InputError(
-                f"PPF needs a transformer with temporal patch 1 (Wan2.1), got patch {patch_size}"
-            )
-        phi_t, phi_h, phi_w = cumulative_factors(self.factors, stage)
-        return (phi_t, p_h * phi_h, p_w * phi_w), (1, p_h * phi_h, p_w * phi_w)
-
-    def matches(self, pyramid_config: PyramidConfig) -> bool:
-        """Whether a `PyramidConfig` describes these stages (the pipeline samples with its intervals)."""
-        return (pyramid_config.num_stages, pyramid_config.factors, pyramid_config.clean_ends) == (
-            self.num_stages,
-            self.factors,
-            self.clean_ends,
-        )
-
-    def pyramid_config(self, **sampling) -> PyramidConfig:
-        """The `pyramid_config.json` content a PPF model is sampled with (kind "patch")."""
-        return PyramidConfig(
-            num_stages=self.num_stages,
-            factors=self.factors,
-            clean_ends=self.clean_ends,
-            kind="patch",
-            **sampling,
-        )
-
-    def to_dict(self) -> dict:
-        return stage_config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PPFConfig:
-        return stage_config_from_dict(cls, d, "PPF config")
 
 
 # Geometry ----------------------------------------------------------------------------------------------
@@ -256,15 +186,17 @@ class PPFTransformer(nn.Module):
     # Kept in float32 under a bf16 / fp16 cast, as in the base (names match: "transformer.blocks.0.norm2").
     _keep_in_fp32_modules = WanTransformer3DModel._keep_in_fp32_modules
 
-    def __init__(self, transformer: WanTransformer3DModel, config: PPFConfig | None = None):
+    def __init__(self, transformer: WanTransformer3DModel, config: PyramidConfig | None = None):
         super().__init__()
-        config = PPFConfig() if config is None else config
+        config = PyramidConfig(kind="patch") if config is None else config
+        if config.kind != "patch":
+            raise InputError(f"a PPFTransformer needs a pyramid config of kind 'patch', got {config.kind!r}")
         if transformer.config.image_dim is not None:
             raise InputError(
                 "PPF supports text-to-video Wan transformers only (this one has an image branch)"
             )
         self.transformer = transformer
-        self.ppf_config = config
+        self.pyramid_config = config
         self.patch_size = tuple(transformer.config.patch_size)
         self.stage_kernels = tuple(config.kernels(i, self.patch_size) for i in range(config.num_stages))
         # Stage 0's kernel is the original one: it runs on the transformer's own layers (ModuleDicts are
@@ -307,14 +239,16 @@ class PPFTransformer(nn.Module):
 
     @property
     def num_stages(self) -> int:
-        return self.ppf_config.num_stages
+        return self.pyramid_config.num_stages
 
     def enable_gradient_checkpointing(self) -> None:
         self.transformer.enable_gradient_checkpointing()
 
     def stages_of(self, timestep: torch.Tensor) -> torch.Tensor:
         """The PPF stage of each sample's timestep 1000 sigma, (B,) long (see `ppf_stage_of`)."""
-        return ppf_stage_of(timestep.detach().to(torch.float64) / TIMESTEP_SCALE, self.ppf_config.clean_ends)
+        return ppf_stage_of(
+            timestep.detach().to(torch.float64) / TIMESTEP_SCALE, self.pyramid_config.clean_ends
+        )
 
     def match_base(self) -> PPFTransformer:
         """Move the PPF layers to the base transformer's device and dtype (after a pipeline `.to(...)`)."""
@@ -375,7 +309,7 @@ class PPFTransformer(nn.Module):
         latent_thw = hidden_states.shape[2:]
         kernels = self.stage_kernels[stage]
         positions = ppf_positions(
-            latent_thw, kernels, self.patch_size, self.ppf_config.rope_positions, hidden_states.device
+            latent_thw, kernels, self.patch_size, self.pyramid_config.rope_positions, hidden_states.device
         )
         rotary_emb = rope_tables(positions, base.config.attention_head_dim)  # (1, N, 1, head_dim) x 2
         tokens = self.patchify(hidden_states, stage)  # (B, N, d)
@@ -445,12 +379,13 @@ class PPFTransformer(nn.Module):
         }
 
     def save_layers(self, folder: str | os.PathLike) -> None:
-        """Write `ppf_layers.safetensors` and `ppf_config.json` into `folder` (each atomically)."""
+        """Write `ppf_layers.safetensors` and `pyramid_config.json` into `folder` (each atomically)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / PPF_LAYERS_NAME) as tmp:
             save_file(self.layers_state_dict(), tmp)
-        write_json(folder / PPF_CONFIG_NAME, self.ppf_config.to_dict())
+        write_json(folder / PPF_CONFIG_NAME, self.pyramid_config.to_dict())
+        (folder / LEGACY_PPF_CONFIG_NAME).unlink(missing_ok=True)
 
     def save_pretrained(self, folder: str | os.PathLike, **kwargs) -> None:
         """A PPF model folder: the base transformer (diffusers `save_pretrained`) plus the PPF layers."""
@@ -496,12 +431,16 @@ class PPFTransformer(nn.Module):
         return model
 
 
-def load_ppf_config(folder: str | os.PathLike) -> PPFConfig:
-    """The `PPFConfig` of a PPF model folder; a missing or invalid file raises a one-line CheckpointError."""
+def load_ppf_config(folder: str | os.PathLike) -> PyramidConfig:
+    """The patch-pyramid `PyramidConfig` of a PPF transformer folder (its `pyramid_config.json`, or the
+    `ppf_config.json` of an older folder, read as the same layout); a missing or invalid file raises a
+    one-line CheckpointError."""
     path = Path(folder) / PPF_CONFIG_NAME
-    data = read_config_json(path, "a PPF model's ppf_config.json (PPFConfig fields)")
+    if not path.is_file() and (Path(folder) / LEGACY_PPF_CONFIG_NAME).is_file():
+        path = Path(folder) / LEGACY_PPF_CONFIG_NAME
+    data = read_config_json(path, "a PPF model's pyramid_config.json (PyramidConfig fields, kind 'patch')")
     try:
-        return PPFConfig.from_dict(data)
+        return PyramidConfig.from_dict({"kind": "patch", **data}, "PPF config")
     except (InputError, TypeError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"{path}: invalid PPF config ({reason}); re-save the model") from None
@@ -512,7 +451,7 @@ def find_ppf_folder(path: str | os.PathLike) -> Path | None:
     None when `path` holds a plain model."""
     path = Path(path)
     for folder in (path / "transformer", path):
-        if (folder / PPF_CONFIG_NAME).is_file():
+        if (folder / PPF_LAYERS_NAME).is_file():
             return folder
     return None
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,10 @@ class PyramidalWanPipeline(DiffusionPipeline):
                 "pyramid_config kind 'patch' needs a PPFTransformer; wrap the transformer in PPFTransformer "
                 "or load a PPF model folder"
             )
-        if self.ppf is not None and not (patch and self.ppf.ppf_config.matches(self.pyramid_config)):
+        if self.ppf is not None and self.ppf.pyramid_config.layout() != self.pyramid_config.layout():
             raise InputError(
-                f"a PPFTransformer with {self.ppf.ppf_config} needs pyramid_config kind 'patch' with the "
-                "same stages, factors and clean_ends (PPFConfig.pyramid_config() builds one)"
+                f"a PPFTransformer with {self.ppf.pyramid_config} needs pyramid_config kind 'patch' with the "
+                "same layout (stages, factors, clean_ends, ...): pass its pyramid_config or .with_sampling()"
             )
 
     # Loading and saving ------------------------------------------------------------------------------
@@ -193,9 +194,16 @@ class PyramidalWanPipeline(DiffusionPipeline):
         )
         components = load_pipeline_components(folder, names, torch_dtype)
         if config.kind == "patch":  # the PPF layers are saved beside the base transformer's weights
-            components["transformer"] = PPFTransformer.from_pretrained(
+            ppf = PPFTransformer.from_pretrained(
                 folder / "transformer", transformer=components["transformer"]
             )
+            # The PPF-only fields come from the transformer's own file (older folders' pipeline-level
+            # pyramid_config.json does not have them).
+            saved = ppf.pyramid_config
+            config = replace(
+                config, stage_embedding=saved.stage_embedding, rope_positions=saved.rope_positions
+            )
+            components["transformer"] = ppf
         settings = {k: index[k] for k in PIPELINE_SETTINGS if k in index}
         return cls(**components, pyramid_config=config, **settings)
 

@@ -9,10 +9,20 @@ estimate is re-noised, METHOD.md 7.2). Grid points (n, k) index `grid[n].sigmas[
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
-from pyramidal_wan.pyramid.pyramid import Pyramid, Segment
-from pyramidal_wan.pyramid.sampling import StageSteps
+from pyramidal_wan.pyramid.geometry import is_baseline_schedule
+from pyramidal_wan.pyramid.pyramid import PLAIN_SEGMENT, Pyramid, Segment
+from pyramidal_wan.pyramid.sampling import (
+    StageSteps,
+    get_fewstep_grid,
+    get_ppf_grid,
+    sample_ppf_few_step,
+    sample_pyramid_few_step,
+)
 
 # Forms of the detail-band weight w_Q of the DMD gradient (METHOD.md 7.4 table).
 DETAIL_WEIGHTS = ("one", "eps", "x0")
@@ -164,3 +174,59 @@ def dmd_loss(x_hat: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """L_DMD = 0.5 mean((x_hat - sg(x_hat - g))^2) in float32, so dL/dx_hat = g / numel (METHOD.md 7.2)."""
     x = x_hat.float()
     return 0.5 * (x - (x - grad).detach()).square().mean()
+
+
+# Where a few-step student samples ------------------------------------------------------------------------
+STUDENT_PROCESSES = ("plain", "resolution", "patch")
+
+
+@dataclass(frozen=True)
+class StudentProcess:
+    """Plain Wan, the resolution pyramid or the patch pyramid, as the few-step objectives see it.
+
+    - `grid`: the student's few-step grid (METHOD.md 6.2), in sampling order;
+    - `segments[n]`: the forward-process segment at grid stage n: its data latent (cache stage `.stage`),
+      noisy end and x0 closed form. For the resolution pyramid and plain Wan this is the grid's own
+      segment; the patch pyramid stays at full resolution on the plain process (`PLAIN_SEGMENT`) while its
+      grid stage (the sigma interval where the student evaluates and tau is drawn) only picks a kernel;
+    - `pyramidal_renoising`: re-noise a clean estimate on the stage's pyramidal path with noisy-end content
+      P(x) (DMD-PT, Adv-P; METHOD.md 7.2), else on the plain path at tau;
+    - `sampler`: the few-step sampler of the grid, `sampler(model, x, grid=..., ...)`.
+    """
+
+    name: str  # one of STUDENT_PROCESSES
+    pyramid: Pyramid
+    grid: tuple[StageSteps, ...]
+    segments: tuple[Segment, ...]
+    pyramidal_renoising: bool = False
+
+    @property
+    def sampler(self):
+        if self.name == "patch":
+            return sample_ppf_few_step
+        return functools.partial(sample_pyramid_few_step, pyramid=self.pyramid)
+
+    def to_x0(self, x: torch.Tensor, sigma, velocity: torch.Tensor, n: int) -> torch.Tensor:
+        """X0_hat at grid stage n (METHOD.md 6.1)."""
+        return self.pyramid.to_x0(x, sigma, velocity, self.segments[n])
+
+    def renoise(self, n: int, x: torch.Tensor, noise: torch.Tensor, rho, tau):
+        """(x_tau, v_true) of a clean latent at grid stage n (METHOD.md 7.2, re-noising)."""
+        if self.pyramidal_renoising:
+            return renoise_pyramidal(self.pyramid, self.segments[n], x, noise, rho)
+        return renoise_plain(x, noise, tau)
+
+
+def student_process(
+    pyramid_config, steps: tuple[int, ...], pyramidal_renoising: bool = False
+) -> StudentProcess:
+    """The `StudentProcess` of a few-step schedule (parsed steps) on a `PyramidConfig`'s stage layout:
+    "patch" for a patch pyramid, "plain" for the 0-...-0-N baseline, else "resolution"."""
+    pyramid = pyramid_config.pyramid()
+    if pyramid_config.kind == "patch":
+        grid = get_ppf_grid(pyramid_config.clean_ends, steps, "fewstep")
+        return StudentProcess("patch", pyramid, grid, (PLAIN_SEGMENT,) * len(grid), False)
+    grid = get_fewstep_grid(pyramid, steps)
+    name = "plain" if is_baseline_schedule(steps) else "resolution"
+    renoise = pyramidal_renoising and name == "resolution"
+    return StudentProcess(name, pyramid, grid, tuple(g.segment for g in grid), renoise)

@@ -17,6 +17,8 @@ through the frozen backbone into x_hat; the heads are not updated by it. Tensors
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +28,21 @@ from pyramidal_wan.models.discriminator import Discriminator, block_features, de
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import randn, sample_euler
 from pyramidal_wan.pyramid.distillation import next_sigma
-from pyramidal_wan.training.config import Config
-from pyramidal_wan.training.distill import FewStepObjective, frozen_network, negative_text, unwrap
+from pyramidal_wan.training.distill import FewStepObjective, FewStepOptions, frozen_network, unwrap
+
+if TYPE_CHECKING:
+    from pyramidal_wan.training.config import Config
+
+
+@dataclass
+class AdversarialOptions(FewStepOptions):
+    """adv-o, adv-p: the discriminator heads and the loss weights (METHOD.md 8)."""
+
+    adv_blocks: tuple[int, ...] | None = None  # hooked blocks; None: floor(L/2)-1, floor(3L/4)-1, L-1
+    adv_weight: float = 1.0  # lambda_adv
+    rec_weight: float = 2.0  # lambda_rec
+    rec_steps: int = 10  # Euler steps of the reconstruction teacher per student step
+    head_channels: int = 256  # discriminator head width
 
 
 def hinge_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -54,12 +69,12 @@ def parameters_frozen(module: torch.nn.Module):
 
 
 class AdversarialDistillation(FewStepObjective):
-    """Hinge-GAN on frozen backbone features plus a reconstruction term (METHOD.md 8)."""
+    """Hinge-GAN on frozen backbone features plus a reconstruction term (METHOD.md 8). Adv-O and Adv-P differ
+    in their roles only: Adv-O's backbone is `objective.teacher` with plain re-noising, Adv-P's the student's
+    initialisation with pyramidal re-noising."""
 
-    teacher_role = "the multi-resolution original-architecture backbone (METHOD.md 8)"
-
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, method):
+        super().__init__(config, method)
         cfg, model = self.cfg, config.model
         # Reconstruction teacher: PyramidalWan, the weights the student starts from (METHOD.md 8, step 3).
         self.rec_teacher = frozen_network(model.init, self.seed, self.precision, model.gradient_checkpointing)
@@ -77,8 +92,9 @@ class AdversarialDistillation(FewStepObjective):
             torch.manual_seed(self.seed)
             self.nets["critic"] = Discriminator(dim, blocks, cfg.head_channels)
 
-    def check(self, config: Config) -> None:
-        super().check(config)
+    @classmethod
+    def check(cls, config: Config, method) -> None:
+        super().check(config, method)
         cfg = config.objective
         if cfg.adv_blocks is not None:  # the backbone's depth from its config.json, no weights loaded
             blocks = cfg.adv_blocks
@@ -102,7 +118,7 @@ class AdversarialDistillation(FewStepObjective):
         sigmas = [sigma + (sigma_next - sigma) * j / m for j in range(m + 1)]
         text = {
             "encoder_hidden_states": batch["prompt_embeds"],
-            "negative_encoder_hidden_states": negative_text(batch),
+            "negative_encoder_hidden_states": self.unconditional_text(batch),
         }
         return sample_euler(self.teacher_guidance(self.rec_teacher), x_s, sigmas, text, disable=True)
 
@@ -156,20 +172,3 @@ class AdversarialDistillation(FewStepObjective):
             "d_real": real.detach().float().mean(),
             "d_fake": fake.detach().float().mean(),
         }
-
-
-class AdvO(AdversarialDistillation):
-    """Adv-O: the multi-resolution original-architecture backbone, plain re-noising (METHOD.md 8)."""
-
-    method = "adv-o"
-    teacher_required = True
-
-
-class AdvP(AdversarialDistillation):
-    """Adv-P: the PyramidalWan backbone, pyramidal re-noising with noisy-end content P(.) (METHOD.md 8)."""
-
-    method = "adv-p"
-    renoising = "pyramidal"
-
-
-METHODS = {"adv-o": AdvO, "adv-p": AdvP}

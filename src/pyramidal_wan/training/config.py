@@ -1,7 +1,9 @@
 """Training configuration: typed dataclasses, one home per default, YAML files with `--key=value` overrides.
 
-A config file has sections `model`, `data`, `train` and `objective`; every key is optional and unknown keys
-are rejected. Overrides use dotted names: `--train.lr=3e-4 --objective.name=pyramidal`.
+A config file has sections `model`, `data`, `train`, `pyramid` (the `PyramidConfig` stage layout the run
+trains and exports) and `objective` (`name`, then that method's own options, see `training.methods`);
+every key is optional and unknown keys are rejected. Overrides use dotted names:
+`--train.lr=3e-4 --objective.name=pyramidal --pyramid.num_stages=2`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 import yaml
 
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.pyramid.config import PyramidConfig
+from pyramidal_wan.training.methods import METHODS
+from pyramidal_wan.training.objectives import ObjectiveOptions
 
 
 @dataclass
@@ -58,36 +63,9 @@ class TrainConfig:
     sharding: str = "none"  # "none" (one full copy per process, DDP) or "fsdp2" (training/sharding.py)
 
 
-@dataclass
-class ObjectiveConfig:
-    name: str = "flow-matching"
-    stages: tuple[int, ...] = (0,)  # stages trained by flow-matching objectives (multires-fm: all)
-    timestep_sampling: str = "uniform"  # "uniform" or "logit-normal" sigma (flow matching)
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    shift: float = 1.0  # sigma -> shift sigma / (1 + (shift - 1) sigma) after sampling
-    num_stages: int = 3  # pyramid of pyramidal objectives
-    clean_ends: tuple[float, ...] | None = None
-    wavelet: str = "haar"
-    noisy_end_signal: str = "upsampled"  # "upsampled" (R_up x0^(i+1)) or "projected" (P x0^(i))
-    dist_weight: float = 1.0  # lambda_dist of L_dist against the frozen original model (0 disables)
-    dist_stage_weights: tuple[float, ...] | None = None  # per stage; None: 1 for i < S-1, 0 for the lowest
-    # Step distillation (METHOD.md 6-8); the student is model.init.
-    schedule: str = "2-2-1"  # the few-step student's steps per stage, lowest resolution first
-    teacher: str | None = None  # frozen teacher folder; None: model.init (DMD-PT: the student's base)
-    fake: str | None = None  # fake-score initialisation; None: the teacher
-    guidance_scale: float = 5.0  # teacher CFG, standard form uncond + w (cond - uncond)
-    critic_ratio: int = 5  # critic (fake score / discriminator) updates per generator update
-    teach_weight: float = 0.01  # L_teach: MSE of the student's x0 to the data latent (data-noised inputs)
-    tau_range: tuple[float, float] = (0.02, 0.98)  # re-noising rho_tau ~ U(range) within the stage
-    pt_form: str = "eps"  # DMD-PT detail-band weight: "eps" (gamma_1) or "x0" (1 / D)
-    student_input: str = "data"  # "data" (noised cached latents) or "backward" (simulated from noise)
-    adv_blocks: tuple[int, ...] | None = None  # hooked blocks; None: floor(L/2)-1, floor(3L/4)-1, L-1
-    adv_weight: float = 1.0  # lambda_adv
-    rec_weight: float = 2.0  # lambda_rec
-    rec_steps: int = 10  # Euler steps of the reconstruction teacher per student step
-    head_channels: int = 256  # discriminator head width
-    stage_embedding: bool = False  # PPF (ppf-fm): learned per-stage timestep-embedding offset, zero at init
+# Keys of the stage layout that configs used to give under `objective:` (before the `pyramid:` section);
+# `load_config` moves them there, so older configs keep loading.
+LEGACY_LAYOUT_KEYS = ("num_stages", "clean_ends", "wavelet", "stage_embedding")
 
 
 @dataclass
@@ -95,10 +73,14 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    pyramid: PyramidConfig = field(default_factory=PyramidConfig)  # the stage layout a run trains
+    objective: ObjectiveOptions = field(default_factory=ObjectiveOptions)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = {
+            name: dataclasses.asdict(getattr(self, name)) for name in ("model", "data", "train", "objective")
+        }
+        return {**d, "pyramid": self.pyramid.to_dict()}
 
 
 def _convert(value, annotation, name: str):
@@ -153,9 +135,8 @@ def _apply(section, values: dict, prefix: str) -> None:
         setattr(section, key, _convert(value, hints[key], prefix + key))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """A Config from a YAML file (optional) plus `section.key=value` overrides; unknown keys raise."""
-    config = Config()
+def _read_raw(path, overrides) -> dict:
+    """The sections of a YAML file (optional) with `section.key=value` overrides applied, as raw values."""
     raw = {}
     if path is not None:
         path = Path(path)
@@ -164,13 +145,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise InputError(f"config file {path} must hold a mapping of sections")
-    for item in overrides or []:
-        key, sep, value = item.lstrip("-").partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise InputError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
-        raw.setdefault(section, {})[name] = value
-    sections = {f.name for f in dataclasses.fields(config)}
+    sections = {f.name for f in dataclasses.fields(Config)}
     for section, values in raw.items():
         if section not in sections:
             raise InputError(
@@ -178,7 +153,79 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             )
         if not isinstance(values, dict):
             raise InputError(f"config section {section!r} must be a mapping")
-        _apply(getattr(config, section), values, f"{section}.")
+    for item in overrides or []:
+        key, sep, value = item.lstrip("-").partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise InputError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+        if section not in sections:
+            raise InputError(
+                f"unknown config section {section!r}; valid sections: {', '.join(sorted(sections))}"
+            )
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def _pyramid(values: dict) -> PyramidConfig:
+    """The `pyramid:` section as a PyramidConfig (values coerced to its field types)."""
+    hints = typing.get_type_hints(PyramidConfig)
+    known = {f.name for f in dataclasses.fields(PyramidConfig)}
+    converted = {}
+    for key, value in values.items():
+        if key not in known:
+            raise InputError(f"unknown config key pyramid.{key}; valid keys: {', '.join(sorted(known))}")
+        converted[key] = _convert(value, hints[key], f"pyramid.{key}")
+    return PyramidConfig(**converted)
+
+
+def _objective(values: dict) -> ObjectiveOptions:
+    """The `objective:` section as the named method's options; a key the method does not have raises."""
+    name = str(values.get("name", ObjectiveOptions.name))
+    if name not in METHODS:
+        raise InputError(f"unknown objective {name!r}; choose one of {', '.join(METHODS)}")
+    options = METHODS[name].options(name=name)
+    hints = typing.get_type_hints(type(options))
+    known = {f.name for f in dataclasses.fields(options)}
+    for key, value in values.items():
+        if key not in known:
+            owners = [
+                m for m, spec in METHODS.items() if key in {f.name for f in dataclasses.fields(spec.options)}
+            ]
+            where = f" (an option of {', '.join(owners)})" if owners else ""
+            raise InputError(
+                f"objective.{key} is not an option of {name}{where}; {name}'s options: "
+                f"{', '.join(sorted(known - {'name'})) or 'none'}"
+            )
+        setattr(options, key, _convert(value, hints[key], f"objective.{key}"))
+    return options
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, method: str | None = None
+) -> Config:
+    """A Config from a YAML file (optional) plus `section.key=value` overrides; unknown keys raise.
+
+    `method` (the `distill --method` flag) names the objective; a config naming another one raises.
+    Configs written before the `pyramid:` section (stage-layout keys under `objective:`) still load: those
+    keys move to `pyramid:`, and a PPF method's layout becomes kind "patch".
+    """
+    raw = _read_raw(path, overrides)
+    objective = dict(raw.get("objective", {}))
+    if method is not None:
+        named = objective.get("name")
+        if named is not None and named != method and named in METHODS and METHODS[named].few_step:
+            raise InputError(f"{path} is a {named} config but --method is {method}; pass a {method} config")
+        objective["name"] = method
+    pyramid = dict(raw.get("pyramid", {}))
+    legacy = {k: objective.pop(k) for k in LEGACY_LAYOUT_KEYS if k in objective}
+    if legacy:
+        pyramid = {**legacy, **pyramid}
+        name = objective.get("name", ObjectiveOptions.name)
+        if name in METHODS and METHODS[name].kind == "patch":
+            pyramid.setdefault("kind", "patch")
+    config = Config(pyramid=_pyramid(pyramid), objective=_objective(objective))
+    for section in ("model", "data", "train"):
+        _apply(getattr(config, section), raw.get(section, {}), f"{section}.")
     return config
 
 

@@ -1,4 +1,4 @@
-"""Few-step DMD objectives: Wan-DMD baselines, DMD-OT, DMD-PT and DMD-PT* (METHOD.md 6-7).
+"""Few-step DMD (METHOD.md 6-7): Wan-DMD baselines, DMD-OT, DMD-PT, DMD-PT* and PPF-DMD, one objective.
 
 One iteration of the trainer runs a critic (fake-score) update and, every `critic_ratio` iterations, a
 generator (student) update first, each on its own batch (METHOD.md 7.2, two-time-scale schedule):
@@ -7,7 +7,7 @@ generator (student) update first, each on its own batch (METHOD.md 7.2, two-time
   the cached stage-i latent noised by the student's forward process (default), or a backward simulation
   of the few-step sampler from noise (`student_input: backward`);
 - student prediction x_hat = X0_hat_i(x_s, sigma_k, G(x_s)) with gradient (METHOD.md 6.1);
-- re-noising of x_hat at tau within the stage, plain (baselines, OT) or pyramidal (PT, PT*);
+- re-noising of x_hat at tau within the stage, plain (baselines, OT, PPF) or pyramidal (PT, PT*);
 - generator: L_DMD with g = (P + w_Q Q)(F_T - F_phi) / mean|F_T - v_true|, plus L_teach;
 - critic: flow matching of the fake score on detached student samples, re-noised the same way.
 
@@ -17,21 +17,24 @@ generator (student) update first, each on its own batch (METHOD.md 7.2, two-time
 | dmd-ot       | pyramidal    | plain      | objective.teacher (multi-res)    | 1                | full      |
 | dmd-pt       | pyramidal    | pyramidal  | the student's base, LoRA off     | gamma_1 or 1 / D | LoRA      |
 | dmd-pt-star  | pyramidal    | pyramidal  | the student's base, LoRA off     | 1                | LoRA      |
-| ppf-dmd      | PPF          | plain      | objective.teacher or model.init  | 1                | full PPF  |
+| ppf-dmd      | PPF          | plain      | objective.teacher (Wan2.1)       | 1                | full PPF  |
 
-The fake score is full-parameter, initialised from `objective.fake`, else the teacher's weights.
-PPF-DMD (METHOD.md 9) runs this same machinery through the stage hooks of `FewStepObjective` (grid, the
-process a grid stage follows, the few-step sampler): its latent stays at full resolution on the plain
-process, and a PPF stage only picks the student's patch kernel; teacher and fake score may be plain Wan
-folders (METHOD.md 9: the unmodified Wan2.1) or PPF folders, which then run with their own stage kernels.
-Tensors are stage latents (B, C, T, H, W), prompt embeddings (B, L, D) and the empty prompt (L, D).
+The methods differ only in data: their `methods.FewStepRoles` (grid, re-noising, teacher, w_Q) and the
+`pyramid.distillation.StudentProcess` built from the run's `pyramid:` layout and schedule (plain Wan, the
+resolution pyramid or the patch pyramid: grid, segments, x0 formula, re-noising, sampler). The fake score is
+full-parameter, initialised from `objective.fake`, else the teacher's weights. Teacher and fake score may be
+plain Wan folders or PPF folders, which then run with their own stage kernels. The teachers' CFG uses the
+model's negative prompt as unconditional text (`teacher_uncond: negative-prompt`, the default, as the
+20-20-10 model samples) or the empty prompt; `run.json` records which one and its text.
+Tensors are stage latents (B, C, T, H, W), prompt embeddings (B, L, D) and prompt embeddings (L, D).
 """
 
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -41,37 +44,58 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import load_transformer_for
 from pyramidal_wan.models.ppf import load_ppf_or_wan
-from pyramidal_wan.pyramid import (
-    PLAIN_SEGMENT,
-    Pyramid,
-    PyramidConfig,
-    Segment,
-    StageSteps,
-    get_fewstep_grid,
-    get_ppf_grid,
-    is_baseline_schedule,
-    randn,
-    sample_ppf_few_step,
-    sample_pyramid_few_step,
-)
+from pyramidal_wan.models.presets import PRESETS
+from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule, parse_schedule, randn
 from pyramidal_wan.pyramid.distillation import (
     choose_grid_point,
     data_noised_input,
     detail_weight,
     dmd_gradient,
     dmd_loss,
-    renoise_plain,
-    renoise_pyramidal,
     simulated_input,
+    student_process,
 )
-from pyramidal_wan.pyramid.geometry import parse_schedule
-from pyramidal_wan.training.config import Config
 from pyramidal_wan.training.networks import student_network
-from pyramidal_wan.training.objectives import Objective
-from pyramidal_wan.training.ppf import check_ppf_init, objective_ppf_config, ppf_network
+from pyramidal_wan.training.objectives import Objective, ObjectiveOptions, check_noisy_end_signal
+from pyramidal_wan.training.ppf import check_ppf_init, ppf_network
+
+if TYPE_CHECKING:
+    from pyramidal_wan.training.config import Config
 
 STUDENT_INPUTS = ("data", "backward")
 PT_FORMS = ("eps", "x0")  # DMD-PT's w_Q: closed-form eps route (gamma_1) or x0 route (1 / D)
+# The teachers' unconditional text: the model's negative prompt (as the model samples) or the empty prompt.
+TEACHER_UNCONDS = ("negative-prompt", "empty")
+
+
+# Options ------------------------------------------------------------------------------------------------
+@dataclass
+class FewStepOptions(ObjectiveOptions):
+    """What every few-step method (DMD and adversarial) sets; the student is model.init."""
+
+    schedule: str = "2-2-1"  # the few-step student's steps per stage, lowest resolution first
+    teacher: str | None = None  # frozen teacher folder (see the module table for each method's default)
+    teacher_uncond: str = "negative-prompt"  # CFG's unconditional text: "negative-prompt" or "empty"
+    guidance_scale: float = 5.0  # teacher CFG, standard form uncond + w (cond - uncond)
+    critic_ratio: int = 5  # critic (fake score / discriminator) updates per generator update
+    tau_range: tuple[float, float] = (0.02, 0.98)  # re-noising rho_tau ~ U(range) within the stage
+    student_input: str = "data"  # "data" (noised cached latents) or "backward" (simulated from noise)
+    noisy_end_signal: str = "upsampled"  # data-noised inputs' u: "upsampled" (R_up x0^(i+1)) or "projected"
+
+
+@dataclass
+class DMDOptions(FewStepOptions):
+    """dmd, dmd-ot, dmd-pt-star, ppf-dmd."""
+
+    fake: str | None = None  # fake-score initialisation; None: the teacher
+    teach_weight: float = 0.01  # L_teach: MSE of the student's x0 to the data latent (data-noised inputs)
+
+
+@dataclass
+class DMDPTOptions(DMDOptions):
+    """dmd-pt: DMD-PT's detail-band weight form."""
+
+    pt_form: str = "eps"  # w_Q: "eps" (gamma_1) or "x0" (1 / D)
 
 
 # Networks ------------------------------------------------------------------------------------------------
@@ -124,33 +148,29 @@ def adapters_disabled(transformer):
 
 def check_model_source(key: str, value: str | None) -> None:
     """A model setting must name a preset or an existing path (checked before any model is loaded)."""
-    from pyramidal_wan.models.presets import PRESETS
-
     if value is not None and value not in PRESETS and not Path(value).exists():
         raise InputError(
             f"{key} {value} does not exist: give a Wan model folder or a preset ({', '.join(PRESETS)})"
         )
 
 
-def check_student_pyramid(config: Config) -> None:
-    """A pyramidal student folder's saved pyramid (pyramid_config.json) must be the objective's: its stage
+def check_student_pyramid(init: str, pyramid: PyramidConfig) -> None:
+    """A pyramidal student folder's saved pyramid (pyramid_config.json) must be the run's: its stage
     boundaries define the x0 closed form and the stage path the student was fine-tuned on."""
     from pyramidal_wan.models.checkpoint import load_pyramid_config
 
-    folder, cfg = Path(config.model.init), config.objective
+    folder = Path(init)
     saved = load_pyramid_config(folder) if folder.is_dir() else None
     if saved is None:
         return
-    ours = PyramidConfig(num_stages=cfg.num_stages, clean_ends=cfg.clean_ends, wavelet=cfg.wavelet)
-    if saved.kind != ours.kind:
-        raise InputError(f"{folder} is a {saved.kind} pyramid; these objectives distil resolution pyramids")
-    theirs = (saved.num_stages, saved.factors, saved.clean_ends, saved.wavelet)
-    if theirs != (ours.num_stages, ours.factors, ours.clean_ends, ours.wavelet):
+    if saved.kind != pyramid.kind:
+        raise InputError(f"{folder} is a {saved.kind} pyramid; set pyramid.kind={saved.kind} to distil it")
+    if saved.layout() != pyramid.layout():
         factors = [list(f) for f in saved.factors]
         raise InputError(
             f"{folder} holds a pyramid of {saved.num_stages} stages, factors {factors}, clean ends "
-            f"{list(saved.clean_ends)}, wavelet {saved.wavelet}; set objective.num_stages, "
-            "objective.clean_ends and objective.wavelet to match (only factors (2, 2, 2) are supported here)"
+            f"{list(saved.clean_ends)}, wavelet {saved.wavelet}; set pyramid.num_stages, pyramid.factors, "
+            "pyramid.clean_ends and pyramid.wavelet to match"
         )
 
 
@@ -167,45 +187,50 @@ def synchronised(values: list[int], device) -> list[int]:
 class FewStepObjective(Objective):
     """A few-step student on a grid (METHOD.md 6.2): input construction, x0 prediction and re-noising.
 
-    Subclasses set `pyramidal_grid` (a pyramidal schedule, or the plain 0-...-0-N baseline),
-    `renoising` ("plain" or "pyramidal") and, where the method cannot run without `objective.teacher`,
-    `teacher_required` with `teacher_role`; they add their critic and losses. The stage hooks below (grid,
-    student, the process a grid stage follows, the few-step sampler) are the only places that know which
-    pyramid the student samples: the patch pyramid (PPFDMD) overrides them, its export config and
-    `load_transformer`, and runs every loss unchanged.
+    `self.process` (a `StudentProcess`) is the only thing that knows which pyramid the student samples;
+    `self.roles` (the method's `FewStepRoles`) the only thing that knows which method runs. DMD and the
+    adversarial objective add their critic and losses on top.
     """
 
-    method = ""
-    pyramidal_grid = True
-    renoising = "plain"
-    teacher_required = False
-    teacher_role = ""  # what objective.teacher is to this method, for the error when it is missing
-    load_transformer = staticmethod(load_transformer_for)  # how teacher and fake-score folders load
-
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, method):
         cfg = self.cfg = config.objective
-        self.check(config)
+        self.method, self.roles = method.name, method.roles
+        self.check(config, method)
         self.seed, self.precision = config.train.seed, config.train.precision
         self.critic_ratio = cfg.critic_ratio  # every few-step method trains a critic (check: >= 1)
-        self.pyramid = Pyramid.build(cfg.num_stages, None, cfg.clean_ends, cfg.wavelet)
-        self.grid = self.get_grid()
-        self.nets = {"generator": self.build_student(config)}
+        self.pyramid_config = config.pyramid
+        steps = parse_schedule(cfg.schedule, config.pyramid.num_stages)
+        self.process = student_process(config.pyramid, steps, self.roles.renoising == "pyramidal")
+        self.pyramid, self.grid = self.process.pyramid, self.process.grid
+        patch = config.pyramid.kind == "patch"
+        # Teacher and fake-score folders: a PPF folder loads with its stage kernels, anything else plainly.
+        self.load_transformer = load_ppf_or_wan if patch else load_transformer_for
+        if patch:
+            student = ppf_network(config.model, config.pyramid, config.train.seed)
+        else:
+            student = student_network(config.model, config.train.seed)
+        self.nets = {"generator": student}
 
-    def check(self, config: Config) -> None:
-        """Reject settings this method cannot run, before any model is loaded."""
-        cfg = config.objective
-        steps = parse_schedule(cfg.schedule, cfg.num_stages)
-        if self.pyramidal_grid and is_baseline_schedule(steps):
+    @classmethod
+    def check(cls, config: Config, method) -> None:
+        """Reject settings `method` cannot run, before any model is loaded (reads JSON files only)."""
+        cfg, roles, name = config.objective, method.roles, method.name
+        steps = parse_schedule(cfg.schedule, config.pyramid.num_stages)
+        if roles.grid == "pyramidal" and is_baseline_schedule(steps):
             raise InputError(
-                f"{self.method} trains a pyramidal student: use a schedule like 2-2-1, not {cfg.schedule}"
+                f"{name} trains a pyramidal student: use a schedule like 2-2-1, not {cfg.schedule}"
             )
-        if not self.pyramidal_grid and not is_baseline_schedule(steps):
+        if roles.grid == "baseline" and not is_baseline_schedule(steps):
             raise InputError(
-                f"{self.method} is the plain Wan-DMD baseline: schedule must be 0-...-0-N, not {cfg.schedule}"
+                f"{name} is the plain Wan-DMD baseline: schedule must be 0-...-0-N, not {cfg.schedule}"
             )
         if cfg.student_input not in STUDENT_INPUTS:
             raise InputError(
                 f"student_input must be one of {', '.join(STUDENT_INPUTS)}, got {cfg.student_input!r}"
+            )
+        if cfg.teacher_uncond not in TEACHER_UNCONDS:
+            raise InputError(
+                f"teacher_uncond must be one of {', '.join(TEACHER_UNCONDS)}, got {cfg.teacher_uncond!r}"
             )
         lo, hi = cfg.tau_range
         if not 0.0 <= lo < hi <= 1.0:
@@ -213,62 +238,55 @@ class FewStepObjective(Objective):
                 f"tau_range {cfg.tau_range} must satisfy 0 <= low < high <= 1 (default 0.02, 0.98)"
             )
         if cfg.critic_ratio < 1:
-            raise InputError(f"{self.method} needs critic_ratio >= 1 (critic updates per generator update)")
-        if cfg.noisy_end_signal not in ("upsampled", "projected"):
-            raise InputError(f"noisy_end_signal must be upsampled or projected, got {cfg.noisy_end_signal!r}")
-        sources = {
-            "model.init": config.model.init,
-            "objective.teacher": cfg.teacher,
-            "objective.fake": cfg.fake,
-        }
+            raise InputError(f"{name} needs critic_ratio >= 1 (critic updates per generator update)")
+        check_noisy_end_signal(cfg.noisy_end_signal)
+        sources = {"model.init": config.model.init, "objective.teacher": cfg.teacher}
+        if hasattr(cfg, "fake"):
+            sources["objective.fake"] = cfg.fake
         for key, value in sources.items():
             check_model_source(key, value)
-        self.check_student(config)
-        if self.teacher_required and cfg.teacher is None:
-            raise InputError(f"{self.method} needs objective.teacher: {self.teacher_role}")
-
-    # Stage hooks: the resolution pyramid here, the patch pyramid in PPFDMD --------------------------------
-    def check_student(self, config: Config) -> None:
-        """Reject a `model.init` whose saved stages differ from the objective's (JSON only)."""
-        if self.pyramidal_grid:
-            check_student_pyramid(config)
-
-    def get_grid(self) -> tuple[StageSteps, ...]:
-        """The student's few-step grid (METHOD.md 6.2; the 0-...-0-N baseline is one plain segment)."""
-        return get_fewstep_grid(self.pyramid, parse_schedule(self.cfg.schedule, self.pyramid.num_stages))
-
-    def build_student(self, config: Config) -> WanVelocity:
-        return student_network(config.model, config.train.seed)
-
-    def process_segment(self, n: int) -> Segment:
-        """The forward process at grid stage n: its data latent (cache stage), noisy end and x0 closed form.
-
-        The resolution pyramid's stage segment; the grid's own segment (`grid[n].segment`) is the sigma
-        interval where the student evaluates and tau is drawn. The two differ only for the patch pyramid.
-        """
-        return self.grid[n].segment
-
-    def few_step_sampler(self):
-        """The few-step sampler of the student's grid, `sampler(model, x, grid=..., ...)` (METHOD.md 6.2)."""
-        return functools.partial(sample_pyramid_few_step, pyramid=self.pyramid)
+        if config.pyramid.kind == "patch":
+            check_ppf_init(config.model, config.pyramid)
+        elif roles.grid == "pyramidal":
+            check_student_pyramid(config.model.init, config.pyramid)
+        if roles.teacher == "required" and cfg.teacher is None:
+            raise InputError(f"{name} needs objective.teacher: {roles.teacher_role}")
+        if roles.teacher == "lora-base":
+            if config.model.lora_rank <= 0:
+                raise InputError(
+                    f"{name} trains a LoRA student (METHOD.md 7.1): set model.lora_rank, e.g. 64"
+                )
+            if cfg.teacher is not None and cfg.teacher != config.model.init:
+                raise InputError(
+                    f"{name}'s teacher is the student's base model.init ({config.model.init}); "
+                    f"unset objective.teacher (got {cfg.teacher})"
+                )
 
     def export_config(self) -> PyramidConfig:
-        """The few-step sampler at the student's schedule, no CFG: `generate` needs no flags."""
-        return PyramidConfig(
-            num_stages=self.cfg.num_stages,
-            clean_ends=tuple(seg.sigma_c for seg in self.pyramid.segments[1:]),
-            wavelet=self.cfg.wavelet,
-            sampler="fewstep",
-            default_schedule=self.cfg.schedule,
-            guidance_scale=1.0,
+        """The run's layout, sampled with the few-step sampler at the student's schedule, no CFG: `generate`
+        needs no flags."""
+        return self.pyramid_config.with_sampling(
+            sampler="fewstep", default_schedule=self.cfg.schedule, guidance_scale=1.0
         )
+
+    def run_record(self, data) -> dict:
+        """The teachers' unconditional text; a cache without the model's negative prompt raises."""
+        if self.cfg.teacher_uncond == "empty":
+            return {"teacher_uncond": "empty", "teacher_uncond_text": ""}
+        if data.negative_prompt is None:
+            raise InputError(
+                f"the cache {data.folder} has no negative-prompt embedding (made by an older prepare-data): "
+                "rerun `pyramidal-wan prepare-data` with the same arguments to add it, or set "
+                "objective.teacher_uncond=empty"
+            )
+        return {"teacher_uncond": "negative-prompt", "teacher_uncond_text": data.negative_prompt_text}
 
     # One iteration's pieces ----------------------------------------------------------------------------
     def grid_point(self, batch: dict, generator: torch.Generator) -> tuple[int, int]:
         """(n, k): the same stage and step on every rank (stage shapes must match across ranks)."""
         if len(batch["latents"]) != self.pyramid.num_stages:
             raise InputError(
-                f"the cache has {len(batch['latents'])} stages but objective.num_stages is "
+                f"the cache has {len(batch['latents'])} stages but pyramid.num_stages is "
                 f"{self.pyramid.num_stages}; prepare the cache with --stages {self.pyramid.num_stages}"
             )
         n, k = synchronised(list(choose_grid_point(self.grid, generator)), batch["latents"][0].device)
@@ -281,6 +299,10 @@ class FewStepObjective(Objective):
         if self.cfg.noisy_end_signal == "projected":
             return self.pyramid.project(batch["latents"][stage], stage)
         return self.pyramid.up(batch["latents"][stage + 1], stage)
+
+    def process_segment(self, n: int):
+        """The forward-process segment at grid stage n (see `StudentProcess`)."""
+        return self.process.segments[n]
 
     def data_latent(self, batch: dict, n: int) -> torch.Tensor:
         """x0 of grid stage n: the cached latent of its process's stage (B, C, T, H, W)."""
@@ -296,14 +318,14 @@ class FewStepObjective(Objective):
         start = self.data_latent(batch, 0)
         noise = randn(start.shape, start, generator)
         text = {"encoder_hidden_states": batch["prompt_embeds"]}
-        sampler = self.few_step_sampler()
+        sampler = self.process.sampler
         return simulated_input(self.nets["generator"], noise, sampler, self.grid, n, k, text, generator)
 
     def predict(self, x: torch.Tensor, n: int, k: int, embeds: torch.Tensor):
         """(velocity, x_hat): the student's velocity and its clean estimate X0_hat (METHOD.md 6.1)."""
         sigma = self.grid[n].sigmas[k]
         velocity = self.nets["generator"](x, sigma, embeds)
-        return velocity, self.pyramid.to_x0(x, sigma, velocity, self.process_segment(n))
+        return velocity, self.process.to_x0(x, sigma, velocity, n)
 
     @torch.no_grad()
     def detached_student_sample(self, batch: dict, generator) -> tuple[int, torch.Tensor]:
@@ -321,57 +343,60 @@ class FewStepObjective(Objective):
 
     def renoise(self, n: int, x: torch.Tensor, noise: torch.Tensor, rho, tau):
         """(x_tau, v_true) of a clean latent with this method's process (METHOD.md 7.2, re-noising)."""
-        if self.renoising == "pyramidal":
-            return renoise_pyramidal(self.pyramid, self.process_segment(n), x, noise, rho)
-        return renoise_plain(x, noise, tau)
+        return self.process.renoise(n, x, noise, rho, tau)
 
     def teacher_guidance(self, model) -> CFGVelocity:
-        """Standard-form CFG with the objective's scale; the unconditional text is the empty prompt."""
+        """Standard-form CFG with the objective's scale (unconditional text: `unconditional_text`)."""
         return CFGVelocity(model, self.cfg.guidance_scale)
 
-
-def negative_text(batch: dict) -> torch.Tensor:
-    """The empty-prompt embedding (L, D) expanded to the batch's prompt embeddings (B, L, D)."""
-    return batch["empty_prompt"].to(batch["prompt_embeds"]).expand_as(batch["prompt_embeds"])
+    def unconditional_text(self, batch: dict) -> torch.Tensor:
+        """The teachers' unconditional text (L, D), expanded to the batch's prompt embeddings (B, L, D): the
+        model's negative prompt, or the empty prompt with `teacher_uncond: empty`."""
+        key = "empty_prompt" if self.cfg.teacher_uncond == "empty" else "negative_prompt"
+        return batch[key].to(batch["prompt_embeds"]).expand_as(batch["prompt_embeds"])
 
 
 # DMD ----------------------------------------------------------------------------------------------------
 class DistributionMatching(FewStepObjective):
-    """DMD with a fake-score critic (METHOD.md 7.2); subclasses fix the roles of METHOD.md 7.1."""
+    """DMD with a fake-score critic (METHOD.md 7.2); the method's roles fix those of METHOD.md 7.1."""
 
-    teacher_role = "the multi-resolution model (METHOD.md 7.3)"
-
-    def __init__(self, config: Config):
-        super().__init__(config)
+    def __init__(self, config: Config, method):
+        super().__init__(config, method)
         cfg, model = self.cfg, config.model
-        self.teacher = self.build_teacher(config)
+        # The frozen teacher F_T; None where the teacher is the LoRA student's base (PT, PT*: no copy).
+        self.teacher = None
+        if self.roles.teacher != "lora-base":
+            teacher = cfg.teacher or model.init
+            self.teacher = frozen_network(teacher, self.seed, self.precision, load=self.load_transformer)
         fake = cfg.fake or cfg.teacher or model.init
         self.nets["critic"] = trainable_network(
             fake, self.seed, model.gradient_checkpointing, self.load_transformer
         )
 
-    def check(self, config: Config) -> None:
-        super().check(config)
+    @classmethod
+    def check(cls, config: Config, method) -> None:
+        super().check(config, method)
         cfg = config.objective
         if cfg.student_input == "backward" and cfg.teach_weight > 0:
             raise InputError(
                 "student_input=backward has no paired data latent for L_teach: set objective.teach_weight=0 "
                 "or use student_input=data (METHOD.md 7.2)"
             )
+        if method.roles.detail == "pt_form" and cfg.pt_form not in PT_FORMS:
+            raise InputError(f"pt_form must be one of {', '.join(PT_FORMS)}, got {cfg.pt_form!r}")
 
     def detail_form(self) -> str:
-        """The w_Q form of pyramid.distillation.detail_weight: 1 for the plain process (METHOD.md 7.4)."""
-        return "one"
-
-    def build_teacher(self, config: Config) -> WanVelocity | None:
-        """The frozen teacher F_T; None where the teacher is the LoRA student's base (PT, PT*)."""
-        init = config.objective.teacher or config.model.init
-        return frozen_network(init, self.seed, self.precision, load=self.load_transformer)
+        """The w_Q form of pyramid.distillation.detail_weight: 1, or DMD-PT's `pt_form` (METHOD.md 7.4)."""
+        return self.cfg.pt_form if self.roles.detail == "pt_form" else "one"
 
     @torch.no_grad()
     def teacher_velocity(self, x, tau, embeds, negative) -> torch.Tensor:
         """F_T: the guided teacher velocity at (x_tau, 1000 tau)."""
-        return self.teacher_guidance(self.teacher)(x, tau, embeds, negative)
+        if self.teacher is not None:
+            return self.teacher_guidance(self.teacher)(x, tau, embeds, negative)
+        student = self.nets["generator"]
+        with adapters_disabled(unwrap(student).transformer):
+            return self.teacher_guidance(student)(x, tau, embeds, negative)
 
     def generator_loss(self, batch: dict, generator: torch.Generator):
         """L_G = L_DMD + teach_weight * mean((x_hat - x0^(i))^2) (METHOD.md 7.2)."""
@@ -382,7 +407,7 @@ class DistributionMatching(FewStepObjective):
         with torch.no_grad():
             rho, tau = self.draw_tau(n, x_hat.shape[0], x_hat, generator)
             x_tau, v_true = self.renoise(n, x_hat.detach(), randn(x_hat.shape, x_hat, generator), rho, tau)
-            v_teacher = self.teacher_velocity(x_tau, tau, embeds, negative_text(batch))
+            v_teacher = self.teacher_velocity(x_tau, tau, embeds, self.unconditional_text(batch))
             v_fake = self.nets["critic"](x_tau, tau, embeds)
             w_q = detail_weight(segment, tau, self.detail_form())
             grad = dmd_gradient(self.pyramid, segment, v_teacher, v_fake, v_true, w_q)
@@ -408,99 +433,3 @@ class DistributionMatching(FewStepObjective):
         pred = self.nets["critic"](x_tau, tau, embeds)
         loss = F.mse_loss(pred.float(), v_true.float())
         return loss, {"loss_fake": loss.detach()}
-
-
-class WanDMD(DistributionMatching):
-    """Wan-DMD 0-0-2 / 0-0-1 (METHOD.md 7.5): plain DMD of the original model at full resolution."""
-
-    method = "dmd"
-    pyramidal_grid = False
-
-
-class DMDOT(DistributionMatching):
-    """DMD-OT (METHOD.md 7.3): the multi-resolution original-architecture teacher, plain re-noising at the
-    stage's resolution; the student (PyramidalWan) predicts each stage's clean signal."""
-
-    method = "dmd-ot"
-    teacher_required = True
-
-
-class DMDPT(DistributionMatching):
-    """DMD-PT (METHOD.md 7.4): PyramidalWan teacher = the LoRA student's base with adapters disabled (no
-    extra copy), pyramidal re-noising, detail band weighted by gamma_1 (pt_form eps) or 1 / D (pt_form x0)."""
-
-    method = "dmd-pt"
-    renoising = "pyramidal"
-
-    def check(self, config: Config) -> None:
-        super().check(config)
-        cfg, model = config.objective, config.model
-        if cfg.pt_form not in PT_FORMS:
-            raise InputError(f"pt_form must be one of {', '.join(PT_FORMS)}, got {cfg.pt_form!r}")
-        if model.lora_rank <= 0:
-            raise InputError(
-                f"{self.method} trains a LoRA student (METHOD.md 7.1): set model.lora_rank, e.g. 64"
-            )
-        if cfg.teacher is not None and cfg.teacher != model.init:
-            raise InputError(
-                f"{self.method}'s teacher is the student's base model.init ({model.init}); "
-                f"unset objective.teacher (got {cfg.teacher})"
-            )
-
-    def detail_form(self) -> str:
-        return self.cfg.pt_form
-
-    def build_teacher(self, config: Config) -> None:
-        return None  # the teacher is the student's base: nothing is loaded
-
-    @torch.no_grad()
-    def teacher_velocity(self, x, tau, embeds, negative) -> torch.Tensor:
-        student = self.nets["generator"]
-        with adapters_disabled(unwrap(student).transformer):
-            return self.teacher_guidance(student)(x, tau, embeds, negative)
-
-
-class DMDPTStar(DMDPT):
-    """DMD-PT* (METHOD.md 7.4): as DMD-PT with w_Q = 1 (Neodragon's pyramidal DMD gradient)."""
-
-    method = "dmd-pt-star"
-
-    def detail_form(self) -> str:
-        return "one"
-
-
-class PPFDMD(DistributionMatching):
-    """PPF-DMD (METHOD.md 9): a patch-pyramid student on the PPF few-step grid, DMD with the plain process
-    (METHOD.md 7 with w_Q = 1). Inputs x = (1 - sigma) x0 + sigma eps on the full-resolution latent,
-    x0_hat = x - sigma F, plain re-noising at tau within the PPF stage's interval; a stage change switches
-    only the student's kernel. Teacher and fake score: plain Wan (METHOD.md 9: the unmodified Wan2.1) or PPF
-    model folders, run with their own stage kernels."""
-
-    method = "ppf-dmd"
-    load_transformer = staticmethod(load_ppf_or_wan)
-
-    def check_student(self, config: Config) -> None:
-        check_ppf_init(config.model, objective_ppf_config(config.objective))
-
-    def get_grid(self) -> tuple[StageSteps, ...]:
-        ppf_config = objective_ppf_config(self.cfg)
-        steps = parse_schedule(self.cfg.schedule, ppf_config.num_stages)
-        return get_ppf_grid(ppf_config.clean_ends, steps, "fewstep")
-
-    def build_student(self, config: Config) -> WanVelocity:
-        return ppf_network(config.model, objective_ppf_config(config.objective), config.train.seed)
-
-    def process_segment(self, n: int) -> Segment:
-        return PLAIN_SEGMENT  # full resolution, plain process, at every PPF stage
-
-    def few_step_sampler(self):
-        return sample_ppf_few_step
-
-    def export_config(self) -> PyramidConfig:
-        """A PPF folder sampled with the few-step sampler at the student's schedule, no CFG."""
-        return objective_ppf_config(self.cfg).pyramid_config(
-            sampler="fewstep", default_schedule=self.cfg.schedule, guidance_scale=1.0
-        )
-
-
-METHODS = {"dmd": WanDMD, "dmd-ot": DMDOT, "dmd-pt": DMDPT, "dmd-pt-star": DMDPTStar, "ppf-dmd": PPFDMD}

@@ -12,33 +12,29 @@ The exported model folder is the base pipeline with a PPF transformer folder (`m
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import load_pyramid_config
 from pyramidal_wan.models.denoiser import WanVelocity
-from pyramidal_wan.models.ppf import (
-    PPFConfig,
-    PPFTransformer,
-    find_ppf_folder,
-    load_ppf_config,
-    load_ppf_or_wan,
-)
+from pyramidal_wan.models.ppf import PPFTransformer, find_ppf_folder, load_ppf_config, load_ppf_or_wan
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, ppf_stage_of, randn
-from pyramidal_wan.training.config import Config, ObjectiveConfig
-from pyramidal_wan.training.objectives import Objective, split_evenly
+from pyramidal_wan.training.objectives import Objective, ObjectiveOptions, split_evenly
+
+if TYPE_CHECKING:
+    from pyramidal_wan.training.config import Config
 
 
-def objective_ppf_config(cfg: ObjectiveConfig) -> PPFConfig:
-    """The PPF stage layout an objective trains (objective.num_stages, clean_ends, stage_embedding)."""
-    return PPFConfig(
-        num_stages=cfg.num_stages, clean_ends=cfg.clean_ends, stage_embedding=cfg.stage_embedding
-    )
+@dataclass
+class PPFFlowMatchingOptions(ObjectiveOptions):
+    """ppf-fm: no options of its own; the stage layout is the `pyramid:` section (kind "patch")."""
 
 
-def check_ppf_init(model_config, ppf_config: PPFConfig) -> None:
+def check_ppf_init(model_config, ppf_config: PyramidConfig) -> None:
     """Reject a `model.init` a PPF run cannot start from, reading only JSON (before any weights load): a
     PPF folder with other stages, a resolution-pyramid folder, or a LoRA (METHOD.md 9)."""
     if model_config.lora_rank > 0:
@@ -50,10 +46,10 @@ def check_ppf_init(model_config, ppf_config: PPFConfig) -> None:
     folder = find_ppf_folder(init)
     if folder is not None:
         saved = load_ppf_config(folder)
-        if saved != ppf_config:
+        if saved.layout() != ppf_config.layout():
             raise InputError(
-                f"{folder} is a PPF model with {saved}, but the objective asks for {ppf_config}; match "
-                "objective.num_stages / clean_ends / stage_embedding to it"
+                f"{folder} is a PPF model with {saved}, but the run asks for {ppf_config}; match "
+                "pyramid.num_stages / clean_ends / stage_embedding to it"
             )
     elif init.is_dir() and load_pyramid_config(init) is not None:
         raise InputError(
@@ -61,7 +57,7 @@ def check_ppf_init(model_config, ppf_config: PPFConfig) -> None:
         )
 
 
-def ppf_network(model_config, ppf_config: PPFConfig, seed: int) -> WanVelocity:
+def ppf_network(model_config, ppf_config: PyramidConfig, seed: int) -> WanVelocity:
     """The PPF velocity model a run trains: `model.init` as a PPF model folder (resumed as saved), or a
     plain Wan model / preset wrapped in fresh Kronecker-initialised patch layers (METHOD.md 9)."""
     check_ppf_init(model_config, ppf_config)
@@ -86,14 +82,15 @@ def sample_stage_sigmas(segments, batch_size: int, generator: torch.Generator) -
 class PPFFlowMatching(Objective):
     """Plain rectified flow through a PPF model, sigma drawn per stage interval (METHOD.md 9)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, method):
         self.cfg = config.objective
-        self.ppf_config = objective_ppf_config(self.cfg)
+        self.ppf_config = config.pyramid
         self.segments = get_ppf_segments(self.ppf_config.clean_ends)
         self.nets = {"generator": ppf_network(config.model, self.ppf_config, config.train.seed)}
 
     def export_config(self) -> PyramidConfig:
-        return self.ppf_config.pyramid_config()
+        """The run's `pyramid:` section (kind "patch"): layout and multi-step sampling defaults."""
+        return self.ppf_config
 
     def generator_loss(self, batch: dict, generator: torch.Generator):
         x0, embeds = batch["latents"][0], batch["prompt_embeds"]  # full resolution: (B, C, T, H, W)

@@ -2,7 +2,7 @@
 
 Read top to bottom, `train` is: build (models, objective, optimiser), resume, then the loop
 (sample a batch; loss; backward; clip; step; EMA; log; checkpoint), then export the model folder.
-Objectives are plug-ins (training/objectives.py); nothing here depends on which one runs.
+Objectives are plug-ins (training/methods.py lists them); nothing here depends on which one runs.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import CheckpointError, TrainingDiverged
 from pyramidal_wan.training.config import Config, save_config
-from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.methods import build_objective
 from pyramidal_wan.training.sharding import (
     FSDP2,
     check_sharding,
@@ -30,9 +30,10 @@ from pyramidal_wan.training.sharding import (
     load_sharded_weights,
     mean_over_ranks,
 )
-from pyramidal_wan.utils.io import atomic_path
+from pyramidal_wan.utils.io import atomic_path, write_json
 
 CHECKPOINT = "checkpoint"
+RUN_RECORD = "run.json"  # what the config alone does not say, e.g. the teachers' unconditional text
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -169,6 +170,7 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     # Build: data, the objective (it builds its networks), one optimiser per trained group.
     data = CachedLatents(config.data.cache)
     objective = build_objective(config)
+    record = {"cache": str(config.data.cache), **objective.run_record(data)}  # checks the data fits
     nets = objective.nets
     # FSDP2 shards the networks in place before the optimisers see their parameters; without sharding,
     # accelerate moves the trained groups to the device in `prepare` and the frozen ones move here.
@@ -206,6 +208,7 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
+        write_json(out / RUN_RECORD, record)
         accelerator.init_trackers("logs")
         counts = ", ".join(
             f"{g} {sum(p.numel() for p in nets[g].parameters() if p.requires_grad):,}" for g in groups
@@ -278,7 +281,8 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
 def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, generator, device) -> dict:
     """Random cached videos; text dropout swaps prompts for the empty prompt (trains the CFG branch).
 
-    `empty_prompt` (L, D) is the cache's empty-prompt embedding: the unconditional text of teacher CFG."""
+    `empty_prompt` and `negative_prompt` (L, D; None for an older cache) are the cache's embeddings of the
+    empty prompt and of the model's negative prompt: the candidates for the teachers' unconditional text."""
     indices = torch.randint(len(data), (batch_size,), generator=generator)
     batch = data.batch(indices)
     drop = torch.rand(batch_size, generator=generator) < text_dropout
@@ -287,6 +291,7 @@ def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, gene
         "latents": [x.to(device) for x in batch["latents"]],
         "prompt_embeds": batch["prompt_embeds"].to(device),
         "empty_prompt": data.empty_prompt.float().to(device),
+        "negative_prompt": None if data.negative_prompt is None else data.negative_prompt.float().to(device),
     }
 
 
