@@ -1,5 +1,6 @@
 """PPF (METHOD.md 9): init identity per stage and frame part, fractional RoPE, stage dispatch, save/load."""
 
+import json
 import math
 
 import pytest
@@ -356,3 +357,20 @@ def test_flops_match_the_resolution_pyramid_within_2_percent():
         resolution = schedule_flops("wan2.1-1.3b", PAPER_SHAPES, steps, cfg)
         assert ppf["total_tflops"] == pytest.approx(resolution["total_tflops"], rel=0.02)
         assert [s["tokens"] for s in ppf["stages"]] == [30_576, 4_004, 546]
+
+
+def test_a_folder_saved_with_the_old_ppf_config_json_still_loads(tmp_path):
+    """Before PyramidConfig described PPF too, a PPF folder carried ppf_config.json (PPFConfig fields)."""
+    ppf = PPFTransformer(
+        tiny_transformer(), PyramidConfig(kind="patch", clean_ends=(0.3, 0.7), stage_embedding=True)
+    )
+    ppf.save_pretrained(tmp_path / "ppf")
+    (tmp_path / "ppf" / PPF_CONFIG_NAME).unlink()
+    old = {"num_stages": 3, "factors": [[2, 2, 2]] * 2, "clean_ends": [0.3, 0.7], "stage_embedding": True}
+    (tmp_path / "ppf" / "ppf_config.json").write_text(json.dumps({**old, "rope_positions": "centre"}))
+    assert find_ppf_folder(tmp_path / "ppf") == tmp_path / "ppf"
+    loaded = PPFTransformer.from_pretrained(tmp_path / "ppf")
+    assert loaded.pyramid_config.layout() == ppf.pyramid_config.layout()
+    loaded.save_pretrained(tmp_path / "resaved")  # a re-save writes the one current file
+    assert (tmp_path / "resaved" / PPF_CONFIG_NAME).is_file()
+    assert not (tmp_path / "resaved" / "ppf_config.json").exists()

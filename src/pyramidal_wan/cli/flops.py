@@ -44,7 +44,9 @@ def register(subparsers) -> None:
     parser.add_argument("--num-frames", type=int, help=f"pixel frames, 4k+1 ({size_default} 81)")
     parser.add_argument("--height", type=int, help=f"pixel height ({size_default} 448)")
     parser.add_argument("--width", type=int, help=f"pixel width ({size_default} 832)")
-    parser.add_argument("--stages", type=int, default=3, help="number of pyramid stages (default 3)")
+    parser.add_argument(
+        "--stages", type=int, help="number of pyramid stages (default: the model folder's, else 3)"
+    )
     parser.add_argument(
         "--schedule",
         action="extend",
@@ -77,16 +79,23 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def model_kind(model: str) -> str:
-    """The pyramid kind a model folder is saved with ("resolution" for presets and plain folders)."""
-    config = load_pyramid_config(model) if Path(model).is_dir() else None
-    return "resolution" if config is None else config.kind
+def stage_layout(model: str, stages: int | None, kind: str | None) -> PyramidConfig:
+    """The stage layout counted: a model folder's `pyramid_config.json` (stages, factors, kind), else the
+    default 3-stage resolution pyramid; --stages / --kind, when given and different, replace it."""
+    saved = load_pyramid_config(model) if Path(model).is_dir() else None
+    saved = PyramidConfig() if saved is None else saved
+    num_stages = saved.num_stages if stages is None else stages
+    kind = saved.kind if kind is None else kind
+    if (num_stages, kind) == (saved.num_stages, saved.kind):
+        return saved
+    return PyramidConfig(num_stages=num_stages, kind=kind)
 
 
 def compute_report(args: argparse.Namespace) -> dict:
     """Per-stage sizes and FLOPs and one row per schedule, as a JSON-ready dict."""
     config = get_transformer_config(args.model)
-    kind = args.kind or model_kind(args.model)
+    layout = stage_layout(args.model, args.stages, args.kind)
+    kind, num_stages = layout.kind, layout.num_stages
     # The text tokens every forward cross-attends to: at toy widths their K/V projections weigh as much as
     # the video tokens, so counting Wan's 512 for the toy's 32 would hide most of the pyramid's saving.
     text_len = folder_max_sequence_length(args.model) if args.text_len is None else args.text_len
@@ -94,17 +103,18 @@ def compute_report(args: argparse.Namespace) -> dict:
     # A pipeline folder's own size and VAE (the toy VAE compresses 4x, not Wan's 8x); given sizes win.
     folder = args.model if (Path(args.model) / "model_index.json").is_file() else None
     video = video_settings(folder, args.num_frames, args.height, args.width)
-    geometry = stage_geometry(num_stages=args.stages, patch_size=config["patch_size"], **video)
-    schedules = args.schedule or ["-".join(["0"] * (args.stages - 1) + [str(DEFAULT_STEPS)])]
-    parsed = [parse_schedule(text, args.stages) for text in schedules]  # validate all before counting
+    geometry = stage_geometry(
+        num_stages=num_stages, factors=layout.factors, patch_size=config["patch_size"], **video
+    )
+    schedules = args.schedule or ["-".join(["0"] * (num_stages - 1) + [str(DEFAULT_STEPS)])]
+    parsed = [parse_schedule(text, num_stages) for text in schedules]  # validate all before counting
     shapes = [(config["in_channels"], *g.latent) for g in geometry]
     rows = []
     for steps in parsed:
         by_stage = steps[::-1]  # schedule strings run lowest first; stage index 0 is full resolution
         cfg = default_cfg(steps) if args.cfg is None else args.cfg
         if kind == "patch":
-            ppf = PyramidConfig(num_stages=args.stages, kind="patch")
-            result = ppf_schedule_flops(config, shapes[0], by_stage, cfg, ppf, text_len)
+            result = ppf_schedule_flops(config, shapes[0], by_stage, cfg, layout, text_len)
         else:
             result = schedule_flops(config, shapes, by_stage, cfg, text_len)
         rows.append(
