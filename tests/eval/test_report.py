@@ -12,9 +12,15 @@ import torch
 from pyramidal_wan.cli import main
 from pyramidal_wan.eval.page_check import check_page, find_chromium
 from pyramidal_wan.eval.page_check import main as browser_main
-from pyramidal_wan.eval.pyramid_view import noise_floor, radial_power_spectrum, stage_nyquist
+from pyramidal_wan.eval.pyramid_view import (
+    make_pyramid_view,
+    noise_floor,
+    radial_power_spectrum,
+    stage_nyquist,
+)
 from pyramidal_wan.eval.report import load_records, markdown_report, toy_runs, vbench_runs
 from pyramidal_wan.eval.toybench import evaluate_videos
+from pyramidal_wan.pipelines import PyramidalWanPipeline, plan_from_folder
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.toy.world import eval_prompts
@@ -61,6 +67,13 @@ def records_file(tmp_path_factory):
         folder,
         model_path=str(model),
     )
+    # The pyramid view evaluate makes for a pyramidal run (the report itself runs no model).
+    pipe = PyramidalWanPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    view = Path("records-pyramid") / "toy" / "1-1-1"
+    make_pyramid_view(pipe, plan_from_folder(model, schedule="1-1-1"), folder / view, SCENES[0].caption())
+    for record in records:
+        record["pyramid_view"] = view.as_posix()
     records += fake_run("toy", "0-0-2", 0.0027, 1.25, {"text": 0.05, "stage 0": 0.9, "decode": 0.3}, folder)
     path = folder / "records.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -55,6 +55,11 @@ def register(subparsers) -> None:
         default=DEFAULT_SAMPLES,
         help=f"toy: save GIFs of the first N prompts (seed 0) for the report (default {DEFAULT_SAMPLES})",
     )
+    parser.add_argument(
+        "--no-pyramid-view",
+        action="store_true",
+        help="toy: skip the pyramid view (one extra sample per pyramidal schedule, for the report)",
+    )
     parser.add_argument("--prompt-file", help="vbench: your prompts (.txt, one a line, or a .json list)")
     parser.add_argument(
         "--dimension", action="append", help="vbench: a dimension to judge (repeatable; default: all)"
@@ -172,6 +177,7 @@ def model_name(folder: str) -> str:
 
 def run_toy(args: argparse.Namespace) -> int:
     from pyramidal_wan.eval.toybench import merge_parts, run_toybench
+    from pyramidal_wan.pyramid import is_baseline_schedule
     from pyramidal_wan.toy.world import eval_prompts
 
     if min(args.prompts, args.heldout, args.samples) < 0 or args.seeds < 1:
@@ -204,6 +210,8 @@ def run_toy(args: argparse.Namespace) -> int:
                 "device": device.type,
                 "batch_size": args.batch_size,
             }
+            if not (args.no_pyramid_view or is_baseline_schedule(plan.steps)):
+                fields["pyramid_view"] = pyramid_view(pipe, plan, out, name, prompts[0].caption(), state)
             generate = TimedGenerator(pipe, plan, device)
             samples = SampleSaver(out, name, plan.schedule, args.samples)
 
@@ -229,6 +237,19 @@ def run_toy(args: argparse.Namespace) -> int:
         print_table(records, runs)
         print(f"records: {out} ({len(records)} in file)")
     return 0
+
+
+def pyramid_view(pipe, plan, out: Path, model: str, prompt: str, state) -> str:
+    """The run's pyramid view (`eval.pyramid_view`: one prompt, seed 0) in OUT-pyramid/MODEL/SCHEDULE/, made
+    by the main process unless already there; its folder relative to the records' folder."""
+    from pyramidal_wan.eval.pyramid_view import VIEW_FILE, make_pyramid_view
+
+    relative = Path(f"{out.stem}-pyramid") / model / plan.schedule
+    folder = out.parent / relative
+    if state.is_main_process and not (folder / VIEW_FILE).is_file():
+        make_pyramid_view(pipe, plan, folder, prompt, seed=0)
+    state.wait_for_everyone()
+    return relative.as_posix()
 
 
 class SampleSaver:

@@ -14,9 +14,10 @@ def register(subparsers) -> None:
         "report",
         help="write the results page (HTML) and tables (Markdown) from evaluate records",
         description="Summarise `pyramidal-wan evaluate` records into OUT/index.html (tables, quality vs "
-        "TFLOPs, seconds per stage, sample GIFs, the pyramid of one prompt) and OUT/results.md (the same "
-        "tables, deterministic given the records). --markdown also writes the Markdown there (e.g. "
-        "docs/results.md); --screenshot PNG captures the page with headless Chromium.",
+        "TFLOPs, seconds per stage, sample GIFs, the pyramid view of one prompt that evaluate made) and "
+        "OUT/results.md (the same tables, deterministic given the records); no model runs here. "
+        "--markdown also writes the Markdown there (e.g. docs/results.md); --screenshot PNG captures the "
+        "page with headless Chromium.",
     )
     parser.add_argument(
         "--results", nargs="+", required=True, metavar="RECORDS", help="JSON-lines records of evaluate"
@@ -32,10 +33,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--pyramid-run",
         metavar="MODEL[:SCHEDULE]",
-        help="the run whose model shows the pyramid (default: the first pyramidal run with its folder)",
+        help="the run whose pyramid view (made by evaluate) the page shows (default: the first with one)",
     )
-    parser.add_argument("--no-pyramid", action="store_true", help="skip the pyramid section (no sampling)")
-    parser.add_argument("--device", default="cpu", help="device for the pyramid section's sample")
+    parser.add_argument("--no-pyramid", action="store_true", help="leave out the pyramid section")
     parser.add_argument("--screenshot", metavar="PNG", help="also save a full-page screenshot (Chromium)")
     parser.add_argument(
         "--width", type=int, default=1280, help="screenshot width in CSS pixels (default 1280)"
@@ -44,7 +44,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyramidal_wan.cli.generate import resolve_device
     from pyramidal_wan.eval.page_check import INSTALL_HINT, find_chromium, screenshot
     from pyramidal_wan.eval.report import write_report
 
@@ -55,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--screenshot {args.screenshot} must be a .png file")
         if find_chromium() is None:
             raise InputError(f"--screenshot needs Chromium: {INSTALL_HINT}")
-    device = resolve_device(args.device)
     paths = write_report(
         args.results,
         args.out,
@@ -63,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
         pyramid=not args.no_pyramid,
         pyramid_run=args.pyramid_run,
         max_prompts=args.samples,
-        device=str(device),
     )
     print(
         f"wrote {paths['html']} and {paths['markdown']}" + (f" and {args.markdown}" if args.markdown else "")

@@ -8,21 +8,27 @@ spatial frequencies up to its Nyquist limit, 1/2 cycle per latent pixel divided 
 spatial factors above it, over the noise levels [sigma_c^(i), sigma_n^(i)]; dropping the band above that
 limit is harmless when the data's spectrum there lies below the floor at sigma_c^(i).
 
-`spectrum_figure` draws the radially averaged power spectrum of a clean latent (the sample's own final
-latent, in the normalised space the noise lives in) against every stage's floors and Nyquist limits.
+`make_pyramid_view` samples one prompt at `evaluate` time and writes the stage videos, the figures and
+`view.json` that the report shows. `spectrum_figure` draws the radially averaged power spectrum of a clean
+latent (the sample's own final latent, in the normalised space the noise lives in) against every stage's
+floors and Nyquist limits.
 """
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pyramidal_wan.eval.figures import log_x_axis, save_figure
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
+from pyramidal_wan.utils.io import write_json
 from pyramidal_wan.utils.video import to_uint8_frames, write_video
+
+VIEW_FILE = "view.json"
+VIEW_FIGURES = ("pyramid_stages", "pyramid_spectrum")  # their PNG and SVG sit beside view.json
 
 
 def radial_power_spectrum(latent: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +112,6 @@ def stages_figure(videos: dict[int, np.ndarray], labels: dict[int, str], out_dir
     """Rows: stages from the lowest resolution to full; columns: first, middle and last frame."""
     from matplotlib.figure import Figure
 
-    from pyramidal_wan.eval.report import save_figure
-
     stages = sorted(videos, reverse=True)
     frames = videos[stages[0]].shape[0]
     picks = sorted({0, frames // 2, frames - 1})
@@ -129,8 +133,6 @@ def stages_figure(videos: dict[int, np.ndarray], labels: dict[int, str], out_dir
 def spectrum_figure(latent: torch.Tensor, pyramid, factors, out_dir: Path):
     """The data's radially averaged spectrum against each stage's noise floors and Nyquist limit."""
     from matplotlib.figure import Figure
-
-    from pyramidal_wan.eval.report import log_x_axis, save_figure
 
     freqs, power = radial_power_spectrum(latent)
     fig = Figure(figsize=(7.5, 4.8))
@@ -169,63 +171,30 @@ def spectrum_figure(latent: torch.Tensor, pyramid, factors, out_dir: Path):
     return save_figure(fig, out_dir, "pyramid_spectrum")
 
 
-def pyramid_section(run: dict, out_dir: str | Path, prompt_and_seed=None, device: str = "cpu") -> str:
-    """Sample one prompt with the run's model and schedule, write the figures and per-stage GIFs under
-    `out_dir`, and return the report's HTML section. `prompt_and_seed` defaults to a toy caption, seed 0."""
-    from pyramidal_wan.models.loading import quiet_loading
-    from pyramidal_wan.pipelines import PyramidalWanPipeline
-
+def make_pyramid_view(pipe, plan, out_dir: str | Path, prompt: str, seed: int = 0) -> dict:
+    """Sample `prompt` with a loaded pipeline and plan; write each stage's decoded clean estimate as a GIF,
+    the two figures and `view.json` (what the report shows: prompt, seed and a row per stage) into
+    `out_dir`; return the view. `evaluate` calls this, so the report never runs a model."""
     out_dir = Path(out_dir)
-    prompt, seed = prompt_and_seed or ("a red circle moving left on a dark blue background", 0)
-    plan = PyramidalWanPipeline.plan_from_folder(run["model_path"], schedule=run["schedule"])
-    quiet_loading()
-    pipe = PyramidalWanPipeline.from_pretrained(run["model_path"]).to(device)
-    pipe.set_progress_bar_config(disable=True)
     ends, final = sample_stage_ends(pipe, prompt, plan, seed)
     config = pipe.pyramid_config
     pyramid = config.pyramid()
     steps = stage_evaluations(plan)
     full = {s: to_full_resolution(pipe, x, s, final.shape) for s, x in ends.items()}
     videos = {s: decode_latents(pipe, x)[0] for s, x in full.items()}
-    labels, rows = {}, []
+    labels, stages = {}, []
     for stage in sorted(videos, reverse=True):
         segment = pyramid.segments[stage] if stage < len(pyramid.segments) else None
         size = "x".join(map(str, ends[stage].shape[-3:]))
         labels[stage] = f"stage {stage}\nlatent {size}"
-        gif = Path("pyramid") / f"stage{stage}.gif"
+        gif = f"stage{stage}.gif"
         write_video(out_dir / gif, videos[stage], fps=DEFAULT_FPS)
         sigmas = "-" if segment is None else f"[{segment.sigma_c:.3f}, {segment.sigma_n:.3f}]"
-        rows.append((stage, size, sigmas, steps.get(stage, "-"), gif.as_posix()))
-    stages_figure(videos, labels, out_dir / "figures")
-    spectrum_figure(final, pyramid, config.factors, out_dir / "figures")
-    return _section_html(run, prompt, seed, rows)
-
-
-def _section_html(run: dict, prompt: str, seed: int, rows) -> str:
-    from pyramidal_wan.eval.report import html_figure
-
-    cells = "".join(
-        f"<tr><td>stage {s}</td><td>{html.escape(size)}</td><td>{sig}</td><td>{n}</td>"
-        f'<td><img src="{gif}" alt="stage {s}" style="width:128px;image-rendering:pixelated"></td></tr>'
-        for s, size, sig, n, gif in rows
-    )
-    return "\n".join(
-        [
-            "<h2>The pyramid</h2>",
-            f'<p class="note">{html.escape(run["model"])}, schedule {html.escape(run["schedule"])}, prompt '
-            f"&ldquo;{html.escape(prompt)}&rdquo;, seed {seed}: the clean estimate x0 at the last model "
-            "evaluation of each stage, carried to full resolution by R_up and decoded.</p>",
-            "<table><thead><tr><th>stage</th><th>latent (T x H x W)</th><th>sigma range [sigma_c, sigma_n]"
-            f"</th><th>steps</th><th>video</th></tr></thead><tbody>{cells}</tbody></table>",
-            html_figure("pyramid_stages", "First, middle and last frame of each stage's clean estimate."),
-            html_figure(
-                "pyramid_spectrum",
-                "Radially averaged spatial power spectrum of the sample's final clean latent (normalised "
-                "space, where the noise is white with variance sigma^2) against each stage's noise floor "
-                "sigma^2 / (1 - sigma)^2 at its clean end (solid) and noisy end (dashed), and its Nyquist "
-                "limit (dotted). A frequency under the floor is drowned by the noise at that sigma, so a "
-                "stage can drop the band above its Nyquist limit where the spectrum there lies under the "
-                "floor of its clean end (METHOD.md 3.4).",
-            ),
-        ]
-    )
+        stages.append(
+            {"stage": stage, "latent": size, "sigmas": sigmas, "steps": steps.get(stage, "-"), "gif": gif}
+        )
+    stages_figure(videos, labels, out_dir)
+    spectrum_figure(final, pyramid, config.factors, out_dir)
+    view = {"schedule": plan.schedule, "prompt": prompt, "seed": seed, "stages": stages}
+    write_json(out_dir / VIEW_FILE, view)  # last: a folder with view.json is complete
+    return view

@@ -4,8 +4,8 @@ Every number comes from the records: ToyBench scores through `toybench.summarize
 video and per part (text encoding, each stage, decoding) from the fields `evaluate` stores in each record,
 VBench dimension scores from the `vbench` records. `write_report` writes into one folder:
 
-- `index.html`: a static page (no script, no network) with the tables, the figures, the sample grid and,
-  when a model folder is at hand, the pyramid made visible (`eval.pyramid_view`);
+- `index.html`: a static page (no script, no network) with the tables, the figures, the sample grid and
+  the pyramid made visible (the view `evaluate` made with `eval.pyramid_view`, copied in);
 - `results.md`: the same tables as Markdown, a pure function of the records (no timestamps, no paths,
   fixed number formats, runs in the order the records list them), so a copy kept in docs/ can be
   regenerated with one command and diffed;
@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.eval.figures import log_x_axis, save_figure
+from pyramidal_wan.eval.pyramid_view import VIEW_FIGURES, VIEW_FILE
 from pyramidal_wan.eval.timing import DECODE, TEXT
 from pyramidal_wan.eval.toybench import (
     BOOTSTRAP_RESAMPLES,
@@ -51,7 +53,6 @@ DIMENSION_HEADERS = {
     "frechet": "Frechet",
 }
 MAX_SAMPLE_PROMPTS = 4  # columns of the sample grid
-FIGURE_DPI = 120
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,6 +112,10 @@ def toy_runs(records: Sequence[dict]) -> list[dict]:
                 "model": model,
                 "schedule": schedule,
                 "model_path": _first(r.get("model_path") for r in group),
+                # the folder of the pyramid view evaluate made for this run (None: none was made)
+                "pyramid_view": _first(
+                    str(Path(r.get("_base", "")) / r["pyramid_view"]) for r in group if r.get("pyramid_view")
+                ),
                 "n": len(group),
                 "tflops": _first(r.get("tflops") for r in group),
                 "semantic": overall["semantic"],
@@ -332,33 +337,6 @@ def markdown_report(runs: Sequence[dict], vbench: Sequence[dict] = ()) -> str:
 # Figures (matplotlib, Agg; no pyplot state)
 
 
-def save_figure(fig, out_dir: Path, stem: str) -> list[Path]:
-    """PNG and SVG of a figure, atomically; the SVG carries no date and fixed ids."""
-    import matplotlib
-
-    written = []
-    for suffix in (".png", ".svg"):
-        path = out_dir / f"{stem}{suffix}"
-        with matplotlib.rc_context({"svg.hashsalt": "pyramidal-wan"}), atomic_path(path) as tmp:
-            metadata = {"Date": None} if suffix == ".svg" else {"Software": None}
-            fig.savefig(tmp, format=suffix[1:], dpi=FIGURE_DPI, metadata=metadata, bbox_inches="tight")
-        written.append(path)
-    return written
-
-
-def log_x_axis(ax, values: Sequence[float], pad: float = 1.6) -> None:
-    """A log x axis from min(values) / pad to max(values) * pad, ticks at 1, 2 and 5 per decade written
-    plainly."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    ax.set_xscale("log")
-    if values:
-        ax.set_xlim(min(values) / pad, max(values) * pad)
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
 def plot_quality_vs_tflops(runs: Sequence[dict], out_dir: Path) -> list[Path]:
     """Semantic, quality and total against TFLOPs per video (log x), one labelled point per model x schedule;
     a VAE ceiling is drawn as a horizontal line."""
@@ -548,9 +526,9 @@ def html_report(runs, vbench, grid: dict, pyramid_html: str) -> str:
 
 
 def pick_pyramid_run(runs: Sequence[dict], wanted: str | None = None) -> dict | None:
-    """The run whose model shows the pyramid: `wanted` ("MODEL:SCHEDULE" or "MODEL"), else the first run
-    with a pyramidal schedule (some steps below full resolution) whose model folder exists."""
-    candidates = [r for r in runs if r["model_path"] and Path(r["model_path"]).is_dir()]
+    """The run whose pyramid view the report shows: `wanted` ("MODEL:SCHEDULE" or "MODEL"), else the first
+    run with a view (`evaluate` makes one for every pyramidal schedule)."""
+    candidates = [r for r in runs if r["pyramid_view"] and (Path(r["pyramid_view"]) / VIEW_FILE).is_file()]
     if wanted is not None:
         model, _, schedule = wanted.partition(":")
         chosen = [
@@ -559,15 +537,52 @@ def pick_pyramid_run(runs: Sequence[dict], wanted: str | None = None) -> dict | 
         if not chosen:
             names = ", ".join(f"{r['model']}:{r['schedule']}" for r in runs)
             raise InputError(
-                f"--pyramid-run {wanted}: no run of the records has that model (and schedule) with its "
-                f"folder present; runs: {names}"
+                f"--pyramid-run {wanted}: no run of the records has that model (and schedule) with a pyramid "
+                f"view (evaluate makes one per pyramidal schedule); runs: {names}"
             )
         return chosen[0]
-    for run in candidates:
-        steps = [int(s) for s in run["schedule"].split("-") if s.isdigit()]
-        if len(steps) > 1 and any(steps[:-1]):
-            return run
-    return None
+    return candidates[0] if candidates else None
+
+
+def pyramid_section(run: dict, out_dir: Path) -> str:
+    """Copy a run's pyramid view (stage GIFs, figures) into the report folder; return its HTML section."""
+    folder = Path(run["pyramid_view"])
+    view = json.loads((folder / VIEW_FILE).read_text())
+    rows = []
+    for stage in view["stages"]:
+        gif = Path("pyramid") / stage["gif"]
+        with atomic_path(out_dir / gif) as tmp:
+            shutil.copyfile(folder / stage["gif"], tmp)
+        rows.append((stage["stage"], stage["latent"], stage["sigmas"], stage["steps"], gif.as_posix()))
+    for stem in VIEW_FIGURES:
+        for suffix in (".png", ".svg"):
+            with atomic_path(out_dir / "figures" / f"{stem}{suffix}") as tmp:
+                shutil.copyfile(folder / f"{stem}{suffix}", tmp)
+    cells = "".join(
+        f"<tr><td>stage {s}</td><td>{html.escape(size)}</td><td>{sig}</td><td>{n}</td>"
+        f'<td><img src="{gif}" alt="stage {s}" style="width:128px;image-rendering:pixelated"></td></tr>'
+        for s, size, sig, n, gif in rows
+    )
+    return "\n".join(
+        [
+            "<h2>The pyramid</h2>",
+            f'<p class="note">{html.escape(run["model"])}, schedule {html.escape(run["schedule"])}, prompt '
+            f"&ldquo;{html.escape(view['prompt'])}&rdquo;, seed {view['seed']}: the clean estimate x0 at the "
+            "last model evaluation of each stage, carried to full resolution by R_up and decoded.</p>",
+            "<table><thead><tr><th>stage</th><th>latent (T x H x W)</th><th>sigma range [sigma_c, sigma_n]"
+            f"</th><th>steps</th><th>video</th></tr></thead><tbody>{cells}</tbody></table>",
+            html_figure("pyramid_stages", "First, middle and last frame of each stage's clean estimate."),
+            html_figure(
+                "pyramid_spectrum",
+                "Radially averaged spatial power spectrum of the sample's final clean latent (normalised "
+                "space, where the noise is white with variance sigma^2) against each stage's noise floor "
+                "sigma^2 / (1 - sigma)^2 at its clean end (solid) and noisy end (dashed), and its Nyquist "
+                "limit (dotted). A frequency under the floor is drowned by the noise at that sigma, so a "
+                "stage can drop the band above its Nyquist limit where the spectrum there lies under the "
+                "floor of its clean end (METHOD.md 3.4).",
+            ),
+        ]
+    )
 
 
 def write_report(
@@ -577,9 +592,9 @@ def write_report(
     pyramid: bool = True,
     pyramid_run: str | None = None,
     max_prompts: int = MAX_SAMPLE_PROMPTS,
-    device: str = "cpu",
 ) -> dict[str, Path]:
-    """Write the report folder (and a copy of the Markdown at `markdown`); return the main paths."""
+    """Write the report folder (and a copy of the Markdown at `markdown`); return the main paths. A pure
+    function of the records and the files they name (samples, pyramid views): no model runs here."""
     records = load_records(results)
     runs, vbench = toy_runs(records), vbench_runs(records)
     chosen = pick_pyramid_run(runs, pyramid_run) if pyramid else None  # checked before any work
@@ -593,14 +608,11 @@ def write_report(
         grid = sample_grid(records, out_dir, max_prompts)
     pyramid_html = ""
     if chosen is not None:
-        from pyramidal_wan.eval.pyramid_view import pyramid_section
-
-        caption = (grid["columns"][0][2], grid["columns"][0][1]) if grid["columns"] else None
-        pyramid_html = pyramid_section(chosen, out_dir, prompt_and_seed=caption, device=device)
+        pyramid_html = pyramid_section(chosen, out_dir)
     elif pyramid:
         pyramid_html = (
-            '<h2>The pyramid</h2><p class="note">No pyramidal run with its model folder at hand in these '
-            "records.</p>"
+            '<h2>The pyramid</h2><p class="note">No pyramid view in these records (evaluate makes one for '
+            "each pyramidal schedule).</p>"
         )
     paths = {"html": out_dir / "index.html", "markdown": out_dir / "results.md"}
     with atomic_path(paths["html"]) as tmp:
