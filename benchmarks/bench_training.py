@@ -59,7 +59,7 @@ from pyramidal_wan.toy.dataset import make_dataset
 from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
 from pyramidal_wan.toy.vae import build_vae
 from pyramidal_wan.training.config import load_config
-from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.methods import build_objective
 from pyramidal_wan.training.trainer import sample_batch
 
 # (row label, config overrides): the same model and data; only the objective changes.
