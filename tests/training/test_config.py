@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 
 from pyramidal_wan.data.cache import NEGATIVE_PROMPT, CachedLatents
 from pyramidal_wan.errors import InputError
@@ -85,3 +86,41 @@ def test_teachers_use_the_models_negative_prompt_unless_told(tiny_cache, tmp_pat
     with pytest.raises(InputError, match="rerun `pyramidal-wan prepare-data`.*teacher_uncond=empty"):
         objective.run_record(CachedLatents(older))
     assert json.loads(json.dumps(objective.run_record(data)))  # JSON-ready for run.json
+
+
+def test_an_older_runs_saved_config_still_loads(tmp_path):
+    """Runs saved every field of the one old objective config in config.yaml; `export` reads that file."""
+    dump = {
+        **{
+            "name": "dmd-pt",
+            "stages": [0],
+            "timestep_sampling": "uniform",
+            "logit_mean": 0.0,
+            "logit_std": 1.0,
+        },
+        **{"shift": 1.0, "num_stages": 3, "clean_ends": [0.3, 0.6], "wavelet": "haar"},
+        **{
+            "noisy_end_signal": "upsampled",
+            "dist_weight": 1.0,
+            "dist_stage_weights": None,
+            "schedule": "2-2-1",
+        },
+        **{"teacher": None, "fake": None, "guidance_scale": 5.0, "critic_ratio": 5, "teach_weight": 0.01},
+        **{"tau_range": [0.02, 0.98], "pt_form": "x0", "student_input": "data", "adv_blocks": None},
+        **{
+            "adv_weight": 1.0,
+            "rec_weight": 2.0,
+            "rec_steps": 10,
+            "head_channels": 256,
+            "stage_embedding": False,
+        },
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"train": {"steps": 5}, "objective": dump}))
+    config = load_config(path)
+    assert config.objective.pt_form == "x0" and not hasattr(config.objective, "head_channels")
+    assert config.pyramid == PyramidConfig(clean_ends=(0.3, 0.6))
+    # A hand-written config naming an ignored option still fails (only the full old dump is converted).
+    path.write_text(yaml.safe_dump({"objective": {"name": "dmd-pt", "head_channels": 64}}))
+    with pytest.raises(InputError, match="objective.head_channels is not an option of dmd-pt"):
+        load_config(path)

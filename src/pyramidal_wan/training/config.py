@@ -66,6 +66,17 @@ class TrainConfig:
 # Keys of the stage layout that configs used to give under `objective:` (before the `pyramid:` section);
 # `load_config` moves them there, so older configs keep loading.
 LEGACY_LAYOUT_KEYS = ("num_stages", "clean_ends", "wavelet", "stage_embedding")
+# Every field of the one objective config runs saved in their config.yaml before options were split by
+# method; such a full dump lists the fields its method ignored too, so those are dropped when it loads.
+LEGACY_OBJECTIVE_DUMP = frozenset(
+    {
+        *("name", "stages", "timestep_sampling", "logit_mean", "logit_std", "shift", "num_stages"),
+        *("clean_ends", "wavelet", "noisy_end_signal", "dist_weight", "dist_stage_weights", "schedule"),
+        *("teacher", "fake", "guidance_scale", "critic_ratio", "teach_weight", "tau_range", "pt_form"),
+        *("student_input", "adv_blocks", "adv_weight", "rec_weight", "rec_steps", "head_channels"),
+        "stage_embedding",
+    }
+)
 
 
 @dataclass
@@ -207,7 +218,8 @@ def load_config(
 
     `method` (the `distill --method` flag) names the objective; a config naming another one raises.
     Configs written before the `pyramid:` section (stage-layout keys under `objective:`) still load: those
-    keys move to `pyramid:`, and a PPF method's layout becomes kind "patch".
+    keys move to `pyramid:`, and a PPF method's layout becomes kind "patch"; an older run's saved
+    config.yaml (every field of the old single objective config) keeps only its method's options.
     """
     raw = _read_raw(path, overrides)
     objective = dict(raw.get("objective", {}))
@@ -217,10 +229,13 @@ def load_config(
             raise InputError(f"{path} is a {named} config but --method is {method}; pass a {method} config")
         objective["name"] = method
     pyramid = dict(raw.get("pyramid", {}))
+    name = objective.get("name", ObjectiveOptions.name)
+    if set(objective) == LEGACY_OBJECTIVE_DUMP and name in METHODS:  # an older run's saved config.yaml
+        keep = {f.name for f in dataclasses.fields(METHODS[name].options)} | set(LEGACY_LAYOUT_KEYS)
+        objective = {k: v for k, v in objective.items() if k in keep}
     legacy = {k: objective.pop(k) for k in LEGACY_LAYOUT_KEYS if k in objective}
     if legacy:
         pyramid = {**legacy, **pyramid}
-        name = objective.get("name", ObjectiveOptions.name)
         if name in METHODS and METHODS[name].kind == "patch":
             pyramid.setdefault("kind", "patch")
     config = Config(pyramid=_pyramid(pyramid), objective=_objective(objective))
