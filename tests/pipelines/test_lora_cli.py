@@ -10,9 +10,9 @@ from pipeline_helpers import PROMPT, build_pipeline
 from safetensors import safe_open
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.data.video import read_video
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.training.networks import add_lora
+from pyramidal_wan.utils.video import read_video
 
 CONFIG = PyramidConfig(sampler="fewstep", default_schedule="2-2-1")
 

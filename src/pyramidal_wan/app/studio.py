@@ -113,16 +113,16 @@ class Studio:
 
     def plan(self, name: str, prompt: str, schedule: str | None, size: str | None):
         """The checked sampling plan of one request (raises InputError before any model work)."""
-        from pyramidal_wan.pipelines import PyramidalWanPipeline
+        from pyramidal_wan.pipelines import plan_from_folder
 
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("the prompt is empty: describe the video to generate")
         schedule = schedule.strip() if isinstance(schedule, str) and schedule.strip() else None
-        return PyramidalWanPipeline.plan_from_folder(self.folder(name), *parse_size(size), schedule=schedule)
+        return plan_from_folder(self.folder(name), *parse_size(size), schedule=schedule)
 
     def pipeline(self, name: str):
         if name not in self._pipes:
-            from pyramidal_wan.cli.generate import quiet_loading
+            from pyramidal_wan.models.loading import quiet_loading
             from pyramidal_wan.pipelines import PyramidalWanPipeline
 
             quiet_loading()
@@ -143,7 +143,7 @@ class Studio:
     ) -> Generation:
         """One video; with `previews`, each stage's decoded clean estimate goes to `on_preview` as the stage
         ends (and into the result)."""
-        from pyramidal_wan.cli.generate import plan_flops
+        from pyramidal_wan.eval.flops import plan_flops
 
         plan = self.plan(name, prompt, schedule, size)
         seed = int(seed)
@@ -179,17 +179,12 @@ class Studio:
                 timer.start()
                 frames = pipe(
                     prompt,
-                    num_frames=plan.geometry[0].pixel[0],
-                    height=plan.geometry[0].pixel[1],
-                    width=plan.geometry[0].pixel[2],
-                    schedule=plan.schedule,
-                    sampler=plan.sampler,
-                    guidance_scale=plan.stage_guidance or plan.guidance_scale,
+                    plan=plan,
                     generator=torch.Generator().manual_seed(seed),
                     callback=callback,
                 ).frames[0]
                 seconds = timer.stop(self.device)
-            ppf_config = pipe.ppf.ppf_config if pipe.ppf is not None else None
+            ppf_config = pipe.ppf.pyramid_config if pipe.ppf is not None else None
             tflops = plan_flops(pipe.transformer.config, plan, pipe.default_max_sequence_length(), ppf_config)
         return Generation(
             model=name,
@@ -212,8 +207,8 @@ class Studio:
         return export_video(generation.frames, path)[0]
 
     def write_preview(self, preview: StagePreview, tag: str) -> Path:
-        from pyramidal_wan.data.video import write_video
         from pyramidal_wan.pipelines.export import DEFAULT_FPS
+        from pyramidal_wan.utils.video import write_video
 
         path = self.out_dir / f"{tag}-stage{preview.stage}-{time.time_ns()}.gif"
         return write_video(path, preview.frames, fps=DEFAULT_FPS)

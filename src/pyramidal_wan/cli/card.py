@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
 def schedule_flops_rows(folder: Path, schedules) -> list[dict]:
     """TFLOPs of one default-size video per schedule (None: the folder's default), from configs only."""
-    from pyramidal_wan.cli.generate import describe_guidance, plan_flops
+    from pyramidal_wan.cli.generate import describe_guidance
+    from pyramidal_wan.eval.flops import plan_flops
     from pyramidal_wan.models.ppf import find_ppf_folder, load_ppf_config
     from pyramidal_wan.models.presets import read_config_json
     from pyramidal_wan.models.text import folder_max_sequence_length
@@ -123,7 +124,7 @@ def write_card(
     from pyramidal_wan.eval.report import load_records, toy_runs, vbench_runs
     from pyramidal_wan.models.bundled import is_model_folder
     from pyramidal_wan.models.checkpoint import load_pyramid_config
-    from pyramidal_wan.pipelines.pipeline_pyramidal_wan import video_settings
+    from pyramidal_wan.pipelines.planning import video_settings
     from pyramidal_wan.utils.io import atomic_path
 
     folder = Path(folder)

@@ -27,6 +27,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     WanTransformer3DModel,
 )
+from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
@@ -76,7 +77,7 @@ PIPELINE_SETTINGS = ("default_num_frames", "default_height", "default_width", "d
 OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 
-class PyramidalWanPipeline(DiffusionPipeline):
+class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     r"""
     Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
 
