@@ -173,13 +173,14 @@ def training_batch(geometry, samples_per_stage: int, stages, text_dim: int, devi
         "latents": [torch.randn(rows, 16, *s.latent, generator=g).to(device) for s in geometry],
         "prompt_embeds": torch.randn(rows, 512, text_dim, generator=g).to(device),
         "empty_prompt": torch.zeros(512, text_dim).to(device),
+        "negative_prompt": torch.zeros(512, text_dim).to(device),
     }
 
 
 def training_memory(args, device, geometry) -> list[dict]:
     """Peak memory of one pyramidal step and of DMD-OT iterations at 1 and 2 full-resolution samples."""
     from pyramidal_wan.training.config import load_config
-    from pyramidal_wan.training.objectives import build_objective
+    from pyramidal_wan.training.methods import build_objective
     from pyramidal_wan.training.sharding import frozen_networks
 
     precision = "no" if args.tiny else "bf16"
@@ -194,8 +195,11 @@ def training_memory(args, device, geometry) -> list[dict]:
                     "model.gradient_checkpointing=true",
                     f"train.precision={precision}",
                     f"objective.name={method}",
-                    f"objective.teacher={args.preset}",
-                    "objective.critic_ratio=1",
+                    *(
+                        [f"objective.teacher={args.preset}", "objective.critic_ratio=1"]
+                        if method == "dmd-ot"
+                        else []
+                    ),
                 ],
             )
             objective = build_objective(config)

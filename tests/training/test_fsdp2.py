@@ -15,7 +15,7 @@ from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.training.config import load_config
-from pyramidal_wan.training.objectives import build_objective
+from pyramidal_wan.training.methods import build_objective
 from pyramidal_wan.training.sharding import FSDP2, check_sharding
 from pyramidal_wan.training.trainer import export_checkpoint, sample_batch, train
 
@@ -189,7 +189,7 @@ def test_fsdp2_kill_and_resume_reaches_the_same_weights(tiny_cache, base, tmp_pa
         ["objective.name=flow-matching"],
         ["objective.name=multires-fm"],
         ["objective.name=pyramidal", "model.lora_rank=4", "train.precision=bf16"],
-        ["objective.name=ppf-fm", "train.ema=0.5"],
+        ["objective.name=ppf-fm", "pyramid.kind=patch", "train.ema=0.5"],
     ],
     ids=["flow-matching", "multires-fm", "pyramidal-lora-bf16", "ppf-fm"],
 )
