@@ -7,8 +7,11 @@ import sys
 
 import pytest
 import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import PyramidConfig
+from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
 
 # The torchrun of this Python's environment, not whichever is first on PATH.
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -68,3 +71,37 @@ def run_in_two_cpu_processes(argv: list[str], standalone: bool = True) -> subpro
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+TI2V_CHANNELS = 48  # Wan2.2-TI2V-5B latent channels
+
+
+def build_ti2v_components(seed: int = 0) -> dict:
+    """The toy text stack with a TI2V-5B-shaped transformer (48 channels in and out) and a narrow Wan2.2 VAE
+    (z_dim 48, 2x2 pixel patchify, 4x16x16 compression, residual blocks) of random weights."""
+    config = {**get_transformer_config("toy-wan"), "num_layers": 2}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel.from_config(
+            {**config, "in_channels": TI2V_CHANNELS, "out_channels": TI2V_CHANNELS}
+        ).eval()
+        stats = torch.Generator().manual_seed(seed)
+        vae = AutoencoderKLWan(
+            base_dim=8,
+            z_dim=TI2V_CHANNELS,
+            dim_mult=[1, 2, 2, 2],
+            num_res_blocks=1,
+            is_residual=True,
+            in_channels=12,
+            out_channels=12,
+            patch_size=2,
+            scale_factor_spatial=16,
+            latents_mean=(0.1 * torch.randn(TI2V_CHANNELS, generator=stats)).tolist(),
+            latents_std=(1.0 + 0.2 * torch.rand(TI2V_CHANNELS, generator=stats)).tolist(),
+        ).eval()
+    return {
+        "tokenizer": build_tokenizer(),
+        "text_encoder": build_text_encoder(seed),
+        "vae": vae,
+        "transformer": transformer,
+    }

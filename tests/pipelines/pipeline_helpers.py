@@ -5,7 +5,7 @@ latents (toy VAE: 4x time, 4x space), and three (2, 2, 2) stages to 320 / 48 / 8
 """
 
 import torch
-from diffusers import WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
 from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import get_transformer_config
@@ -62,3 +62,16 @@ def build_pipeline(
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+class BaselineGridScheduler(FlowMatchEulerDiscreteScheduler):
+    """Flow-matching Euler whose `set_timesteps(N)` uses the project's baseline grid.
+
+    diffusers' default grid is linspace(1, 1/1000, N); the project's is shift(1 - k/N), k = 0..N, ending
+    exactly at 0. Given the unshifted levels 1 - k/N (k < N) as `sigmas`, the scheduler applies the same
+    shift s r / (1 + (s - 1) r) and appends the terminal 0 itself.
+    """
+
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        levels = [1.0 - k / num_inference_steps for k in range(num_inference_steps)]
+        super().set_timesteps(sigmas=levels, device=device)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from helpers import nondefault_pyramid_config
-from pipeline_helpers import PROMPT, SIZE, build_pipeline
+from pipeline_helpers import PROMPT, SIZE, BaselineGridScheduler, build_pipeline
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import PLAIN_MODEL_CONFIG, PYRAMID_CONFIG_NAME
@@ -14,19 +14,6 @@ from pyramidal_wan.pipelines import WAN21_NEGATIVE_PROMPT, PyramidalWanPipeline
 from pyramidal_wan.pyramid import PyramidConfig
 
 TEXT_LEN = 32  # the toy tokenizer's model_max_length
-
-
-class BaselineGridScheduler(FlowMatchEulerDiscreteScheduler):
-    """Flow-matching Euler whose `set_timesteps(N)` uses the project's baseline grid.
-
-    diffusers' default grid is linspace(1, 1/1000, N); the project's is shift(1 - k/N), k = 0..N, ending
-    exactly at 0. Given the unshifted levels 1 - k/N (k < N) as `sigmas`, the scheduler applies the same
-    shift s r / (1 + (s - 1) r) and appends the terminal 0 itself.
-    """
-
-    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
-        levels = [1.0 - k / num_inference_steps for k in range(num_inference_steps)]
-        super().set_timesteps(sigmas=levels, device=device)
 
 
 def generator(seed=0):

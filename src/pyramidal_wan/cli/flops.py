@@ -7,6 +7,11 @@ for multi-step schedules and without for few-step ones (every stage <= 4 steps, 
 `--kind patch` counts a patch-pyramid (PPF) model (METHOD.md 9): the full-resolution latent at every stage,
 patchified with the stage's kernel; a model folder whose pyramid_config.json says kind "patch" is counted so
 by default.
+
+A two-expert model (Wan2.2 A14B presets, or a folder with `transformer_2`) also gets, per schedule, which
+expert runs each stage's evaluations: the high-noise one where 1000 sigma >= 1000 boundary_ratio. Multi-step
+rows walk the multi-step grid of the model's pyramid, few-step rows the few-step grid. Presets of the Wan
+family count at their own VAE compression and default size (models.wan_family.VARIANTS).
 """
 
 from __future__ import annotations
@@ -15,11 +20,21 @@ import argparse
 import json
 from pathlib import Path
 
+from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, ppf_schedule_flops, schedule_flops
 from pyramidal_wan.models.checkpoint import load_pyramid_config
+from pyramidal_wan.models.loading import read_model_index
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.models.text import folder_max_sequence_length
+from pyramidal_wan.models.wan_family import (
+    VARIANTS,
+    describe_experts,
+    expert_evaluations,
+    expert_split,
+    variant_video_settings,
+)
 from pyramidal_wan.pipelines.planning import video_settings
+from pyramidal_wan.pyramid import get_fewstep_grid, get_multistep_grid
 from pyramidal_wan.pyramid.config import KINDS, PyramidConfig
 from pyramidal_wan.pyramid.geometry import parse_schedule, stage_geometry
 
@@ -102,7 +117,13 @@ def compute_report(args: argparse.Namespace) -> dict:
     # PPF stages have the resolution pyramid's token grids, so the same geometry checks the size.
     # A pipeline folder's own size and VAE (the toy VAE compresses 4x, not Wan's 8x); given sizes win.
     folder = args.model if (Path(args.model) / "model_index.json").is_file() else None
-    video = video_settings(folder, args.num_frames, args.height, args.width)
+    if folder is None and args.model in VARIANTS:
+        video = variant_video_settings(args.model, args.num_frames, args.height, args.width)
+    else:
+        video = video_settings(folder, args.num_frames, args.height, args.width)
+    boundary_ratio = model_boundary_ratio(args.model, folder)
+    if boundary_ratio is not None and kind == "patch":
+        raise InputError(f"{args.model} has two experts; a patch pyramid (PPF) has one transformer")
     geometry = stage_geometry(
         num_stages=num_stages, factors=layout.factors, patch_size=config["patch_size"], **video
     )
@@ -126,6 +147,11 @@ def compute_report(args: argparse.Namespace) -> dict:
                 "stage_tflops": [s["tflops"] for s in result["stages"]],  # index 0 = full resolution
             }
         )
+        if boundary_ratio is not None:
+            sampler = "multistep" if default_cfg(steps) else "fewstep"  # the paper's rows, as for CFG
+            pyramid = layout.pyramid()  # the model's stage boundaries decide each stage's noise levels
+            grid = (get_multistep_grid if sampler == "multistep" else get_fewstep_grid)(pyramid, steps)
+            rows[-1]["experts"] = list(expert_evaluations(grid, sampler, boundary_ratio))
     reference = rows[0]["total_tflops"]
     for row in rows:
         row["speedup"] = reference / row["total_tflops"]
@@ -142,12 +168,20 @@ def compute_report(args: argparse.Namespace) -> dict:
     return {
         "model": str(args.model),
         "kind": kind,
+        "boundary_ratio": boundary_ratio,
         "size": [video["num_frames"], video["height"], video["width"]],
         "text_len": text_len,
         "stages": stages,
         "schedules": rows,
         "total_tflops": rows[0]["total_tflops"],
     }
+
+
+def model_boundary_ratio(model: str, folder: str | None) -> float | None:
+    """Where a two-expert model switches experts (None: one transformer): a preset's, or a folder's."""
+    if folder is not None:
+        return expert_split(read_model_index(folder), folder)
+    return VARIANTS[model].boundary_ratio if model in VARIANTS else None
 
 
 def _fmt_tflops(value: float) -> str:
@@ -186,21 +220,28 @@ def format_report(report: dict) -> str:
             f"2 x {_fmt_tflops(r['total_tflops'] / 2)}" if r["cfg"] else _fmt_tflops(r["total_tflops"]),
             f"{r['speedup']:.2f}x",
         ]
+        + ([describe_experts(r["experts"])] if "experts" in r else [])
         for r in report["schedules"]
     ]
+    schedule_headers = ["schedule", "CFG", "forwards", "TFLOPs per stage (low..full)", "total TFLOPs"]
+    schedule_headers.append("speed-up")
+    if report["boundary_ratio"] is not None:
+        schedule_headers.append("experts per stage (low..full)")
     title = f"{report['model']} at {frames}x{height}x{width}, {report['text_len']} text tokens"
     if report["kind"] == "patch":
         title += ", patch pyramid (PPF: full-resolution latent, per-stage patch kernels)"
+    if report["boundary_ratio"] is not None:
+        title += (
+            f", two experts (high-noise at sigma >= {report['boundary_ratio']:g}; each forward counts as one "
+            "expert's)"
+        )
     return "\n".join(
         [
             title,
             "",
             _table(["stage", "pixels", "latent", "tokens", "TFLOPs/forward"], stage_rows),
             "",
-            _table(
-                ["schedule", "CFG", "forwards", "TFLOPs per stage (low..full)", "total TFLOPs", "speed-up"],
-                schedule_rows,
-            ),
+            _table(schedule_headers, schedule_rows),
         ]
     )
 

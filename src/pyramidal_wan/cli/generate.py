@@ -19,6 +19,7 @@ from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.lora import load_loras, parse_lora_spec
 from pyramidal_wan.models.presets import get_transformer_config
+from pyramidal_wan.models.wan_family import describe_experts, expert_evaluations
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video, plan_from_folder
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
 from pyramidal_wan.pipelines.parallel import MODES, check_context_parallel, enable_context_parallel
@@ -178,13 +179,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     quiet_loading()
     # The VAE stays float32, as Wan runs it; --dtype applies to the transformer and the text encoder.
-    pipe = PyramidalWanPipeline.from_pretrained(
-        folder, torch_dtype={"transformer": dtype, "text_encoder": dtype}
-    )
+    dtypes = {"transformer": dtype, "transformer_2": dtype, "text_encoder": dtype}  # both A14B experts
+    pipe = PyramidalWanPipeline.from_pretrained(folder, torch_dtype=dtypes)
     load_loras(pipe, loras)
     pipe.to(device)
     if args.context_parallel is not None:
-        enable_context_parallel(pipe.transformer, args.context_parallel, world_size)
+        for expert in (pipe.transformer, pipe.transformer_2):
+            if expert is not None:
+                enable_context_parallel(expert, args.context_parallel, world_size)
     started = time.perf_counter()
     video = pipe(
         args.prompt,
@@ -211,4 +213,8 @@ def run(args: argparse.Namespace) -> int:
         f"  {seconds:.1f} s on {device.type} ({args.dtype}); {flops['total_tflops']:.4g} TFLOPs in "
         f"{flops['forwards']} transformer forwards"
     )
+    if pipe.transformer_2 is not None:
+        grid = pipe.get_grid(plan, pipe.pyramid_config.pyramid())
+        counts = expert_evaluations(grid, plan.sampler, pipe.config.boundary_ratio)
+        print(f"  experts per stage (lowest resolution first): {describe_experts(counts)}")
     return 0

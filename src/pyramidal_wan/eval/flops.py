@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.ppf import PPFTransformer, ppf_num_tokens
 from pyramidal_wan.models.presets import build_on_meta, get_transformer_config
+from pyramidal_wan.models.wan_family import CLIP_IMAGE_TOKENS
 from pyramidal_wan.pipelines.planning import SamplingPlan
 from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule
 
@@ -75,10 +76,13 @@ def _count_by_op(
     latents = torch.empty((1, *latent_shape), device="meta")  # (B, C, T, H, W)
     text = torch.empty((1, text_len, config["text_dim"]), device="meta")  # (B, N_txt, text_dim)
     timestep = torch.empty((1,), device="meta")
+    image = None  # Wan2.1-I2V cross-attends to the CLIP image tokens too (its added K/V projections)
+    if config.get("image_dim") is not None:
+        image = torch.empty((1, CLIP_IMAGE_TOKENS, config["image_dim"]), device="meta")
     # The math SDPA backend is a composite of matmul/bmm, which FlopCounterMode counts on every device;
     # fused kernels are device-specific, and some (the CPU flash kernel) have no registered FLOP formula.
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), torch.no_grad():
-        model(latents, timestep, text, return_dict=False)
+        model(latents, timestep, text, encoder_hidden_states_image=image, return_dict=False)
     counts = counter.get_flop_counts()["Global"]
     return tuple(sorted((str(op), int(n)) for op, n in counts.items()))
 

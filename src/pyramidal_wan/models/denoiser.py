@@ -17,7 +17,7 @@ from torch import nn
 TIMESTEP_SCALE = 1000.0
 
 
-def _per_sample(value: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
+def per_sample(value: float | torch.Tensor, batch: int, like: torch.Tensor) -> torch.Tensor:
     """A float or a 0-d / (B,) tensor as a float32 (B,) tensor on `like`'s device."""
     values = torch.as_tensor(value, dtype=torch.float32, device=like.device)
     if values.ndim == 0:
@@ -58,7 +58,7 @@ class WanVelocity(nn.Module):
             `torch.Tensor`: dx/dsigma, shaped and typed like `x`.
         """
         # Float32 timesteps, as WanPipeline passes them: Wan keeps its time embedder in float32.
-        timestep = TIMESTEP_SCALE * _per_sample(sigma, x.shape[0], x)  # (B,)
+        timestep = TIMESTEP_SCALE * per_sample(sigma, x.shape[0], x)  # (B,)
         dtype = self.transformer.dtype
         velocity = self.transformer(
             hidden_states=x.to(dtype),
@@ -122,10 +122,10 @@ class CFGVelocity(nn.Module):
                 f"of the prompt embeddings {tuple(encoder_hidden_states.shape)} to share one batched call"
             )
         batch = x.shape[0]
-        sigma_in = _per_sample(sigma, batch, x).repeat(2)  # (2B,)
+        sigma_in = per_sample(sigma, batch, x).repeat(2)  # (2B,)
         text = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # (2B, N_txt, D)
         uncond, cond = self.model(torch.cat([x, x]), sigma_in, text, **kwargs).chunk(2)  # (B, ...) each
         scale = self.guidance_scale
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
-            scale = _per_sample(scale, batch, x).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+            scale = per_sample(scale, batch, x).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         return uncond + scale * (cond - uncond)

@@ -35,6 +35,7 @@ from pyramidal_wan.models.presets import (
     is_original_wan_config,
     read_config_json,
 )
+from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, expert_split
 
 Layout = Literal["pipeline", "transformer", "original"]
 
@@ -270,13 +271,20 @@ def load_transformer(
 ) -> WanTransformer3DModel:
     """Load the Wan transformer from a pipeline folder, a transformer folder or the original release layout.
 
-    `config` is used only by the original layout (to override or supply its config.json).
+    `config` is used only by the original layout (to override or supply its config.json). A two-expert
+    folder (Wan2.2 A14B) is refused: one transformer of it is half the model (load it with
+    `PyramidalWanPipeline.from_pretrained`, which runs both).
     """
     path = Path(path)
     layout = detect_layout(path)
     if layout == "original":
         return load_original_transformer(path, config, torch_dtype)
     if layout == "pipeline":
+        if expert_split(read_model_index(path), path) is not None:
+            raise CheckpointError(
+                f"{path}: a two-expert model ({EXPERT_COMPONENT} and boundary_ratio); one transformer of it "
+                "cannot be trained or exported yet; sample it with PyramidalWanPipeline / generate"
+            )
         path = path / "transformer"
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: missing transformer/config.json; expected a Wan pipeline folder")

@@ -36,9 +36,34 @@ _WAN21_COMMON: dict[str, Any] = {
     "pos_embed_seq_len": None,
 }
 
+_WAN_14B: dict[str, Any] = {**_WAN21_COMMON, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+# Image-to-video transformers take 36 input channels: 16 noisy latent + 4 first-frame mask + 16 image latent.
+_I2V_IN_CHANNELS = 36
+
+# The transformer configs of diffusers' scripts/convert_wan_to_diffusers.py (and the Wan-AI/*-Diffusers
+# transformer/config.json files). A two-expert Wan2.2 A14B model has two transformers of one config.
 PRESETS: dict[str, dict[str, Any]] = {
     "wan2.1-1.3b": {**_WAN21_COMMON, "num_attention_heads": 12, "ffn_dim": 8960, "num_layers": 30},
-    "wan2.1-14b": {**_WAN21_COMMON, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40},
+    "wan2.1-14b": _WAN_14B,
+    # Wan2.1-I2V-14B (480P and 720P share it): a CLIP-image branch (width 1280) with K/V of width 5120.
+    "wan2.1-i2v-14b": {
+        **_WAN_14B,
+        "in_channels": _I2V_IN_CHANNELS,
+        "image_dim": 1280,
+        "added_kv_proj_dim": 5120,
+    },
+    # Wan2.2-TI2V-5B: 48-channel latents of the Wan2.2 VAE (4x16x16), no image branch.
+    "wan2.2-ti2v-5b": {
+        **_WAN21_COMMON,
+        "num_attention_heads": 24,
+        "ffn_dim": 14336,
+        "num_layers": 30,
+        "in_channels": 48,
+        "out_channels": 48,
+    },
+    # Wan2.2 A14B: each expert (high- and low-noise) is a Wan2.1-14B-shaped transformer; I2V has no CLIP.
+    "wan2.2-t2v-a14b": _WAN_14B,
+    "wan2.2-i2v-a14b": {**_WAN_14B, "in_channels": _I2V_IN_CHANNELS},
     # The toy model family (/work/shared/notes/toy-calibration.md): width 128, ~1 M parameters.
     "toy-wan": {
         **_WAN21_COMMON,

@@ -44,9 +44,11 @@ from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_comp
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
+from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity, check_text_to_video
 from pyramidal_wan.pipelines.planning import (
     WAN21_SIZE,
     SamplingPlan,
+    check_folder,
     plan_from_folder,
     plan_sampling,
     resolve_sampling,
@@ -91,7 +93,17 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         transformer ([`WanTransformer3DModel`] or [`PPFTransformer`]):
             The denoiser, predicting the flow-matching velocity at timestep 1000 * sigma. A `PPFTransformer`
             (patch pyramid, METHOD.md 9; needs `pyramid_config.kind == "patch"`) keeps its base transformer
-            as the registered `transformer` component and its patch layers in `ppf`.
+            as the registered `transformer` component and its patch layers in `ppf`. With `transformer_2`,
+            the high-noise expert of a Wan2.2 A14B pair.
+        transformer_2 ([`WanTransformer3DModel`], *optional*):
+            Wan2.2 A14B's low-noise expert: it runs every evaluation whose timestep 1000 * sigma is below
+            1000 * `boundary_ratio` (at every stage of the pyramid, sigma being the stage's own noise level).
+        boundary_ratio (`float`, *optional*):
+            Where the experts switch, as in diffusers' `WanPipeline`; needed with `transformer_2` only.
+        expand_timesteps (`bool`, defaults to `False`):
+            Wan2.2-TI2V-5B's per-token timesteps (diffusers' `WanPipeline` argument), kept in the config so
+            a saved folder reads back as the same model. Text-to-video gives every token the same timestep,
+            so sampling is unchanged by it.
         scheduler ([`FlowMatchEulerDiscreteScheduler`], *optional*):
             Not used for sampling (the pyramid samplers walk their own grids); kept so that a saved folder is
             a complete `WanPipeline` layout. Defaults to flow-matching Euler with shift 3.
@@ -106,8 +118,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     LoRAs load as on diffusers' `WanPipeline` (`load_lora_weights`, `set_adapters`, `fuse_lora`).
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->vae"
-    _optional_components = ["scheduler"]
+    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
+    _optional_components = ["scheduler", "transformer_2"]
 
     def __init__(
         self,
@@ -121,6 +133,9 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         default_height: int = WAN21_SIZE[1],
         default_width: int = WAN21_SIZE[2],
         default_negative_prompt: str = WAN21_NEGATIVE_PROMPT,
+        transformer_2: WanTransformer3DModel | None = None,
+        boundary_ratio: float | None = None,
+        expand_timesteps: bool = False,
     ):
         super().__init__()
         if scheduler is None:
@@ -134,15 +149,19 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             vae=vae,
             transformer=transformer,
             scheduler=scheduler,
+            transformer_2=transformer_2,
         )
         self.register_to_config(
             default_num_frames=default_num_frames,
             default_height=default_height,
             default_width=default_width,
             default_negative_prompt=default_negative_prompt,
+            boundary_ratio=boundary_ratio,
+            expand_timesteps=expand_timesteps,
         )
         self.pyramid_config = PLAIN_MODEL_CONFIG if pyramid_config is None else pyramid_config
         self._check_ppf()
+        self._check_experts()
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -160,6 +179,19 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 f"a PPFTransformer with {self.ppf.pyramid_config} needs pyramid_config kind 'patch' with the "
                 "same layout (stages, factors, clean_ends, ...): pass its pyramid_config or .with_sampling()"
             )
+
+    def _check_experts(self) -> None:
+        """Every transformer is text-to-video; a second expert comes with its boundary and vice versa."""
+        for name in ("transformer", EXPERT_COMPONENT):
+            module = getattr(self, name)
+            if module is not None:
+                check_text_to_video(module.config, name)
+        if (self.transformer_2 is None) != (self.config.boundary_ratio is None):
+            raise InputError(
+                "transformer_2 (the low-noise expert) and boundary_ratio go together; pass both or neither"
+            )
+        if self.transformer_2 is not None and self.ppf is not None:
+            raise InputError("a patch-pyramid (PPF) model has one transformer; drop transformer_2")
 
     # Loading and saving ------------------------------------------------------------------------------
 
@@ -189,10 +221,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         """
         folder = Path(pretrained_model_name_or_path)
         index = read_model_index(folder)
+        boundary_ratio = check_folder(folder)
         config = pyramid_config if pyramid_config is not None else pyramid_config_or_plain(folder)
         names = tuple(
             n for n in PIPELINE_COMPONENTS if n != "scheduler" or index.get(n) not in (None, [None, None])
-        )
+        ) + ((EXPERT_COMPONENT,) if boundary_ratio is not None else ())
         components = load_pipeline_components(folder, names, torch_dtype)
         if config.kind == "patch":  # the PPF layers are saved beside the base transformer's weights
             ppf = PPFTransformer.from_pretrained(
@@ -206,7 +239,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             )
             components["transformer"] = ppf
         settings = {k: index[k] for k in PIPELINE_SETTINGS if k in index}
-        return cls(**components, pyramid_config=config, **settings)
+        settings["expand_timesteps"] = bool(index.get("expand_timesteps", False))
+        return cls(**components, pyramid_config=config, boundary_ratio=boundary_ratio, **settings)
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
         r"""
@@ -438,7 +472,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         the stage of sigma (METHOD.md 9); its 0-...-0-N baseline runs the base transformer, which is stage 0.
         """
         if self.ppf is None or is_baseline_schedule(plan.steps):
-            model = CFGVelocity(WanVelocity(self.transformer), plan.guidance_scale)
+            velocity = WanVelocity(self.transformer)
+            if self.transformer_2 is not None:  # Wan2.2 A14B: the expert follows each evaluation's sigma
+                low_noise = WanVelocity(self.transformer_2)
+                velocity = ExpertVelocity(velocity, low_noise, self.config.boundary_ratio)
+            model = CFGVelocity(velocity, plan.guidance_scale)
             sample = sample_pyramid_few_step if plan.sampler == "fewstep" else sample_pyramid_euler
             return model, functools.partial(sample, pyramid=pyramid)
         scales = plan.stage_guidance or (plan.guidance_scale,) * self.pyramid_config.num_stages

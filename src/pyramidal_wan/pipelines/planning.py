@@ -19,6 +19,7 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
 from pyramidal_wan.models.loading import read_model_index
 from pyramidal_wan.models.presets import get_transformer_config, read_config_json
+from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, check_text_to_video, expert_split
 from pyramidal_wan.pyramid import (
     PyramidConfig,
     StageGeometry,
@@ -158,6 +159,20 @@ def video_settings(
     return settings
 
 
+def check_folder(folder: str | os.PathLike) -> float | None:
+    """Refuse a pipeline folder the pipeline cannot sample as its model was trained (from its JSON configs,
+    before any weights load): an incomplete expert split or an image-to-video transformer. Returns the
+    folder's boundary_ratio (None: one transformer)."""
+    folder = Path(folder)
+    boundary_ratio = expert_split(read_model_index(folder), folder)
+    names = ("transformer",) + ((EXPERT_COMPONENT,) if boundary_ratio is not None else ())
+    for name in names:
+        config_path = folder / name / "config.json"
+        if config_path.is_file():  # a missing one is reported by the component loader
+            check_text_to_video(get_transformer_config(config_path), config_path)
+    return boundary_ratio
+
+
 def plan_from_folder(
     folder: str | os.PathLike,
     num_frames: int | None = None,
@@ -170,6 +185,7 @@ def plan_from_folder(
     """Check a call's size and sampling settings against a saved pipeline folder's configs, without loading
     weights; `None` takes the folder's defaults. Returns what the pipeline samples for that call (the size
     is `plan.geometry[0].pixel`)."""
+    check_folder(folder)
     video = video_settings(folder, num_frames, height, width)
     return plan_sampling(
         pyramid_config_or_plain(folder),

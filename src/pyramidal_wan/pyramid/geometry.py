@@ -82,13 +82,15 @@ def stage_geometry(
     pt, ph, pw = patch_size
     vt, vs = vae_scale_temporal, vae_scale_spatial
 
+    # Every axis is checked, so one message names all the changes a size needs.
+    problems = []
     if num_frames < 1 or (num_frames - 1) % vt != 0:
-        raise InputError(
+        problems.append(
             f"num_frames {num_frames} must be {vt}k+1 for the VAE; use {_nearest_valid(num_frames, vt, 1)}"
         )
-    if total[0] > 1 and ((num_frames - 1) % (vt * total[0]) != 0 or num_frames - 1 < vt * total[0]):
+    elif total[0] > 1 and ((num_frames - 1) % (vt * total[0]) != 0 or num_frames - 1 < vt * total[0]):
         step = vt * total[0]
-        raise InputError(
+        problems.append(
             f"num_frames {num_frames} cannot be halved in time {int(math.log2(total[0]))} times "
             f"(num_frames - 1 must be a positive multiple of {step}); "
             f"use {_nearest_valid(num_frames, step, 1)}, or set f_t=1"
@@ -96,10 +98,12 @@ def stage_geometry(
     for name, size, axis_total, patch in (("height", height, total[1], ph), ("width", width, total[2], pw)):
         multiple = vs * patch * axis_total
         if size < multiple or size % multiple != 0:
-            raise InputError(
+            problems.append(
                 f"{name} {size} must be divisible by {multiple} ({vs}x VAE x {patch} patch x "
                 f"{axis_total} pyramid); use {_nearest_valid(size, multiple)}"
             )
+    if problems:
+        raise InputError("; ".join(problems))
 
     stages = []
     pixel = (num_frames, height, width)
