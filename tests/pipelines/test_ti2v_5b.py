@@ -11,9 +11,9 @@ from helpers import build_ti2v_components
 from pipeline_helpers import PROMPT, TINY_TRANSFORMER, BaselineGridScheduler, build_components
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.data.video import read_video
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pyramid import PyramidConfig
+from pyramidal_wan.utils.video import read_video
 
 SIZE_5B = {"num_frames": 17, "height": 128, "width": 128}  # the smallest 3-stage size at 16x VAE, patch 2
 

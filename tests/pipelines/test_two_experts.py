@@ -13,11 +13,10 @@ from pipeline_helpers import PROMPT, SIZE, BaselineGridScheduler, build_componen
 from pyramidal_wan.cli import main
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.denoiser import WanVelocity
-from pyramidal_wan.models.loading import load_transformer
+from pyramidal_wan.models.loading import load_transformer, load_transformer_for
 from pyramidal_wan.models.wan_family import ExpertVelocity, describe_experts, expert_evaluations
 from pyramidal_wan.pipelines import PyramidalWanPipeline
-from pyramidal_wan.pyramid import PyramidConfig, get_fewstep_grid, get_multistep_grid
-from pyramidal_wan.training.networks import load_transformer_for
+from pyramidal_wan.pyramid import PyramidConfig, get_fewstep_grid, get_multistep_grid, parse_schedule
 
 BOUNDARY = 0.875  # Wan2.2-T2V-A14B's
 TEXT_LEN = 32  # the toy tokenizer's model_max_length
@@ -89,7 +88,9 @@ def test_each_stage_calls_the_expert_of_its_noise_level(pipe):
     counts, remove = count_calls(pipe)
     pipe(PROMPT, schedule=schedule, guidance_scale=1.0, generator=generator(), output_type="latent", **SIZE)
     remove()
-    grid = get_multistep_grid(pipe.pyramid_config.pyramid(), schedule, shift=pipe.pyramid_config.shift)
+    grid = get_multistep_grid(
+        pipe.pyramid_config.pyramid(), parse_schedule(schedule, 3), shift=pipe.pyramid_config.shift
+    )
     expected = expert_evaluations(grid, "multistep", BOUNDARY)
     assert counts == {
         "transformer": sum(r["high"] for r in expected),
@@ -117,13 +118,13 @@ def test_swapping_either_expert_changes_the_video(a14b_dir):
 
 def test_default_schedules_give_the_noisy_low_stage_to_the_high_noise_expert():
     pyramid = PyramidConfig().pyramid()  # stages [0, .586], [.333, .850], [.667, 1]
-    multistep = expert_evaluations(get_multistep_grid(pyramid, "20-20-10"), "multistep", BOUNDARY)
+    multistep = expert_evaluations(get_multistep_grid(pyramid, (20, 20, 10)), "multistep", BOUNDARY)
     # Stage 2 at rho = 1 - k/20: sigma = 2/3 + rho/3 >= 0.875 for k <= 7.
     assert [(r["stage"], r["high"], r["low"]) for r in multistep] == [(2, 8, 12), (1, 0, 20), (0, 0, 10)]
     assert describe_experts(multistep) == "high 8 + low 12 / low 20 / low 10"
-    fewstep = expert_evaluations(get_fewstep_grid(pyramid, "2-2-1"), "fewstep", BOUNDARY)
+    fewstep = expert_evaluations(get_fewstep_grid(pyramid, (2, 2, 1)), "fewstep", BOUNDARY)
     assert [(r["high"], r["low"]) for r in fewstep] == [(1, 1), (0, 2), (0, 1)]  # sigma 1, 0.833, ...
-    i2v = expert_evaluations(get_multistep_grid(pyramid, "20-20-10"), "multistep", 0.9)
+    i2v = expert_evaluations(get_multistep_grid(pyramid, (20, 20, 10)), "multistep", 0.9)
     assert i2v[0]["high"] == 7  # sigma >= 0.9 for k <= 6
 
 
