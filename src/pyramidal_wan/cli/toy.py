@@ -127,6 +127,10 @@ def _register_train_vae(commands) -> None:
         type=int,
         help="train only the decoder from this step on, so latents cached from that encoder stay valid",
     )
+    parser.add_argument(
+        "--init",
+        help="a trained toy-VAE folder to start from (default: random weights), e.g. models/toy/shared/vae",
+    )
     parser.add_argument("--num-frames", type=int, help="frames per clip, 4k+1 (default 17)")
     parser.add_argument("--resolution", type=int, help="clip height and width, divisible by 4 (default 64)")
     parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 17)")
@@ -156,6 +160,7 @@ _TRAIN_VAE_FIELDS = (
     "warmup_steps",
     "checkpoint_every",
     "freeze_encoder_from",
+    "init",
     "num_frames",
     "resolution",
     "crop_frames",

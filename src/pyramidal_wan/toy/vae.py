@@ -101,6 +101,10 @@ class VAETrainConfig:
     # From this step on only the decoder trains: the latents (and so any cache or model built on them) stay
     # fixed while reconstructions keep improving. None: the encoder trains throughout.
     freeze_encoder_from: int | None = None
+    # A trained toy-VAE folder to start from instead of random weights: when the world changes (e.g. gains
+    # interior patterns), the old VAE already knows colours, edges and motion, so adapting it is far cheaper
+    # than training from scratch.
+    init: str | None = None
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -145,6 +149,7 @@ TRAJECTORY_FIELDS = (
     "crop_frames",
     "crop_size",
     "logvar_init",
+    "init",
 )
 
 
@@ -383,8 +388,11 @@ def train_vae(
     saved = _resolve_config(out_dir, config, resume)
 
     vae = build_vae(config.seed).train()
-    mean_pixel = clip_batch(eval_prompts(64, "train", config.seed, config.world())).mean(dim=(0, 2, 3, 4))
-    prepare_for_training(vae, mean_pixel, config.logvar_init)
+    if config.init is not None:
+        vae.load_state_dict(load_vae(config.init).state_dict())
+    else:
+        mean_pixel = clip_batch(eval_prompts(64, "train", config.seed, config.world())).mean(dim=(0, 2, 3, 4))
+        prepare_for_training(vae, mean_pixel, config.logvar_init)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
@@ -457,4 +465,7 @@ def load_vae(folder: str | Path) -> AutoencoderKLWan:
         raise CheckpointError(
             f"{folder} is not a diffusers VAE folder (no config.json); train one with toy train-vae"
         )
-    return AutoencoderKLWan.from_pretrained(folder).eval()
+    vae = AutoencoderKLWan.from_pretrained(folder).eval()
+    if any(vae.config.get(key) != value for key, value in VAE_ARCHITECTURE.items()):
+        raise CheckpointError(f"{folder} is not a toy VAE (its architecture differs from VAE_ARCHITECTURE)")
+    return vae

@@ -1,16 +1,18 @@
-"""A procedural text-to-video world: solid shapes moving on dark backgrounds, with captions and ground truth.
+"""A procedural text-to-video world: patterned shapes moving on dark backgrounds, with captions and truth.
 
 Public API (ToyBench, the dataset writer and the trainers read only these names):
 
-- Vocabulary: `SHAPES`, `COLOURS` (name -> RGB), `BACKGROUNDS` (name -> RGB), `DIRECTIONS` (name -> unit
-  vector in image coordinates, x to the right, y down), `CARDINAL_DIRECTIONS`, `HELDOUT_TRIPLES`,
-  `caption_vocabulary()`.
+- Vocabulary: `SHAPES`, `COLOURS` (name -> RGB), `PATTERNS`, `BACKGROUNDS` (name -> RGB), `DIRECTIONS`
+  (name -> unit vector in image coordinates, x to the right, y down), `CARDINAL_DIRECTIONS`,
+  `HELDOUT_TRIPLES` and `HELDOUT_PATTERNS`, `caption_vocabulary()`.
 - `WorldConfig`: frame count, size and the sampling probabilities; `DEFAULT_WORLD` is 17 frames at 64x64.
 - `ObjectSpec`, `Scene`: a frozen, fully explicit description of one clip. `Scene.caption()`,
   `Scene.prompt()` (the attributes the caption asks for), `Scene.render()` -> uint8 (F, H, W, 3),
   `Scene.masks()` -> bool (F, K, H, W), `Scene.centroids()` / `Scene.centers()` -> float (F, K, 2) as (x, y),
   `Scene.to_dict()` / `Scene.from_dict()`.
 - `PromptObject`, `Prompt`, `parse_caption(text) -> Prompt`: what a caption asks for, for judging any video.
+- `pattern_darkness(pattern, u, v, period)`: the interior pattern in object coordinates, which ToyBench's
+  detail dimension also renders as its template.
 - `sample_scene(rng, split, config)`, `seeded_scene(seed, index, split, config)`,
   `eval_prompts(n, split, seed, config)`: scene sampling, per-clip reproducible streams, and the fixed
   evaluation prompt set.
@@ -19,7 +21,14 @@ Geometry: pixel (row i, column j) has its centre at (x, y) = (j + 0.5, i + 0.5);
 [0, H]. Each object has a half-size h: a circle of radius h, a square of side 2h, or an upward triangle with
 a 2h x 2h bounding box (apex at the top). Its position is the centre of that bounding box and moves at a
 constant `speed` (px per frame) along its direction; with `bounce` it reflects off the borders, otherwise it
-stays fully inside the frame for the whole clip. Two objects' bounding boxes never overlap (at least
+stays fully inside the frame for the whole clip.
+
+Interior detail: an object is plain or carries a pattern named in its caption ("striped", "checked",
+"dotted") with a period of `PATTERN_PERIOD` of the shorter side (6 px at 64x64: two latent pixels of the
+toy's 4x VAE, so the full-resolution stage can hold it while the half- and quarter-size stages cannot).
+The pattern is drawn in the object's own coordinates (it moves with the object) by darkening the object's
+colour to `PATTERN_SHADE` of itself, anti-aliased like the edges. A sampler that blurs loses it, which is
+what makes sampling steps matter in this world. Two objects' bounding boxes never overlap (at least
 `PAIR_GAP` px apart on some axis in every frame), and two objects always have different colours, so a judge
 can tell them apart by colour. A bouncing object's first bounce falls in the middle half of the clip, so its
 prompted direction is visible in the first quarter of the frames.
@@ -27,17 +36,19 @@ prompted direction is visible in the first quarter of the frames.
 Captions follow one grammar (all lower case, single spaces):
 
     "a red circle moving left on a dark blue background"
+    "a red striped circle moving left on a dark blue background"
     "a red circle bouncing up and right on a black gradient background"
     "a green square and a yellow triangle moving down on a dark gray background"        (shared motion)
     "a green square moving up and a white circle bouncing left on a dark red background" (separate motion)
 
 Held-out split: the (colour, shape, direction) triples in `HELDOUT_TRIPLES` never occur in "train" scenes;
-every "heldout" scene's first object uses one of them. Every colour, shape and direction (and every pair of
-them) still occurs in training.
+every "heldout" scene's first object uses one of them, with the pattern `HELDOUT_PATTERNS` gives it. Every
+colour, shape, pattern and direction (and every pair of them) still occurs in training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -59,6 +70,14 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (205, 60, 235),
     "white": (240, 240, 240),
 }
+
+# Interior patterns; "plain" has no word in captions ("a red circle"), the others precede the shape.
+PATTERNS: tuple[str, ...] = ("plain", "striped", "checked", "dotted")
+# Pattern period as a fraction of the shorter frame side (6 px at 64x64), and the brightness of its dark
+# phase relative to the object colour. 0.45 keeps every dark phase at least 40 RGB levels from every
+# background while the stripes stay plainly visible.
+PATTERN_PERIOD = 6 / 64
+PATTERN_SHADE = 0.45
 
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "black": (10, 10, 12),
@@ -102,6 +121,11 @@ HELDOUT_TRIPLES: tuple[tuple[str, str, str], ...] = (
     ("white", "triangle", "right"),
 )
 
+# The pattern each held-out triple is shown with in "heldout" scenes (three triples per pattern).
+HELDOUT_PATTERNS: dict[tuple[str, str, str], str] = {
+    triple: PATTERNS[i % len(PATTERNS)] for i, triple in enumerate(HELDOUT_TRIPLES)
+}
+
 SPLITS: tuple[str, ...] = ("train", "heldout")
 
 # Minimum gap (px) between two objects' bounding boxes, on at least one axis, in every frame.
@@ -131,6 +155,7 @@ class WorldConfig:
     p_shared_motion: float = 0.5  # probability that two objects share direction and bounce
     p_bounce: float = 0.2  # probability that an object bounces off the borders
     p_gradient: float = 0.3  # probability of a vertical-gradient background
+    p_pattern: float = 0.75  # probability that an object is patterned (each pattern equally likely)
     size_range: tuple[float, float] = (8 / 64, 11 / 64)  # half-size / min(H, W), one object
     pair_size_range: tuple[float, float] = (6 / 64, 9 / 64)  # half-size / min(H, W), two objects
     travel_range: tuple[float, float] = (0.3, 0.45)  # distance over the clip / min(H, W)
@@ -146,7 +171,7 @@ class WorldConfig:
             raise InputError(
                 f"toy world directions must be a non-empty subset of {list(DIRECTIONS)}, got {unknown}"
             )
-        for name in ("p_two_objects", "p_shared_motion", "p_bounce", "p_gradient"):
+        for name in ("p_two_objects", "p_shared_motion", "p_bounce", "p_gradient", "p_pattern"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(f"toy world {name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -154,6 +179,11 @@ class WorldConfig:
     def side(self) -> int:
         """The shorter frame side in pixels, the unit of the relative sizes and speeds."""
         return min(self.height, self.width)
+
+    @property
+    def pattern_period(self) -> float:
+        """The interior patterns' period in pixels."""
+        return PATTERN_PERIOD * self.side
 
 
 DEFAULT_WORLD = WorldConfig()
@@ -170,6 +200,7 @@ class ObjectSpec:
     bounce: bool
     size: float  # half-size h in px
     start: tuple[float, float]  # (x, y) of the bounding-box centre in frame 0
+    pattern: str = "plain"  # interior pattern, one of PATTERNS
 
     def triple(self) -> tuple[str, str, str]:
         """The (colour, shape, direction) triple that decides the split this object belongs to."""
@@ -184,6 +215,7 @@ class PromptObject:
     shape: str
     direction: str
     bounce: bool
+    pattern: str = "plain"
 
 
 @dataclass(frozen=True)
@@ -219,7 +251,7 @@ class Scene:
 
     def prompt(self) -> Prompt:
         """The attributes the caption asks for; equal to `parse_caption(self.caption())`."""
-        objs = tuple(PromptObject(o.colour, o.shape, o.direction, o.bounce) for o in self.objects)
+        objs = tuple(PromptObject(o.colour, o.shape, o.direction, o.bounce, o.pattern) for o in self.objects)
         return Prompt(objs, self.background, self.gradient)
 
     def centers(self) -> np.ndarray:
@@ -236,18 +268,25 @@ class Scene:
             out[:, k, 0], out[:, k, 1] = x, y
         return out
 
-    def coverage(self) -> np.ndarray:
-        """Anti-aliased coverage of each object per frame, float32 (F, K, H, W) in [0, 1]."""
-        centers = self.centers()
+    def object_coordinates(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per object, pixel centres relative to its bounding-box centre: (u (F, 1, W), v (F, H, 1))."""
+        centers = self.centers().astype(np.float32)
         xs = np.arange(self.width, dtype=np.float32) + 0.5
         ys = np.arange(self.height, dtype=np.float32) + 0.5
+        return [
+            (
+                xs[None, None, :] - centers[:, k, 0, None, None],
+                ys[None, :, None] - centers[:, k, 1, None, None],
+            )
+            for k in range(len(self.objects))
+        ]
+
+    def coverage(self) -> np.ndarray:
+        """Anti-aliased coverage of each object per frame, float32 (F, K, H, W) in [0, 1]."""
         out = np.empty((self.num_frames, len(self.objects), self.height, self.width), np.float32)
-        for k, obj in enumerate(self.objects):
-            px = xs[None, None, :] - centers[:, k, 0, None, None].astype(np.float32)  # (F, 1, W)
-            py = ys[None, :, None] - centers[:, k, 1, None, None].astype(np.float32)  # (F, H, 1)
-            sdf = _signed_distance(obj.shape, px, py, obj.size)  # (F, H, W), negative inside
+        for k, (obj, (u, v)) in enumerate(zip(self.objects, self.object_coordinates())):
             # A one-pixel linear ramp across the edge: sub-pixel motion renders smoothly instead of jumping.
-            out[:, k] = np.clip(0.5 - sdf, 0.0, 1.0)
+            out[:, k] = _ramp_coverage(_signed_distance(obj.shape, u, v, obj.size))
         return out
 
     def masks(self) -> np.ndarray:
@@ -281,9 +320,12 @@ class Scene:
             self.background_image(), (self.num_frames, self.height, self.width, 3)
         ).copy()
         coverage = self.coverage()
-        for k, obj in enumerate(self.objects):
+        period = PATTERN_PERIOD * min(self.height, self.width)
+        for k, (obj, (u, v)) in enumerate(zip(self.objects, self.object_coordinates())):
             alpha = coverage[:, k, :, :, None]  # (F, H, W, 1)
-            frames = frames * (1.0 - alpha) + np.asarray(COLOURS[obj.colour], np.float32) * alpha
+            shade = 1.0 - (1.0 - PATTERN_SHADE) * pattern_darkness(obj.pattern, u, v, period)[..., None]
+            colour = np.asarray(COLOURS[obj.colour], np.float32) * shade  # (F, H, W, 3)
+            frames = frames * (1.0 - alpha) + colour * alpha
         return np.rint(frames).astype(np.uint8)
 
     def split(self) -> str:
@@ -320,7 +362,8 @@ _HELDOUT_SET = frozenset(HELDOUT_TRIPLES)
 
 
 def _noun(obj: ObjectSpec) -> str:
-    return f"a {obj.colour} {obj.shape}"
+    pattern = "" if obj.pattern == "plain" else f"{obj.pattern} "
+    return f"a {obj.colour} {pattern}{obj.shape}"
 
 
 def _motion(obj: ObjectSpec) -> str:
@@ -329,8 +372,11 @@ def _motion(obj: ObjectSpec) -> str:
 
 def _check_names(scene: Scene) -> None:
     for obj in scene.objects:
-        if obj.shape not in SHAPES or obj.colour not in COLOURS or obj.direction not in DIRECTIONS:
-            raise InputError(f"unknown toy object {obj.colour!r} {obj.shape!r} {obj.direction!r}")
+        known = obj.shape in SHAPES and obj.colour in COLOURS and obj.direction in DIRECTIONS
+        if not known or obj.pattern not in PATTERNS:
+            raise InputError(
+                f"unknown toy object {obj.colour!r} {obj.pattern!r} {obj.shape!r} {obj.direction!r}"
+            )
     if scene.background not in BACKGROUNDS or not 1 <= len(scene.objects) <= 2:
         raise InputError(f"toy scenes have 1-2 objects on one of {list(BACKGROUNDS)}")
 
@@ -340,6 +386,37 @@ def _reflect(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     period = 2.0 * (hi - lo)
     u = np.mod(x - lo, period)
     return lo + np.where(u > hi - lo, period - u, u)
+
+
+def _ramp_coverage(sdf: np.ndarray) -> np.ndarray:
+    """Coverage in [0, 1] of the region where a signed distance is negative, with a one-pixel ramp."""
+    return np.clip(0.5 - sdf, 0.0, 1.0)
+
+
+def _distance_to_lattice(x: np.ndarray, period: float) -> np.ndarray:
+    """Distance from x to the nearest multiple of `period`."""
+    return np.abs(np.mod(x / period + 0.5, 1.0) - 0.5) * period
+
+
+def pattern_darkness(pattern: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
+    """How much of each pixel the pattern's dark phase covers, in [0, 1], at object coordinates (u, v).
+
+    striped: horizontal bands half a period wide; checked: squares half a period wide (the exclusive-or of
+    a horizontal and a vertical band); dotted: discs of radius 0.3 period on a square lattice. Each is
+    centred on the object's centre and anti-aliased with the edges' one-pixel ramp.
+    """
+    if pattern == "plain":
+        return np.zeros(np.broadcast_shapes(u.shape, v.shape), np.float32)
+    rows = _ramp_coverage(_distance_to_lattice(v, period) - period / 4)
+    if pattern == "striped":
+        return np.broadcast_to(rows, np.broadcast_shapes(u.shape, v.shape))
+    if pattern == "checked":
+        cols = _ramp_coverage(_distance_to_lattice(u, period) - period / 4)
+        return cols + rows - 2.0 * cols * rows
+    if pattern == "dotted":
+        radius = np.hypot(_distance_to_lattice(u, period), _distance_to_lattice(v, period))
+        return _ramp_coverage(radius - 0.3 * period)
+    raise InputError(f"unknown toy pattern {pattern!r}; expected one of {PATTERNS}")
 
 
 def _signed_distance(shape: str, px: np.ndarray, py: np.ndarray, h: float) -> np.ndarray:
@@ -362,6 +439,7 @@ def caption_vocabulary() -> list[str]:
     phrases = [
         *SHAPES,
         *COLOURS,
+        *PATTERNS[1:],
         *BACKGROUNDS,
         *DIRECTIONS,
         *_VERBS,
@@ -379,7 +457,10 @@ def _alternatives(names) -> str:
     return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
 
 
-_NOUN_RE = rf"a (?P<c{{i}}>{_alternatives(COLOURS)}) (?P<s{{i}}>{_alternatives(SHAPES)})"
+_NOUN_RE = (
+    rf"a (?P<c{{i}}>{_alternatives(COLOURS)}) (?:(?P<p{{i}}>{_alternatives(PATTERNS[1:])}) )?"
+    rf"(?P<s{{i}}>{_alternatives(SHAPES)})"
+)
 _MOTION_RE = rf"(?P<v{{i}}>moving|bouncing) (?P<d{{i}}>{_alternatives(DIRECTIONS)})"
 _TAIL_RE = rf" on a (?P<bg>{_alternatives(BACKGROUNDS)})(?P<grad> gradient)? background"
 _CAPTION_RES = (
@@ -423,9 +504,9 @@ def parse_caption(text: str) -> Prompt:
         objects = []
         for i in range(2 if groups.get("c1") else 1):
             m = i if groups.get(f"v{i}") else 0  # shared motion reuses the first object's verb and direction
-            objects.append(
-                PromptObject(groups[f"c{i}"], groups[f"s{i}"], groups[f"d{m}"], groups[f"v{m}"] == "bouncing")
-            )
+            bounce = groups[f"v{m}"] == "bouncing"
+            pattern = groups[f"p{i}"] or "plain"
+            objects.append(PromptObject(groups[f"c{i}"], groups[f"s{i}"], groups[f"d{m}"], bounce, pattern))
         return Prompt(tuple(objects), groups["bg"], groups["grad"] is not None)
     raise InputError(
         f"not a toy caption: {text!r}; expected e.g. 'a red circle moving left on a dark blue background'"
@@ -486,7 +567,7 @@ def _place_object(rng: np.random.Generator, obj: ObjectSpec, config: WorldConfig
 
 
 def _replace_start(obj: ObjectSpec, start: tuple[float, float]) -> ObjectSpec:
-    return ObjectSpec(obj.shape, obj.colour, obj.direction, obj.speed, obj.bounce, obj.size, start)
+    return dataclasses.replace(obj, start=start)
 
 
 def _apart(scene: Scene) -> bool:
@@ -505,21 +586,29 @@ def _draw_object(
     shape: str,
     direction: str,
     bounce: bool,
+    pattern: str,
     size_range: tuple[float, float],
     config: WorldConfig,
 ) -> ObjectSpec:
     """An object with the given identity and motion and a random size and speed (not yet placed)."""
     size = round(float(rng.uniform(*size_range)) * config.side, 2)
     speed = round(float(rng.uniform(*config.travel_range)) * config.side / (config.num_frames - 1), 3)
-    return ObjectSpec(shape, colour, direction, speed, bounce, size, (0.0, 0.0))
+    return ObjectSpec(shape, colour, direction, speed, bounce, size, (0.0, 0.0), pattern)
+
+
+def _draw_pattern(rng: np.random.Generator, config: WorldConfig) -> str:
+    return _pick(rng, PATTERNS[1:]) if rng.random() < config.p_pattern else "plain"
 
 
 def _draw_identities(
     rng: np.random.Generator, split: str, config: WorldConfig, triple: tuple[str, str, str] | None
-) -> list[tuple[str, str, str, bool]]:
-    """(colour, shape, direction, bounce) for each object of a new scene, respecting the split."""
+) -> list[tuple[str, str, str, bool, str]]:
+    """(colour, shape, direction, bounce, pattern) for each object of a new scene, respecting the split."""
     first = triple or tuple(_pick(rng, _allowed_triples(split, config)))
-    identities = [(*first, bool(rng.random() < config.p_bounce))]
+    pattern = _draw_pattern(rng, config)  # drawn for every split, so both keep the same random stream
+    if split == "heldout":
+        pattern = HELDOUT_PATTERNS[first]
+    identities = [(*first, bool(rng.random() < config.p_bounce), pattern)]
     if rng.random() < config.p_two_objects:
         shared = rng.random() < config.p_shared_motion
         direction = first[2] if shared else _pick(rng, config.directions)
@@ -531,7 +620,7 @@ def _draw_identities(
             if c != first[0] and (split == "heldout" or (c, s, direction) not in _HELDOUT_SET)
         ]
         colour, shape = _pick(rng, candidates)
-        identities.append((colour, shape, direction, bounce))
+        identities.append((colour, shape, direction, bounce, _draw_pattern(rng, config)))
     return identities
 
 
@@ -556,9 +645,9 @@ def sample_scene(
         identities = _draw_identities(rng, split, config, triple)
         size_range = config.size_range if len(identities) == 1 else config.pair_size_range
         objects = []
-        for colour, shape, direction, bounce in identities:
+        for colour, shape, direction, bounce, pattern in identities:
             placed = _place_object(
-                rng, _draw_object(rng, colour, shape, direction, bounce, size_range, config), config
+                rng, _draw_object(rng, colour, shape, direction, bounce, pattern, size_range, config), config
             )
             if placed is None:
                 break
