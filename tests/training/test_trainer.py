@@ -144,3 +144,56 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     path.write_text("train:\n  lr: 1e-4\n")
     config = load_config(path, ["train.critic_lr=2e-5", "train.steps=1e3"])
     assert config.train.lr == 1e-4 and config.train.critic_lr == 2e-5 and config.train.steps == 1000
+
+
+def test_curriculum_groups_follow_the_schedule_and_fill_the_batch():
+    mix = ((0, 0.0, 0.4, 0.6), (10, 0.5, 0.3, 0.2))
+    early = objectives.curriculum_groups(mix, 0.25, 16, step=9)
+    late = objectives.curriculum_groups(mix, 0.0, 16, step=10)
+    assert {stage for stage, _, _ in early} == {1, 2}  # low resolution first
+    assert sorted((s, r.stop - r.start, img) for s, r, img in early) == [
+        (1, 2, True),
+        (1, 4, False),
+        (2, 2, True),
+        (2, 8, False),
+    ]
+    assert [(s, r.stop - r.start) for s, r, _ in late] == [(0, 8), (1, 5), (2, 3)]
+    for groups in (early, late):  # contiguous, disjoint rows covering the whole batch
+        assert [r.start for _, r, _ in groups] == [0] + [r.stop for _, r, _ in groups[:-1]]
+        assert groups[-1][1].stop == 16
+
+
+def test_multiresolution_pretraining_trains_every_stage_and_images(tiny_cache, tmp_path, monkeypatch):
+    shapes = []
+    original = objectives.FlowMatching.generator_loss
+
+    def spy(self, batch, generator):
+        model = self.nets["generator"]
+        hook = model.register_forward_pre_hook(
+            lambda m, args: shapes.append((batch["step"], args[0].shape[2:]))
+        )
+        try:
+            return original(self, batch, generator)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(objectives.FlowMatching, "generator_loss", spy)
+    config = tiny_config(
+        tiny_cache,
+        tmp_path / "pretrain",
+        "train.batch_size=4",
+        "objective.stage_mix=[[0,0,0,1],[1,0.5,0.25,0.25]]",
+        "objective.image_fraction=0.5",
+    )
+    train(config, progress=False)
+    first = {shape for step, shape in shapes if step == 0}
+    second = {shape for step, shape in shapes if step == 1}
+    assert len(first) == 2 and all(s[0] in (1, max(f[0] for f in first)) for s in first)  # images + clips
+    assert len({s[1:] for s in second}) == 3  # every stage geometry in the mix
+    assert any(s[0] == 1 for s in second)
+
+
+@pytest.mark.parametrize("mix", ["[[5,1,0,0]]", "[[0,-1,1,1]]"])
+def test_bad_curriculum_is_one_line(tiny_cache, tmp_path, mix):
+    with pytest.raises(InputError, match="stage_mix"):
+        train(tiny_config(tiny_cache, tmp_path / "bad", f"objective.stage_mix={mix}"), progress=False)

@@ -73,6 +73,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "ffn_dim": 256,
         "num_layers": 4,
     },
+    # The rebuilt toy base (docs/toy.md): the same width, 6 blocks and a wider FFN, 1.58 M parameters, for
+    # the detail (interior patterns) of the patterned world.
+    "toy-wan-6l": {
+        **_WAN21_COMMON,
+        "num_attention_heads": 4,
+        "attention_head_dim": 32,
+        "text_dim": 32,
+        "ffn_dim": 384,
+        "num_layers": 6,
+    },
 }
 
 # Original Wan2.1 release (`WanModel` config.json) argument defaults, from the Wan2.1 repository's

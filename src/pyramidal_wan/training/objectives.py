@@ -54,6 +54,11 @@ class FlowMatchingOptions(MultiresOptions):
     """flow-matching: plain flow matching at the given stage resolutions ((0,): ordinary pretraining)."""
 
     stages: tuple[int, ...] = (0,)  # cache stages trained, an equal share of the batch each
+    # Multi-resolution pretraining curriculum: rows [from_step, fraction of the batch at stage 0 (full
+    # size), stage 1, ...]; the last row whose from_step <= the step applies, and `stages` is then unused.
+    # Empty: `stages` split evenly. Like Wan, start at low resolution and keep every geometry in the mix.
+    stage_mix: tuple[tuple[float, ...], ...] = ()
+    image_fraction: float = 0.0  # of each stage's samples, the share trained as single frames (images)
 
 
 @dataclass
@@ -92,6 +97,46 @@ def split_evenly(batch_size: int, stages: tuple[int, ...]) -> list[tuple[int, sl
     return [(stage, slice(j * per, (j + 1) * per)) for j, stage in enumerate(stages)]
 
 
+def check_stage_mix(rows: tuple[tuple[float, ...], ...], num_stages: int) -> None:
+    """Raise unless `rows` is a curriculum: [from_step, one non-negative fraction per stage], from step 0."""
+    if rows and (
+        rows[0][0] != 0
+        or any(len(r) != num_stages + 1 or min(r[1:]) < 0 or sum(r[1:]) <= 0 for r in rows)
+        or any(a[0] >= b[0] for a, b in zip(rows, rows[1:]))
+    ):
+        raise InputError(
+            f"objective.stage_mix rows must be [from_step, one fraction per stage ({num_stages})], the first "
+            f"from step 0, steps increasing, fractions non-negative and not all 0; got {rows}"
+        )
+
+
+def curriculum_groups(
+    stage_mix: tuple[tuple[float, ...], ...], image_fraction: float, batch_size: int, step: int
+) -> list[tuple[int, slice, bool]]:
+    """The batch rows of each (stage, images?) group at `step` under a multi-resolution curriculum.
+
+    `stage_mix` rows are [from_step, fraction of stage 0, fraction of stage 1, ...] (see ObjectiveConfig);
+    the row in force is the last whose from_step <= step. Counts are the fractions of `batch_size` rounded
+    by largest remainder, so they always sum to the batch. Within each stage, round(image_fraction * n) rows
+    are trained as images: the first latent frame alone, which the causal VAE encodes from the first pixel
+    frame only, so it is exactly that frame's image latent. Returns [(stage, rows, is_image), ...].
+    """
+    row = [r for r in stage_mix if r[0] <= step][-1]
+    fractions = torch.tensor(row[1:], dtype=torch.float64)
+    exact = fractions / fractions.sum() * batch_size
+    counts = exact.floor().long()
+    remainder_order = torch.argsort(exact - counts, descending=True, stable=True)
+    counts[remainder_order[: batch_size - int(counts.sum())]] += 1
+    groups, start = [], 0
+    for stage, count in enumerate(counts.tolist()):
+        images = round(image_fraction * count)
+        for n, is_image in ((images, True), (count - images, False)):
+            if n > 0:
+                groups.append((stage, slice(start, start + n), is_image))
+                start += n
+    return groups
+
+
 class Objective:
     """Shared plumbing: the trained networks by group, and how the trainer hands back wrapped ones."""
 
@@ -113,28 +158,42 @@ class FlowMatching(Objective):
     """Plain rectified flow at the given stage resolutions: x = (1 - sigma) x0 + sigma eps, target eps - x0.
 
     With stages (0,) this is ordinary (pre-)training; with all stages (multires-fm) it is the
-    multi-resolution fine-tune that makes the DMD-OT teacher (METHOD.md 7.3).
+    multi-resolution fine-tune that makes the DMD-OT teacher (METHOD.md 7.3); with a `stage_mix` curriculum
+    it is Wan-style multi-resolution, multi-duration pretraining (pixel-space stage latents, single frames).
     """
 
     def __init__(self, config: Config, method):
         self.cfg = config.objective
-        everywhere = tuple(range(config.pyramid.num_stages))
-        self.stages = self.cfg.stages if isinstance(self.cfg, FlowMatchingOptions) else everywhere
+        plain = isinstance(self.cfg, FlowMatchingOptions)  # multires-fm: every stage, an equal share
+        self.stages = self.cfg.stages if plain else tuple(range(config.pyramid.num_stages))
+        self.stage_mix = self.cfg.stage_mix if plain else ()
+        self.image_fraction = self.cfg.image_fraction if plain else 0.0
         self.nets = {"generator": student_network(config.model, config.train.seed)}
+        check_stage_mix(self.stage_mix, config.pyramid.num_stages)
+        if not 0.0 <= self.image_fraction <= 1.0:
+            raise InputError(f"objective.image_fraction must be in [0, 1], got {self.image_fraction}")
+
+    def groups(self, batch_size: int, step: int) -> list[tuple[int, slice, bool]]:
+        """[(stage, rows, is_image)]: the curriculum's groups, or the trained stages split evenly."""
+        if self.stage_mix:
+            return curriculum_groups(self.stage_mix, self.image_fraction, batch_size, step)
+        return [(stage, rows, False) for stage, rows in split_evenly(batch_size, self.stages)]
 
     def generator_loss(self, batch: dict, generator: torch.Generator):
         model = self.nets["generator"]
         total, logs = 0.0, {}
         batch_size = batch["prompt_embeds"].shape[0]
-        for stage, rows in split_evenly(batch_size, self.stages):
+        for stage, rows, is_image in self.groups(batch_size, batch.get("step", 0)):
             x0 = batch["latents"][stage][rows]
+            if is_image:
+                x0 = x0[:, :, :1]
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             sigma = sample_sigmas(self.cfg, x0.shape[0], generator).to(x0)
             s = sigma.view(-1, 1, 1, 1, 1)
             pred = model(((1 - s) * x0 + s * noise), sigma, batch["prompt_embeds"][rows])
             loss = F.mse_loss(pred.float(), (noise - x0).float())
             total = total + loss * (x0.shape[0] / batch_size)
-            logs[f"loss/stage{stage}"] = loss.detach()
+            logs[f"loss/stage{stage}{'-image' if is_image else ''}"] = loss.detach()
         return total, logs
 
 

@@ -231,6 +231,7 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
             batch = sample_batch(
                 data, tc.batch_size, config.data.text_dropout, generators["data"], accelerator.device
             )
+            batch["step"] = step  # what a curriculum (multi-resolution pretraining) keys on
             loss_fn = objective.generator_loss if group == "generator" else objective.critic_loss
             with accelerator.autocast():
                 loss, group_logs = loss_fn(batch, generators["noise"])
