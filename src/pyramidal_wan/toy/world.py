@@ -24,7 +24,7 @@ constant `speed` (px per frame) along its direction; with `bounce` it reflects o
 stays fully inside the frame for the whole clip.
 
 Interior detail: an object is plain or carries a pattern named in its caption ("striped", "checked",
-"dotted") with a period of `PATTERN_PERIOD` of the shorter side (6 px at 64x64: two latent pixels of the
+"dotted") with a period of `PATTERN_PERIOD` of the shorter side (8 px at 64x64: two latent pixels of the
 toy's 4x VAE, so the full-resolution stage can hold it while the half- and quarter-size stages cannot).
 The pattern is drawn in the object's own coordinates (it moves with the object) by darkening the object's
 colour to `PATTERN_SHADE` of itself, anti-aliased like the edges. A sampler that blurs loses it, which is
@@ -73,10 +73,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 
 # Interior patterns; "plain" has no word in captions ("a red circle"), the others precede the shape.
 PATTERNS: tuple[str, ...] = ("plain", "striped", "checked", "dotted")
-# Pattern period as a fraction of the shorter frame side (6 px at 64x64), and the brightness of its dark
+# Pattern period as a fraction of the shorter frame side (8 px at 64x64), and the brightness of its dark
 # phase relative to the object colour. 0.45 keeps every dark phase at least 40 RGB levels from every
 # background while the stripes stay plainly visible.
-PATTERN_PERIOD = 6 / 64
+PATTERN_PERIOD = 8 / 64
 PATTERN_SHADE = 0.45
 
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
