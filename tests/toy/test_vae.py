@@ -193,3 +193,15 @@ def test_freezing_the_encoder_keeps_latents_and_trains_the_decoder(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in latent_side)
     assert any(not torch.equal(before[k], after[k]) for k in decoder_side)
     assert resume_config(tmp_path / "a").freeze_encoder_from == 2
+
+
+def test_object_centred_crops_hold_the_first_object():
+    config = VAETrainConfig(batch_size=4, crop_frames=9, crop_centre="object")
+    scenes = [seeded_scene(0, b) for b in range(4)]
+    for scene, (t, y, x) in zip(scenes, crop_offsets(config, 0, scenes)):
+        cx, cy = scene.centers()[t + 4, 0]
+        assert x <= cx <= x + 32 and y <= cy <= y + 32
+    batch = training_batch(config, 0)
+    assert batch.shape == (4, 3, 9, 32, 32)
+    with pytest.raises(InputError, match="crop-centre"):
+        VAETrainConfig(crop_centre="middle")

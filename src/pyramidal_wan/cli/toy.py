@@ -135,6 +135,9 @@ def _register_train_vae(commands) -> None:
     parser.add_argument("--resolution", type=int, help="clip height and width, divisible by 4 (default 64)")
     parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 17)")
     parser.add_argument("--crop-size", type=int, help="training crop height and width (default 32)")
+    parser.add_argument(
+        "--crop-centre", choices=("random", "object"), help="where crops sit: anywhere or on the first object"
+    )
     parser.add_argument("--stats-clips", type=int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -165,6 +168,7 @@ _TRAIN_VAE_FIELDS = (
     "resolution",
     "crop_frames",
     "crop_size",
+    "crop_centre",
     "stats_clips",
     "eval_clips",
 )

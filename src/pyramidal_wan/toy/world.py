@@ -21,17 +21,18 @@ Geometry: pixel (row i, column j) has its centre at (x, y) = (j + 0.5, i + 0.5);
 [0, H]. Each object has a half-size h: a circle of radius h, a square of side 2h, or an upward triangle with
 a 2h x 2h bounding box (apex at the top). Its position is the centre of that bounding box and moves at a
 constant `speed` (px per frame) along its direction; with `bounce` it reflects off the borders, otherwise it
-stays fully inside the frame for the whole clip.
-
-Interior detail: an object is plain or carries a pattern named in its caption ("striped", "checked",
-"dotted") with a period of `PATTERN_PERIOD` of the shorter side (8 px at 64x64: two latent pixels of the
-toy's 4x VAE, so the full-resolution stage can hold it while the half- and quarter-size stages cannot).
-The pattern is drawn in the object's own coordinates (it moves with the object) by darkening the object's
-colour to `PATTERN_SHADE` of itself, anti-aliased like the edges. A sampler that blurs loses it, which is
-what makes sampling steps matter in this world. Two objects' bounding boxes never overlap (at least
+stays fully inside the frame for the whole clip. Two objects' bounding boxes never overlap (at least
 `PAIR_GAP` px apart on some axis in every frame), and two objects always have different colours, so a judge
 can tell them apart by colour. A bouncing object's first bounce falls in the middle half of the clip, so its
 prompted direction is visible in the first quarter of the frames.
+
+Interior detail: an object is plain or carries a pattern named in its caption ("striped" or "checked")
+with a period of `PATTERN_PERIOD` of the shorter side (12 px at 64x64: three latent pixels of the toy's 4x
+VAE, so the full-resolution stage can hold it while the half- and quarter-size stages cannot). The pattern
+is drawn in the object's own coordinates (it moves with the object) by darkening the object's colour to
+`PATTERN_SHADE` of itself, anti-aliased like the edges. A sampler that blurs loses it, which is what makes
+sampling steps matter in this world. (At 6 and 8 px, a warm-started toy VAE reconstructed no pattern after
+200 steps; 12 px is what its resolution affords.)
 
 Captions follow one grammar (all lower case, single spaces):
 
@@ -72,11 +73,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 
 # Interior patterns; "plain" has no word in captions ("a red circle"), the others precede the shape.
-PATTERNS: tuple[str, ...] = ("plain", "striped", "checked", "dotted")
-# Pattern period as a fraction of the shorter frame side (8 px at 64x64), and the brightness of its dark
+PATTERNS: tuple[str, ...] = ("plain", "striped", "checked")
+# Pattern period as a fraction of the shorter frame side (12 px at 64x64), and the brightness of its dark
 # phase relative to the object colour. 0.45 keeps every dark phase at least 40 RGB levels from every
 # background while the stripes stay plainly visible.
-PATTERN_PERIOD = 8 / 64
+PATTERN_PERIOD = 12 / 64
 PATTERN_SHADE = 0.45
 
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
@@ -121,7 +122,7 @@ HELDOUT_TRIPLES: tuple[tuple[str, str, str], ...] = (
     ("white", "triangle", "right"),
 )
 
-# The pattern each held-out triple is shown with in "heldout" scenes (three triples per pattern).
+# The pattern each held-out triple is shown with in "heldout" scenes (four triples per pattern).
 HELDOUT_PATTERNS: dict[tuple[str, str, str], str] = {
     triple: PATTERNS[i % len(PATTERNS)] for i, triple in enumerate(HELDOUT_TRIPLES)
 }
@@ -155,7 +156,7 @@ class WorldConfig:
     p_shared_motion: float = 0.5  # probability that two objects share direction and bounce
     p_bounce: float = 0.2  # probability that an object bounces off the borders
     p_gradient: float = 0.3  # probability of a vertical-gradient background
-    p_pattern: float = 0.75  # probability that an object is patterned (each pattern equally likely)
+    p_pattern: float = 2 / 3  # probability that an object is patterned (so plain, striped, checked: 1/3 each)
     size_range: tuple[float, float] = (8 / 64, 11 / 64)  # half-size / min(H, W), one object
     pair_size_range: tuple[float, float] = (6 / 64, 9 / 64)  # half-size / min(H, W), two objects
     travel_range: tuple[float, float] = (0.3, 0.45)  # distance over the clip / min(H, W)
@@ -402,20 +403,20 @@ def pattern_darkness(pattern: str, u: np.ndarray, v: np.ndarray, period: float) 
     """How much of each pixel the pattern's dark phase covers, in [0, 1], at object coordinates (u, v).
 
     striped: horizontal bands half a period wide; checked: squares half a period wide (the exclusive-or of
-    a horizontal and a vertical band); dotted: discs of radius 0.3 period on a square lattice. Each is
-    centred on the object's centre and anti-aliased with the edges' one-pixel ramp.
+    a horizontal and a vertical band). The lattice sits half a period off the object's centre, so an
+    object a period or two across shows two dark stripes rather than one central band. Anti-aliased with
+    the edges' one-pixel ramp. (Dots were tried and dropped: at a period the toy VAE resolves, the dots of
+    an object this small sit on its rim and read as notches in its outline.)
     """
     if pattern == "plain":
         return np.zeros(np.broadcast_shapes(u.shape, v.shape), np.float32)
+    u, v = u + period / 2, v + period / 2
     rows = _ramp_coverage(_distance_to_lattice(v, period) - period / 4)
     if pattern == "striped":
         return np.broadcast_to(rows, np.broadcast_shapes(u.shape, v.shape))
     if pattern == "checked":
         cols = _ramp_coverage(_distance_to_lattice(u, period) - period / 4)
         return cols + rows - 2.0 * cols * rows
-    if pattern == "dotted":
-        radius = np.hypot(_distance_to_lattice(u, period), _distance_to_lattice(v, period))
-        return _ramp_coverage(radius - 0.3 * period)
     raise InputError(f"unknown toy pattern {pattern!r}; expected one of {PATTERNS}")
 
 
