@@ -45,10 +45,12 @@ VAE_CEILING_PREFIX = "vae-ceiling:"
 DIMENSION_HEADERS = {
     "colour": "colour",
     "shape": "shape",
+    "pattern": "pattern",
     "direction": "direction",
     "count": "count",
     "temporal_consistency": "temporal",
     "motion_smoothness": "motion",
+    "sharpness": "sharpness",
     "background_stability": "background",
     "frechet": "Frechet",
 }
@@ -440,6 +442,7 @@ def sample_grid(records: Sequence[dict], out_dir: Path, max_prompts: int = MAX_S
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
+table { display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
 th { background: #f3f3f3; }
 td:first-child, td:nth-child(2), th:first-child, th:nth-child(2) { text-align: left; }
