@@ -120,7 +120,7 @@ from pyramidal_wan.toy.world import (
 )
 from pyramidal_wan.utils.io import atomic_path
 
-TOYBENCH_VERSION = 1
+TOYBENCH_VERSION = 2  # 2: patterned world (pattern, sharpness), background vs first frames and caption
 SEMANTIC_DIMS: tuple[str, ...] = ("colour", "shape", "pattern", "direction", "count")
 VIDEO_QUALITY_DIMS: tuple[str, ...] = (
     "temporal_consistency",
