@@ -19,7 +19,7 @@ How a video is read (`analyse_video`):
    period) of a core that fit a blend with the colour's pattern shade (PATTERN_SHADE c) the same way are
    that colour's dark phase.
 3. Each palette class's core joins the dark phase next to it and is closed with a square of radius
-   `pattern_gap_radius` (a quarter period), so a striped, checked or dotted object is one solid mask, as a
+   `pattern_gap_radius` (a quarter period), so a striped or checked object is one solid mask, as a
    person sees it; "other" pixels inside it are dropped. Each class mask is then opened with a 3x3 square
    (removes speckle from noise and one-pixel colour fringes) and split into 8-connected components. A
    component is an object when its area is between `MIN_AREA_FRACTION` of the world's smallest object and
@@ -42,8 +42,8 @@ Semantic dimensions (per prompted object, averaged over the objects of the video
   is correlated with the interior; the best one is read if it correlates and shows enough contrast
   (`PATTERN_MIN_CORRELATION`, `PATTERN_MIN_CONTRAST`), else the object reads as plain. A semantic
   dimension because the caption names the pattern as it names the colour and the shape: drawing checks
-  for "striped", or no pattern at all, is drawing something else. Heavy blur also ends here: at a blur
-  of 1.5 px checks and dots are too faint to read.
+  for "striped", or no pattern at all, is drawing something else. Heavy blur also ends here, once the
+  pattern is too faint to read.
 - direction: 100 if the least-squares velocity of the matched object's centroid is within 22.5 degrees
   (half the angle between neighbouring directions) of the prompted direction and at least
   `MIN_SPEED_FRACTION` of the world's slowest speed, else 0. Bouncing prompts use the first quarter of
@@ -63,9 +63,9 @@ Quality dimensions (each maps a raw deviation through a linear ramp, 100 at or b
   object, the mean over frames of presence x a ramp (`SHARPNESS_RAMP`) of the interior pattern's contrast,
   the least-squares amplitude of the best-fitting template relative to the amplitude the world renders
   (so the real render of the same caption is the reference, 1 by construction). A quality dimension,
-  the detail counterpart of VBench's imaging quality: a 1 px blur keeps every attribute readable, so it
-  must cost quality, not meaning; it halves the contrast (sharpness about 30). The template fit ignores
-  noise, which a raw high-band energy would count as detail.
+  the detail counterpart of VBench's imaging quality: a blur of 1-1.5 px keeps every attribute readable,
+  so it must cost quality, not meaning (see `SHARPNESS_RAMP` for what it does to the contrast). The
+  template fit ignores noise, which a raw high-band energy would count as detail.
 - background_stability: frames are averaged in blocks of side/16 px; blocks clear of the foreground (by
   2 px) are compared with (a) their median over the first quarter of the clip, so a slow drift or a
   different first frame shows in full (`BACKGROUND_DRIFT_RAMP`), and (b) the captioned background
@@ -158,7 +158,7 @@ from pyramidal_wan.eval.toybench.semantic import (
     MIN_SPEED_FRACTION,
     PATTERN_MIN_CONTRAST,
     PATTERN_MIN_CORRELATION,
-    PATTERN_PHASE_STEP,
+    PATTERN_PHASE_STEPS,
     SHAPE_MIN_IOU,
     detect_shapes,
     fit_velocity,
@@ -201,7 +201,7 @@ __all__ = [
     "DIRECTION_TOLERANCE_DEG",
     "PATTERN_MIN_CORRELATION",
     "PATTERN_MIN_CONTRAST",
-    "PATTERN_PHASE_STEP",
+    "PATTERN_PHASE_STEPS",
     "detect_shapes",
     "fit_velocity",
     "read_patterns",

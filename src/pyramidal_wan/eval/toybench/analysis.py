@@ -227,8 +227,8 @@ def label_pixels(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Class masks by background/palette blend fits: the core bool (F, C, H, W) (blends of a palette colour
     with alpha >= 0.5, and the off-palette "other" class), the dark phase bool (F, C, H, W) (pixels within
-    `radius` of a palette core, none themselves, that are blends of a palette colour's pattern shade with
-    alpha >= 0.5) and the foreground (F, H, W)."""
+    `radius` of a palette core, no palette core themselves, that are blends of a palette colour's pattern
+    shade with alpha >= 0.5) and the foreground (F, H, W)."""
     d = frames - background[:, :, None, :]  # (F, H, W, 3)
     foreground = np.einsum("fhwc,fhwc->fhw", d, d) >= FOREGROUND_DISTANCE**2
     shape = (frames.shape[0], len(CLASS_NAMES), *frames.shape[1:3])
@@ -244,9 +244,10 @@ def label_pixels(
     near = core[:, :_OTHER].any(1)
     for _ in range(radius):
         near = _dilate(near)
-    f, y, x = np.nonzero(near & ~core.any(1))
+    f, y, x = np.nonzero(near & ~core[:, :_OTHER].any(1))
     best, member, _ = _palette_fit(d[f, y, x], background[f, y], PATTERN_SHADE)
     dark[f[member], best[member], y[member], x[member]] = True
+    core[:, _OTHER] &= ~dark.any(1)  # a dark phase that fits no full colour is not off-palette
     return core, dark, foreground
 
 

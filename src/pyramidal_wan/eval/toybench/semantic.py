@@ -40,9 +40,9 @@ PATTERN_MIN_CORRELATION = 0.55
 
 PATTERN_MIN_CONTRAST = 0.2
 
-# Phases of the pattern templates are searched on a grid of this step (px), so the phase error is at most
-# a quarter pixel (contrast within 3 % of the truth at the default 6 px period).
-PATTERN_PHASE_STEP = 0.5
+# Phases of the pattern templates are searched on a grid of this many steps per period, so the phase error
+# is at most 1/24 of a period (the contrast of a sinusoid at that error: 0.97).
+PATTERN_PHASE_STEPS = 12
 
 
 def _shape_templates(area: np.ndarray, centroid: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -96,19 +96,19 @@ def read_patterns(
 
     The interior (the mask eroded by one pixel, so edge blends stay out) is projected on its mean colour,
     s = p . m / |m|, and compared with each patterned template `pattern_darkness` renders at every phase
-    (a `PATTERN_PHASE_STEP` grid over one period in each axis; the phase is free, so neither the centre
+    (a grid of `PATTERN_PHASE_STEPS` over one period in each axis; the phase is free, so neither the centre
     estimate nor a model's sub-pixel drift matters). The world renders s = K (1 - (1 - PATTERN_SHADE) D),
     so the least-squares slope of s on the template D over (1 - PATTERN_SHADE) K, with K from the mean
     (a blur keeps the mean), is the pattern's contrast: 1 for a rendered clip, less for a blurred one.
     The best template (highest Pearson r) is read when r >= PATTERN_MIN_CORRELATION and its contrast
     >= PATTERN_MIN_CONTRAST; otherwise the object reads as plain (index 0) with the contrast of that
-    best template. Frames with less than one pattern cell of interior read as plain with contrast 0.
+    best template. Frames with less interior than a half-period square read as plain with contrast 0.
     """
     num_frames, height, width = mask.shape
     interior = _erode(mask)
     t, y, x = np.nonzero(interior)
     count = np.bincount(t, minlength=num_frames).astype(np.float64)
-    judged = count >= period**2
+    judged = count >= (period / 2) ** 2
     pattern = np.zeros(num_frames, np.int64)
     contrast = np.zeros(num_frames)
     best_r = np.full(num_frames, -np.inf)
@@ -131,7 +131,7 @@ def read_patterns(
 
     s_mean = frame_mean(signal)[:, None]
     s_var = frame_mean(signal**2)[:, None] - s_mean**2
-    phases = np.arange(0.0, period, PATTERN_PHASE_STEP)
+    phases = np.arange(PATTERN_PHASE_STEPS) * (period / PATTERN_PHASE_STEPS)
     for index, name in enumerate(PATTERNS[1:], start=1):
         # Phases broadcast as (N, 1 or P, 1) x (N, 1, P): the lattice distances are taken per axis only.
         u = x[:, None, None] + 0.5 - (phases[None, :, None] if name != "striped" else 0.0)  # stripes: y only
