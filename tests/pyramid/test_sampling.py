@@ -1,6 +1,7 @@
 """Samplers end to end: exact denoisers of known data make the stage transitions testable."""
 
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -13,6 +14,7 @@ from pyramidal_wan.pyramid import (
     get_fewstep_grid,
     get_multistep_grid,
     parse_schedule,
+    sample_dpmpp_2m,
     sample_euler,
     sample_pyramid_euler,
     sample_pyramid_few_step,
@@ -123,6 +125,10 @@ def test_point_mass_data_is_reached_exactly(wavelet, schedule):
     g = torch.Generator().manual_seed(4)
     for grid, sampler in (
         (get_multistep_grid(p, parse_schedule(schedule, 3)), sample_pyramid_euler),
+        (
+            get_multistep_grid(p, parse_schedule(schedule, 3)),
+            functools.partial(sample_pyramid_euler, solver="dpm2m"),
+        ),
         (get_fewstep_grid(p, parse_schedule(schedule, 3)), sample_pyramid_few_step),
     ):
         x = start_noise(p, grid, 2, 5)
@@ -229,3 +235,61 @@ def test_callbacks_report_stage_and_denoised():
     assert all(info["denoised"].shape == info["x"].shape for info in seen)
     assert math.isclose(seen[-1]["sigma"], p.segments[0].sigma_n)
     assert dataclasses.is_dataclass(grid[0])
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_dpm2m_converges_faster_in_steps_than_euler(plain):
+    """DPM-Solver++(2M) inside each stage (history reset at every jump) against Euler, on the exact
+    Gaussian denoiser: same start noise and jump noise, error relative to a 400-steps-per-stage solution.
+
+    Measured (seed 0, 64 samples; pyramid n-n-n / plain 0-0-n): Euler 0.098 / 0.157 at n = 10, 0.051 /
+    0.082 at 20; DPM2M 0.029 / 0.073 at 10 and 0.0089 / 0.021 at 20 (first and last steps of a stage are
+    first order, so it only pulls ahead from ~5 steps). Asserted with margin: DPM2M at 20 below a third of
+    Euler at 20, and DPM2M at 10 below Euler at 20.
+    """
+    p = Pyramid.build(3)
+    mean, cov = exponential_covariance(SHAPE[1:], mean=0.3)
+    oracle = StageOracle(p, mean, cov, plain=plain)
+
+    def run(n, solver):
+        grid = get_multistep_grid(p, (0, 0, n) if plain else (n, n, n))
+        x = start_noise(p, grid, 64, 0)
+        g = torch.Generator().manual_seed(1)
+        return sample_pyramid_euler(oracle, x, p, grid, disable=True, generator=g, solver=solver)
+
+    reference = run(400, "dpm2m")
+
+    def error(n, solver):
+        return ((run(n, solver) - reference).norm() / reference.norm()).item()
+
+    euler_20, dpm_20, dpm_10 = error(20, "euler"), error(20, "dpm2m"), error(10, "dpm2m")
+    assert dpm_20 < euler_20 / 3 and dpm_10 < euler_20, (euler_20, dpm_20, dpm_10)
+    # the reference itself: Euler at 400 steps per stage agrees to first order in 1/400
+    assert error(400, "euler") < 0.01
+
+
+def test_dpm2m_on_the_plain_grid_is_diffusers_flow_dpm_solver():
+    """On the 0-0-N grid the solver is diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2,
+    flow prediction, zero final sigma) given the same sigmas; float32 inside the scheduler: atol 1e-5."""
+    diffusers = pytest.importorskip("diffusers")
+    p = Pyramid.build(3)
+    sigmas = get_multistep_grid(p, (0, 0, 12))[0].sigmas
+
+    def model(x, sigma):
+        return torch.tanh(x) * (1 + sigma.reshape(-1, 1, 1, 1, 1)) - 0.3 * x
+
+    x = torch.randn(2, 3, 2, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction",
+        use_flow_sigmas=True,
+        solver_order=2,
+        algorithm_type="dpmsolver++",
+        final_sigmas_type="zero",
+    )
+    scheduler.set_timesteps(len(sigmas) - 1)
+    scheduler.sigmas = torch.tensor(sigmas, dtype=torch.float64)
+    expected = x
+    for i, t in enumerate(scheduler.timesteps):
+        velocity = model(expected, scheduler.sigmas[i].expand(2))
+        expected = scheduler.step(velocity, t, expected).prev_sample
+    torch.testing.assert_close(sample_dpmpp_2m(model, x, sigmas, disable=True), expected, rtol=0, atol=1e-5)

@@ -9,12 +9,14 @@ from pyramidal_wan.pyramid.noise import inverse_jump_sigma, jump_sigma, randn, s
 from pyramidal_wan.pyramid.operators import WAVELETS, Transfer, top_up
 from pyramidal_wan.pyramid.pyramid import PLAIN_SEGMENT, Pyramid, Segment
 from pyramidal_wan.pyramid.sampling import (
+    SOLVERS,
     StageSteps,
     get_fewstep_grid,
     get_multistep_grid,
     get_ppf_grid,
     get_ppf_segments,
     ppf_stage_of,
+    sample_dpmpp_2m,
     sample_euler,
     sample_ppf_euler,
     sample_ppf_few_step,
@@ -25,6 +27,7 @@ from pyramidal_wan.pyramid.sampling import (
 
 __all__ = [
     "PLAIN_SEGMENT",
+    "SOLVERS",
     "WAVELETS",
     "Pyramid",
     "PyramidConfig",
@@ -42,6 +45,7 @@ __all__ = [
     "parse_schedule",
     "ppf_stage_of",
     "randn",
+    "sample_dpmpp_2m",
     "sample_euler",
     "sample_ppf_euler",
     "sample_ppf_few_step",
