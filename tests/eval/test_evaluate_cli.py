@@ -68,6 +68,30 @@ def test_evaluate_checks_schedules_before_generating(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_evaluate_names_runs_by_solver_and_cache(tmp_path, capsys):
+    model = assemble_toy_pipeline(tmp_path / "toy")
+    out = tmp_path / "records.jsonl"
+    common = ["evaluate", "--model", str(model), "--out", str(out), "--threads", "1", "--samples", "0"]
+    assert main([*common, "--schedule", "2-2-1", "--cache", "teacache"]) == 2
+    assert "unknown cache 'teacache'" in capsys.readouterr().err and not out.exists()
+    run = [
+        "--schedule",
+        "4-4-4",
+        "--solver",
+        "dpm2m",
+        "--cache",
+        "taylorseer",
+        "--prompts",
+        "1",
+        "--heldout",
+        "0",
+    ]
+    assert main([*common, *run]) == 0
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert record["schedule"] == "4-4-4:dpm2m+taylorseer"
+    assert "4-4-4:dpm2m+taylorseer" in capsys.readouterr().out
+
+
 def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):
     from pyramidal_wan.toy.vae import build_vae
 

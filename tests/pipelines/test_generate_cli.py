@@ -45,6 +45,10 @@ def test_generate_follows_the_seed_and_overrides(model_dir, tmp_path, capsys):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     d = generate("d.mp4", "--schedule", "3-2-2", "--sampler", "multistep", "--guidance-scale", "3")
     assert "17 frames of 64x64 at 16 fps, schedule 3-2-2 (multistep, CFG 3)" in capsys.readouterr().out
+    generate(
+        "f.mp4", "--schedule", "4-4-4", "--sampler", "multistep", "--solver", "dpm2m", "--cache", "taylorseer"
+    )
+    assert "schedule 4-4-4 (multistep dpm2m, CFG 5)" in capsys.readouterr().out
     # Plain Wan sampling needs only full-resolution geometry: 9x48x64 is fine there.
     e = generate(
         "e.mp4", "--schedule", "0-0-2", "--num-frames", "9", "--height", "48", "--negative-prompt", "a"
@@ -106,6 +110,10 @@ def test_bad_per_stage_guidance_is_a_one_line_error(
         (["--height", "48"], "height 48 must be divisible by 32"),
         (["--schedule", "2-1"], "2 entries but the model has 3 stages"),
         (["--sampler", "ddim"], "unknown sampler"),
+        (["--solver", "heun", "--sampler", "multistep"], "unknown solver"),
+        (["--solver", "dpm2m"], "applies to multistep sampling"),
+        (["--cache", "first-block"], "needs multistep sampling"),
+        (["--cache", "teacache", "--sampler", "multistep"], "unknown cache"),
         (["--guidance-scale", "0.5"], "guidance_scale"),
         (["--out", "{tmp}/video.avi"], "must end in .mp4"),
         (["--dtype", "float8"], "unknown dtype"),

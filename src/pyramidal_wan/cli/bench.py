@@ -8,13 +8,13 @@ All numbers come from one run on one device:
   the speed-up the transformer FLOPs predict (`eval.flops`, meta device): their ratio shows how much
   time outside the transformer eats the savings. The VAE decode is the same for every schedule; it is
   timed once and shown separately, with the speed-ups it would leave;
-- our 0-0-N pipeline (cond and uncond batched into one call) against diffusers' `WanPipeline` (two
-  batch-1 calls per step) on the same components, steps and guidance. On one CPU core batching saves
-  nothing (the same matrix products, no launch overhead to amortise), and glibc's allocator, which hands
-  large freed buffers back to the OS, makes every call fault them in again, which costs the batch-2
-  buffers more: measured here, ours / WanPipeline was 1.04-1.19 by default and 0.99-1.01 with
-  `MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000` (freed memory stays in the heap,
-  as CUDA's caching allocator keeps it on a GPU).
+- our 0-0-N pipeline against diffusers' `WanPipeline` (two batch-1 calls per step) on the same
+  components, steps and guidance. Ours batches cond and uncond into one call on accelerators only
+  (`models.denoiser.batched_cfg_pays`): on one CPU core batching saves nothing (the same matrix products,
+  no launch overhead to amortise), and glibc's allocator, which hands large freed buffers back to the OS,
+  makes every call fault them in again, which costs the batch-2 buffers more: measured here with batched
+  CFG, ours / WanPipeline was 1.04-1.19 by default and 0.99-1.01 with
+  `MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000`.
 
 Without --model, random-weight components are built: the `BENCH_TRANSFORMER` below with the toy VAE and
 text stack, at 17x128x128. Why that size: the toy model (width 128) at 17x64x64 has 8 tokens at the lowest
@@ -48,7 +48,7 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, plan_flops
 from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
-from pyramidal_wan.models.denoiser import TIMESTEP_SCALE
+from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, batched_cfg_pays
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import count_parameters, get_transformer_config
@@ -315,6 +315,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
         "wan_pipeline": {
             "schedule": wan_plan.schedule,
             "guidance_scale": wan_plan.guidance_scale,
+            "cfg_batched": batched_cfg_pays(device),
             "ours_seconds": ours_s,
             "wan_pipeline_seconds": theirs_s,
             "ratio": _median([a / b for a, b in pairs]),
@@ -412,7 +413,8 @@ def format_bench(report: dict) -> str:
         f"pipeline s = the whole call up to the latents; the VAE decode ({report['decode_seconds']:.2f} s, "
         "the same for every schedule) is only in the last column",
         "",
-        f"ours {wan['schedule']} (CFG {wan['guidance_scale']:g}, cond+uncond in one batched call): "
+        f"ours {wan['schedule']} (CFG {wan['guidance_scale']:g}, "
+        f"{'cond+uncond in one batched call' if wan['cfg_batched'] else 'two batch-1 calls per step'}): "
         f"{wan['ours_seconds']:.2f} s; diffusers WanPipeline (two batch-1 calls per step): "
         f"{wan['wan_pipeline_seconds']:.2f} s (medians); ours / WanPipeline = {wan['ratio']:.3f} "
         f"(median of {len(wan['ratios'])} interleaved pairs: {', '.join(f'{r:.3f}' for r in wan['ratios'])})",

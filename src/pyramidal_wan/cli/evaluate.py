@@ -46,6 +46,12 @@ def register(subparsers) -> None:
         help="toy: also score the VAE's reconstructions of the real clips (any model's ceiling)",
     )
     parser.add_argument("--schedule", action="append", help="a schedule (repeatable; default: the model's)")
+    parser.add_argument(
+        "--solver", help="within-stage solver of multistep runs: euler or dpm2m (default: the model's)"
+    )
+    parser.add_argument(
+        "--cache", help="a diffusers step cache of multistep runs: first-block or taylorseer (default: none)"
+    )
     parser.add_argument("--prompts", type=int, default=36, help="toy: train-split prompts (default 36)")
     parser.add_argument("--heldout", type=int, default=24, help="toy: held-out-split prompts (default 24)")
     parser.add_argument("--seeds", type=int, default=1, help="toy: seeds per prompt (default 1)")
@@ -96,12 +102,15 @@ def _setup(args, models, schedules):
     from accelerate import PartialState
 
     from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
+    from pyramidal_wan.models.caching import check_cache
     from pyramidal_wan.models.loading import quiet_loading
     from pyramidal_wan.pipelines import plan_from_folder
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     # Validate every model x schedule before generating anything.
-    plans = {(m, s): plan_from_folder(m, schedule=s) for m in models for s in schedules}
+    plans = {(m, s): plan_from_folder(m, schedule=s, solver=args.solver) for m in models for s in schedules}
+    for plan in plans.values():
+        check_cache(args.cache, plan.sampler, plan.kind)
     state = PartialState(cpu=device.type == "cpu")
     if device.type == "cuda":
         device = state.device  # each process its own GPU
@@ -133,10 +142,10 @@ def _tflops(pipe, plan) -> float:
 class TimedGenerator:
     """Generate batches with one pipeline and plan, timing each call by part (`eval.timing.StageTimer`)."""
 
-    def __init__(self, pipe, plan, device):
+    def __init__(self, pipe, plan, device, cache: str | None = None):
         from pyramidal_wan.eval.timing import StageTimer
 
-        self.pipe, self.plan, self.device = pipe, plan, device
+        self.pipe, self.plan, self.device, self.cache = pipe, plan, device, cache
         self.timer = StageTimer(pipe)
         self.last: dict = {}  # the last batch: seconds and parts, per video
 
@@ -149,6 +158,7 @@ class TimedGenerator:
             frames = self.pipe(
                 captions,
                 plan=self.plan,
+                cache=self.cache,
                 output_type="np",
                 generator=[torch.Generator().manual_seed(s) for s in seeds],
                 callback=self.timer.callback,
@@ -169,6 +179,15 @@ def model_name(folder: str) -> str:
     if path.name == "model" or path.name.startswith("model-step"):
         return path.parent.name + path.name[len("model") :]
     return path.name
+
+
+def run_label(plan, cache: str | None = None) -> str:
+    """A run's name in records and tables: its schedule, then a non-default solver and a cache, e.g.
+    "10-10-5:dpm2m+taylorseer"."""
+    label = plan.schedule
+    if plan.sampler == "multistep" and plan.solver != "euler":
+        label += f":{plan.solver}"
+    return label + (f"+{cache}" if cache else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -212,8 +231,9 @@ def run_toy(args: argparse.Namespace) -> int:
             }
             if not (args.no_pyramid_view or is_baseline_schedule(plan.steps)):
                 fields["pyramid_view"] = pyramid_view(pipe, plan, out, name, prompts[0].caption(), state)
-            generate = TimedGenerator(pipe, plan, device)
-            samples = SampleSaver(out, name, plan.schedule, args.samples)
+            generate = TimedGenerator(pipe, plan, device, args.cache)
+            label = run_label(plan, args.cache)
+            samples = SampleSaver(out, name, label, args.samples)
 
             def on_batch(indices, batch_seeds, videos, generate=generate, fields=fields, samples=samples):
                 saved = samples.save(indices, batch_seeds, videos)
@@ -225,12 +245,12 @@ def run_toy(args: argparse.Namespace) -> int:
                 seeds,
                 out=out,
                 model=name,
-                schedule=plan.schedule,
+                schedule=label,
                 batch_size=args.batch_size,
                 on_batch=on_batch,
                 state=state,
             )
-            runs.append((name, plan.schedule))
+            runs.append((name, label))
     state.wait_for_everyone()
     if state.is_main_process:
         records = merge_parts(out)
@@ -359,8 +379,8 @@ def run_vbench(args: argparse.Namespace) -> int:
         pipe = _load(model, device, dtype)
         for schedule in schedules:
             plan = plans[(model, schedule)]
-            folder = out / model_name(model) / plan.schedule
-            generate = TimedGenerator(pipe, plan, device)
+            folder = out / model_name(model) / run_label(plan, args.cache)
+            generate = TimedGenerator(pipe, plan, device, args.cache)
             seconds = generate_vbench_videos(generate, names, folder / "videos", args.batch_size, state)
             runs.append((model, plan, folder, _tflops(pipe, plan), _gather(state, seconds)))
         del pipe
@@ -368,7 +388,7 @@ def run_vbench(args: argparse.Namespace) -> int:
     state.wait_for_everyone()
     prompts_by_file = {n: p for (p, _), n in names.items()} if custom else None
     for model, plan, folder, tflops, timings in runs:
-        name = f"{model_name(model)}_{plan.schedule}"
+        name = f"{model_name(model)}_{run_label(plan, args.cache)}"
         # every process calls the judge: VBench splits the videos between ranks itself
         scores = vb.run_judge(
             vbench_module,
@@ -385,7 +405,7 @@ def run_vbench(args: argparse.Namespace) -> int:
             record = {
                 "suite": "vbench",
                 "model": model_name(model),
-                "schedule": plan.schedule,
+                "schedule": run_label(plan, args.cache),
                 "model_path": str(Path(model).resolve()),
                 "mode": "custom_input" if custom else "vbench_standard",
                 "prompts": len(prompts),

@@ -16,6 +16,7 @@ import torch
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import plan_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
+from pyramidal_wan.models.caching import CACHES, check_cache
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.lora import load_loras, parse_lora_spec
 from pyramidal_wan.models.presets import get_transformer_config
@@ -24,6 +25,7 @@ from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_v
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
 from pyramidal_wan.pipelines.parallel import MODES, check_context_parallel, enable_context_parallel
 from pyramidal_wan.pyramid.config import SAMPLERS
+from pyramidal_wan.pyramid.sampling import SOLVERS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUT_SUFFIX = ".mp4"
@@ -58,6 +60,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--schedule", help="steps per stage, lowest resolution first (default: the model's)")
     parser.add_argument("--sampler", help=f"{' or '.join(SAMPLERS)} (default: the model's)")
     parser.add_argument(
+        "--solver",
+        help=f"within-stage solver of multistep sampling: {' or '.join(SOLVERS)} (default: the model's, "
+        "else euler)",
+    )
+    parser.add_argument(
+        "--cache",
+        help=f"a diffusers step cache for multistep sampling, reset at every stage change: "
+        f"{' or '.join(CACHES)} (default: none)",
+    )
+    parser.add_argument(
         "--guidance-scale",
         help="standard CFG scale, 1 = off (default: the model's for multistep, 1 for fewstep); a PPF model "
         "takes one per stage, lowest resolution first, e.g. 3,4,5",
@@ -79,6 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--gif", action="store_true", help="also write a GIF beside the MP4")
     parser.add_argument(
         "--fps", type=float, default=DEFAULT_FPS, help=f"frame rate (default {DEFAULT_FPS:g})"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer blocks, one graph per stage (pays from the second video on)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", help=f"{' or '.join(DTYPES)} (default float32)")
@@ -159,8 +176,16 @@ def run(args: argparse.Namespace) -> int:
     # Every setting is checked against the folder's configs before any weights are loaded; the pipeline
     # samples this plan.
     plan = plan_from_folder(
-        folder, args.num_frames, args.height, args.width, args.schedule, args.sampler, guidance_scale
+        folder,
+        args.num_frames,
+        args.height,
+        args.width,
+        args.schedule,
+        args.sampler,
+        guidance_scale,
+        solver=args.solver,
     )
+    check_cache(args.cache, plan.sampler, plan.kind)
     num_frames, height, width = plan.geometry[0].pixel
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.context_parallel is not None:
@@ -187,11 +212,14 @@ def run(args: argparse.Namespace) -> int:
         for expert in (pipe.transformer, pipe.transformer_2):
             if expert is not None:
                 enable_context_parallel(expert, args.context_parallel, world_size)
+    if args.compile:
+        pipe.compile_blocks()
     started = time.perf_counter()
     video = pipe(
         args.prompt,
         negative_prompt=args.negative_prompt,
         plan=plan,
+        cache=args.cache,
         generator=torch.Generator().manual_seed(args.seed),
     ).frames[0]
     seconds = time.perf_counter() - started
@@ -207,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {' and '.join(str(p) for p in written)}")
     print(
         f"  {num_frames} frames of {height}x{width} at {args.fps:g} fps, "
-        f"schedule {plan.schedule} ({plan.sampler}, {cfg}), seed {args.seed}"
+        f"schedule {plan.schedule} ({describe_sampler(plan)}, {cfg}), seed {args.seed}"
     )
     print(
         f"  {seconds:.1f} s on {device.type} ({args.dtype}); {flops['total_tflops']:.4g} TFLOPs in "
@@ -218,3 +246,12 @@ def run(args: argparse.Namespace) -> int:
         counts = expert_evaluations(grid, plan.sampler, pipe.config.boundary_ratio)
         print(f"  experts per stage (lowest resolution first): {describe_experts(counts)}")
     return 0
+
+
+def describe_sampler(plan) -> str:
+    """The sampler of a plan in words: "fewstep", "multistep" (Euler) or "multistep dpm2m"."""
+    return (
+        plan.sampler
+        if plan.sampler == "fewstep" or plan.solver == "euler"
+        else f"{plan.sampler} {plan.solver}"
+    )

@@ -8,6 +8,9 @@ uncond + w (cond - uncond), with both branches in one batched transformer call.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -73,15 +76,27 @@ class WanVelocity(nn.Module):
 class CFGVelocity(nn.Module):
     """Classifier-free guidance around a velocity model: v = v_uncond + w (v_cond - v_uncond).
 
-    Both branches run as one call on the batch [uncond; cond] (x, sigma and the text embeddings
-    concatenated along the batch axis), which halves the number of transformer calls. With w = 1 only the
-    conditional branch is evaluated. `guidance_scale` is a float or a (B,) tensor (one scale per sample).
+    With `batched` (the default) both branches run as one call on the batch [uncond; cond] (x, sigma and
+    the text embeddings concatenated along the batch axis), which halves the number of transformer calls
+    and pays on accelerators; otherwise as two calls, cond then uncond, as diffusers' WanPipeline does,
+    which is as fast or faster on a CPU (`batched_cfg_pays`). With w = 1 only the conditional branch is
+    evaluated. `guidance_scale` is a float or a (B,) tensor (one scale per sample).
     """
 
-    def __init__(self, model: nn.Module, guidance_scale: float | torch.Tensor = 5.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        guidance_scale: float | torch.Tensor = 5.0,
+        batched: bool = True,
+        branch_context: Callable[[str], AbstractContextManager] | None = None,
+    ):
         super().__init__()
         self.model = model
         self.guidance_scale = guidance_scale
+        self.batched = batched
+        # Entered around each call with its branch's name ("cond", "uncond", or "cond_uncond" for a batched
+        # call), e.g. a transformer's `cache_context`: step caches keep one state per branch.
+        self.branch_context = branch_context or (lambda name: contextlib.nullcontext())
 
     @property
     def uses_guidance(self) -> bool:
@@ -111,7 +126,8 @@ class CFGVelocity(nn.Module):
             `torch.Tensor`: the guided velocity, shaped like `x`.
         """
         if not self.uses_guidance:
-            return self.model(x, sigma, encoder_hidden_states, **kwargs)
+            with self.branch_context("cond"):
+                return self.model(x, sigma, encoder_hidden_states, **kwargs)
         if negative_encoder_hidden_states is None:
             raise ValueError(
                 "guidance_scale != 1 needs negative_encoder_hidden_states (the unconditional text)"
@@ -122,10 +138,26 @@ class CFGVelocity(nn.Module):
                 f"of the prompt embeddings {tuple(encoder_hidden_states.shape)} to share one batched call"
             )
         batch = x.shape[0]
-        sigma_in = per_sample(sigma, batch, x).repeat(2)  # (2B,)
-        text = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # (2B, N_txt, D)
-        uncond, cond = self.model(torch.cat([x, x]), sigma_in, text, **kwargs).chunk(2)  # (B, ...) each
+        if self.batched:
+            sigma_in = per_sample(sigma, batch, x).repeat(2)  # (2B,)
+            text = torch.cat([negative_encoder_hidden_states, encoder_hidden_states])  # (2B, N_txt, D)
+            with self.branch_context("cond_uncond"):
+                uncond, cond = self.model(torch.cat([x, x]), sigma_in, text, **kwargs).chunk(
+                    2
+                )  # (B, ...) each
+        else:
+            with self.branch_context("cond"):
+                cond = self.model(x, sigma, encoder_hidden_states, **kwargs)
+            with self.branch_context("uncond"):
+                uncond = self.model(x, sigma, negative_encoder_hidden_states, **kwargs)
         scale = self.guidance_scale
         if isinstance(scale, torch.Tensor) and scale.ndim > 0:
             scale = per_sample(scale, batch, x).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
         return uncond + scale * (cond - uncond)
+
+
+def batched_cfg_pays(device: torch.device) -> bool:
+    """Whether one batch-2 CFG call beats two batch-1 calls on `device`: on accelerators it amortises
+    launches and fills the device; on a CPU the matrix products are the same and the larger buffers cost
+    more (measured with `pyramidal-wan bench`: batched 0-0-N was 1.04-1.19x slower than WanPipeline)."""
+    return torch.device(device).type != "cpu"

@@ -33,13 +33,14 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
 
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.caching import CACHES, StageCachedVelocity, check_cache
 from pyramidal_wan.models.checkpoint import (
     PLAIN_MODEL_CONFIG,
     PYRAMID_CONFIG_NAME,
     pyramid_config_or_plain,
     save_pyramid_config,
 )
-from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
+from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity, batched_cfg_pays
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.text import encode_prompts
@@ -290,6 +291,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         negative_prompt_embeds: torch.Tensor | None = None,
         output_type: str = "np",
         plan: SamplingPlan | None = None,
+        solver: str | None = None,
+        cache: str | None = None,
     ) -> SamplingPlan:
         r"""
         Check every argument before any model work; raise a one-line `InputError` naming the problem and fix.
@@ -312,6 +315,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 vae_scale_temporal=self.vae_scale_factor_temporal,
                 vae_scale_spatial=self.vae_scale_factor_spatial,
                 patch_size=tuple(self.transformer.config.patch_size),
+                solver=solver,
             )
         elif plan.kind != self.pyramid_config.kind or len(plan.steps) != self.pyramid_config.num_stages:
             raise InputError(
@@ -337,6 +341,9 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 f"latents of shape {tuple(latents.shape)} do not fit; schedule {plan.schedule} "
                 f"starts from noise of shape {expected}"
             )
+        check_cache(cache, plan.sampler, plan.kind)
+        if cache is not None and self.transformer_2 is not None:
+            raise InputError(f"cache {cache!r} is not supported on a two-expert (Wan2.2 A14B) model; drop it")
         return plan
 
     def _check_prompts(
@@ -456,6 +463,12 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     # Sampling ------------------------------------------------------------------------------------------
 
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """`torch.compile` the transformer's repeated blocks (diffusers' `compile_repeated_blocks`) with
+        static shapes: one graph per stage's token grid, all compiled during the first video, none after.
+        `compile_kwargs` go to `torch.compile` (e.g. `mode`, `backend`)."""
+        self.transformer.compile_repeated_blocks(**{"dynamic": False, **compile_kwargs})
+
     def get_grid(self, plan: SamplingPlan, pyramid: Pyramid):
         """The stage grids (sigmas per stage, lowest resolution first) the sampler walks."""
         if plan.kind == "patch":
@@ -465,25 +478,35 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return get_fewstep_grid(pyramid, plan.steps)
         return get_multistep_grid(pyramid, plan.steps, shift=self.pyramid_config.shift)
 
-    def get_sampler(self, plan: SamplingPlan, pyramid: Pyramid):
+    def get_sampler(self, plan: SamplingPlan, pyramid: Pyramid, cache: str | None = None):
         """(velocity model, sampler taking `(model, x, grid, ...)`) of a plan.
 
-        A PPF model samples the plain process at full resolution, its kernel and CFG scale switching with
-        the stage of sigma (METHOD.md 9); its 0-...-0-N baseline runs the base transformer, which is stage 0.
+        CFG runs cond and uncond as one batched call on accelerators and as two calls on a CPU, where
+        batching does not pay (`batched_cfg_pays`). A PPF model samples the plain process at full
+        resolution, its kernel and CFG scale switching with the stage of sigma (METHOD.md 9); its 0-...-0-N
+        baseline runs the base transformer, which is stage 0. With a step `cache` (resolution pyramids
+        only), each CFG branch runs in its own cache context and the cache resets at every stage change.
         """
         if self.ppf is None or is_baseline_schedule(plan.steps):
             velocity = WanVelocity(self.transformer)
             if self.transformer_2 is not None:  # Wan2.2 A14B: the expert follows each evaluation's sigma
                 low_noise = WanVelocity(self.transformer_2)
                 velocity = ExpertVelocity(velocity, low_noise, self.config.boundary_ratio)
-            model = CFGVelocity(velocity, plan.guidance_scale)
-            sample = sample_pyramid_few_step if plan.sampler == "fewstep" else sample_pyramid_euler
-            return model, functools.partial(sample, pyramid=pyramid)
+            batched = batched_cfg_pays(self._execution_device)
+            context = self.transformer.cache_context if cache is not None else None
+            model = CFGVelocity(velocity, plan.guidance_scale, batched, context)
+            if cache is not None:  # resolution pyramids with one expert only (`check_inputs`)
+                model = StageCachedVelocity(model, self.transformer)
+            if plan.sampler == "fewstep":
+                return model, functools.partial(sample_pyramid_few_step, pyramid=pyramid)
+            return model, functools.partial(sample_pyramid_euler, pyramid=pyramid, solver=plan.solver)
         scales = plan.stage_guidance or (plan.guidance_scale,) * self.pyramid_config.num_stages
         # match_base: the PPF layers follow the base transformer through `pipe.to(...)`.
         velocity = WanVelocity(self.ppf.match_base())
         model = StageGuidance(velocity, scales[::-1], self.pyramid_config.clean_ends)  # by stage index
-        return model, sample_ppf_few_step if plan.sampler == "fewstep" else sample_ppf_euler
+        if plan.sampler == "fewstep":
+            return model, sample_ppf_few_step
+        return model, functools.partial(sample_ppf_euler, solver=plan.solver)
 
     def prepare_latents(
         self,
@@ -527,6 +550,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         callback: Callable[[dict[str, Any]], None] | None = None,
         attention_kwargs: dict[str, Any] | None = None,
         plan: SamplingPlan | None = None,
+        solver: str | None = None,
+        cache: str | None = None,
     ) -> WanPipelineOutput | tuple:
         r"""
         Generate videos from text, sampling through the model's resolution pyramid.
@@ -576,7 +601,13 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 Passed to the transformer's attention processors (e.g. `{"scale": 0.5}` for a LoRA).
             plan ([`SamplingPlan`], *optional*):
                 A plan made beforehand (`plan_from_folder`, `plan_sampling`): it replaces the size,
-                `schedule`, `sampler` and `guidance_scale` arguments, which must then be left unset.
+                `schedule`, `sampler`, `guidance_scale` and `solver` arguments, which must then be left unset.
+            solver (`str`, *optional*):
+                Within-stage solver of multi-step sampling: "euler" (the paper's) or "dpm2m"
+                (DPM-Solver++(2M), history reset at every stage jump). Defaults to the checkpoint's.
+            cache (`str`, *optional*):
+                A diffusers step cache for multi-step sampling, "first-block" or "taylorseer", reset at every
+                stage change; none by default.
 
         Returns:
             [`WanPipelineOutput`] or `tuple`: the videos in `.frames` (or the first element of the tuple).
@@ -584,7 +615,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # 1. Check inputs. Raise error if not correct
         if plan is not None:
             given = {"num_frames": num_frames, "height": height, "width": width, "schedule": schedule}
-            given.update(sampler=sampler, guidance_scale=guidance_scale)
+            given.update(sampler=sampler, guidance_scale=guidance_scale, solver=solver)
             if any(v is not None for v in given.values()):
                 names = ", ".join(k for k, v in given.items() if v is not None)
                 raise InputError(f"pass either a plan or {names}: the plan already fixes them")
@@ -608,6 +639,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             negative_prompt_embeds,
             output_type,
             plan,
+            solver,
+            cache,
         )
 
         # 2. Define call parameters
@@ -642,21 +675,27 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         )
 
         # 6. Denoising loop: one call to the pyramid sampler
-        model, sample = self.get_sampler(plan, pyramid)
+        model, sample = self.get_sampler(plan, pyramid, cache)
+        if cache is not None:
+            self.transformer.enable_cache(CACHES[cache]())
         extra_args = {
             "encoder_hidden_states": prompt_embeds,
             "negative_encoder_hidden_states": negative_prompt_embeds,
             "attention_kwargs": attention_kwargs,
         }
-        latents = sample(
-            model,
-            latents,
-            grid=grid,
-            extra_args=extra_args,
-            callback=callback,
-            disable=self._progress_disabled(),
-            generator=generator,
-        )
+        try:
+            latents = sample(
+                model,
+                latents,
+                grid=grid,
+                extra_args=extra_args,
+                callback=callback,
+                disable=self._progress_disabled(),
+                generator=generator,
+            )
+        finally:
+            if cache is not None:
+                self.transformer.disable_cache()
 
         # 7. Decode (un-normalise with the VAE's latent statistics exactly as WanPipeline does)
         if output_type == "latent":

@@ -27,7 +27,7 @@ from pyramidal_wan.pyramid import (
     parse_schedule,
     stage_geometry,
 )
-from pyramidal_wan.pyramid.config import SAMPLERS
+from pyramidal_wan.pyramid.config import SAMPLERS, check_solver
 
 # The paper's video size (frames, height, width): Wan2.1's 81 frames at 448x832, divisible for 3 stages.
 WAN21_SIZE = (81, 448, 832)
@@ -43,6 +43,7 @@ class SamplingPlan:
     geometry: tuple[StageGeometry, ...]  # stage sizes, index 0 = full resolution (one stage for 0-...-0-N)
     kind: str = "resolution"  # the model's pyramid kind: "resolution" or "patch" (PPF, METHOD.md 9)
     stage_guidance: tuple[float, ...] | None = None  # PPF: one CFG w per stage, lowest resolution first
+    solver: str = "euler"  # within-stage solver of multi-step sampling (a key of pyramid.SOLVERS)
 
     @property
     def schedule(self) -> str:
@@ -103,12 +104,14 @@ def plan_sampling(
     vae_scale_temporal: int = 4,
     vae_scale_spatial: int = 8,
     patch_size: tuple[int, int, int] = (1, 2, 2),
+    solver: str | None = None,
 ) -> SamplingPlan:
     """Check a video size and sampling settings against a model's configs (no weights needed).
 
     Plain sampling (0-...-0-N) needs only the full-resolution geometry, so e.g. 480x832 stays valid there;
     a pyramidal schedule needs every stage to divide cleanly (for PPF, into every stage's patch kernel: the
-    same conditions, METHOD.md 1.4). Raises one-line `InputError`s.
+    same conditions, METHOD.md 1.4). `solver` (default: the model's) applies to multi-step sampling only.
+    Raises one-line `InputError`s.
     """
     stage_guidance = None
     if isinstance(guidance_scale, (tuple, list)):
@@ -128,7 +131,14 @@ def plan_sampling(
         vae_scale_spatial=vae_scale_spatial,
         patch_size=patch_size,
     )
-    return SamplingPlan(steps, sampler, guidance_scale, tuple(geometry), pyramid_config.kind, stage_guidance)
+    if solver is not None and sampler != "multistep":
+        raise InputError(
+            f"solver {solver!r} applies to multistep sampling; drop it or use --sampler multistep"
+        )
+    solver = check_solver(pyramid_config.solver if solver is None else solver)
+    return SamplingPlan(
+        steps, sampler, guidance_scale, tuple(geometry), pyramid_config.kind, stage_guidance, solver
+    )
 
 
 def video_settings(
@@ -181,6 +191,7 @@ def plan_from_folder(
     schedule=None,
     sampler: str | None = None,
     guidance_scale: float | tuple[float, ...] | None = None,
+    solver: str | None = None,
 ) -> SamplingPlan:
     """Check a call's size and sampling settings against a saved pipeline folder's configs, without loading
     weights; `None` takes the folder's defaults. Returns what the pipeline samples for that call (the size
@@ -193,5 +204,6 @@ def plan_from_folder(
         sampler=sampler,
         guidance_scale=guidance_scale,
         patch_size=get_transformer_config(folder)["patch_size"],
+        solver=solver,
         **video,
     )

@@ -14,7 +14,7 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.pyramid.geometry import check_factors, cumulative_factors, parse_schedule
 from pyramidal_wan.pyramid.operators import WAVELETS
 from pyramidal_wan.pyramid.pyramid import Pyramid, default_clean_ends
-from pyramidal_wan.pyramid.sampling import get_ppf_segments
+from pyramidal_wan.pyramid.sampling import SOLVERS, get_ppf_segments
 
 SAMPLERS = ("multistep", "fewstep")
 # "resolution": the latent is resampled per stage (METHOD.md 1-5); "patch": PPF, the latent stays at full
@@ -39,6 +39,13 @@ LAYOUT_FIELDS = (
 Kernel = tuple[int, int, int]
 
 
+def check_solver(name: str) -> str:
+    """`name` if it is a within-stage solver of multi-step sampling, else a one-line InputError."""
+    if name not in SOLVERS:
+        raise InputError(f"unknown solver {name!r}; choose one of {', '.join(SOLVERS)}")
+    return name
+
+
 @dataclass(frozen=True)
 class PyramidConfig:
     """How a model must be sampled: its stages, operators, boundaries and default sampler."""
@@ -54,6 +61,7 @@ class PyramidConfig:
     kind: str = "resolution"  # "resolution" pyramid or "patch" pyramid (PPF, METHOD.md 9)
     stage_embedding: bool = False  # patch: a learned, zero-initialised per-stage timestep-embedding offset
     rope_positions: str = "centre"  # patch: "centre" (METHOD.md 9) or "grid" (see ROPE_POSITIONS)
+    solver: str = "euler"  # within-stage solver of multi-step sampling: a key of sampling.SOLVERS
 
     def __post_init__(self):
         factors = check_factors(self.factors, self.num_stages)
@@ -68,6 +76,7 @@ class PyramidConfig:
             raise InputError(f"unknown wavelet {self.wavelet!r}; choose one of {', '.join(sorted(WAVELETS))}")
         if self.sampler not in SAMPLERS:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        check_solver(self.solver)
         if self.kind not in KINDS:
             raise InputError(f"unknown pyramid kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.rope_positions not in ROPE_POSITIONS:
