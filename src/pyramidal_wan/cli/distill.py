@@ -18,7 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--method", required=True, choices=FEW_STEP_METHODS)
     parser.add_argument("--config", default=None, help="YAML config; defaults + overrides without")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
-    parser.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument(
+        "--no-resume", action="store_true", help="start over, discarding the run's checkpoints"
+    )
     parser.set_defaults(func=run_distill)
 
 

@@ -49,13 +49,13 @@ def register(subparsers) -> None:
         "finetune",
         help="train with a YAML config: plain, multi-resolution or pyramidal flow matching",
         description="Run the training loop on a prepared cache. Overrides look like train.lr=1e-4; "
-        "a run resumes from OUT/checkpoint unless --no-resume.",
+        "a run resumes from its newest complete checkpoint unless --no-resume; one run at a time holds OUT.",
     )
     tune.add_argument(
         "--config", default=None, help="YAML config (see configs/); defaults + overrides without"
     )
     tune.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
-    tune.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    tune.add_argument("--no-resume", action="store_true", help="start over, discarding the run's checkpoints")
     tune.set_defaults(func=run_finetune)
 
     export = subparsers.add_parser(
@@ -78,6 +78,11 @@ def register(subparsers) -> None:
     )
     export.add_argument(
         "--license", default=DEFAULT_LICENSE, help=f"model card license (default {DEFAULT_LICENSE})"
+    )
+    export.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if it holds files and is not a model folder",
     )
     export.set_defaults(func=run_export)
 
@@ -219,7 +224,7 @@ def run_export(args) -> int:
     config = _run_config(args.run)
     from pyramidal_wan.training.trainer import export_checkpoint
 
-    folder, step = export_checkpoint(config, args.out)
+    folder, step = export_checkpoint(config, args.out, overwrite=args.overwrite)
     write_card(folder, command=args.invocation, license=args.license, run=args.run)
     print(f"exported step {step} of {args.run} to {folder}")
     return 0
@@ -231,7 +236,10 @@ def _run_config(run: str):
     config_path = Path(run) / "config.yaml"
     if not config_path.is_file():
         raise InputError(f"{run} is not a training run (no config.yaml); pass the run's train.out folder")
-    return load_config(str(config_path), [])
+    config = load_config(str(config_path), [])
+    # The run is the folder given, wherever it was created or copied from: never the stored train.out.
+    config.train.out = str(run)
+    return config
 
 
 def _run_base(config) -> str | None:

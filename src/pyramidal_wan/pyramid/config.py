@@ -15,6 +15,7 @@ from pyramidal_wan.pyramid.geometry import check_factors, cumulative_factors, pa
 from pyramidal_wan.pyramid.operators import WAVELETS
 from pyramidal_wan.pyramid.pyramid import Pyramid, default_clean_ends
 from pyramidal_wan.pyramid.sampling import SOLVERS, get_ppf_segments
+from pyramidal_wan.utils.ranges import Positive, PositiveInt
 
 SAMPLERS = ("multistep", "fewstep")
 # "resolution": the latent is resampled per stage (METHOD.md 1-5); "patch": PPF, the latent stays at full
@@ -50,13 +51,13 @@ def check_solver(name: str) -> str:
 class PyramidConfig:
     """How a model must be sampled: its stages, operators, boundaries and default sampler."""
 
-    num_stages: int = 3  # S; 1 is plain Wan
+    num_stages: PositiveInt = 3  # S; 1 is plain Wan
     factors: tuple[tuple[int, int, int], ...] | None = None  # (f_t, f_h, f_w) per transition; None: 2s
     clean_ends: tuple[float, ...] | None = None  # sigma_c of stages 1..S-1; None = equal thirds
     wavelet: str = "haar"  # transfer operator: "haar" (avg-pool / nearest) or "db2"
     sampler: str = "multistep"  # "multistep" (Euler + jumps, CFG) or "fewstep" (x0 + re-noise, no CFG)
     default_schedule: str | None = None  # steps per stage, lowest first; None: 20 per stage, 10 at the last
-    shift: float = 1.0  # multi-step grid shift within each stage
+    shift: Positive = 1.0  # multi-step grid shift within each stage
     guidance_scale: float = 5.0  # standard CFG w; 1.0 disables guidance
     kind: str = "resolution"  # "resolution" pyramid or "patch" pyramid (PPF, METHOD.md 9)
     stage_embedding: bool = False  # patch: a learned, zero-initialised per-stage timestep-embedding offset

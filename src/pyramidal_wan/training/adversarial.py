@@ -29,6 +29,7 @@ from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import randn, sample_euler
 from pyramidal_wan.pyramid.distillation import next_sigma
 from pyramidal_wan.training.distill import FewStepObjective, FewStepOptions, frozen_network, unwrap
+from pyramidal_wan.utils.ranges import NonNegative, NonNegativeInt, PositiveInt
 
 if TYPE_CHECKING:
     from pyramidal_wan.training.config import Config
@@ -38,11 +39,11 @@ if TYPE_CHECKING:
 class AdversarialOptions(FewStepOptions):
     """adv-o, adv-p: the discriminator heads and the loss weights (METHOD.md 8)."""
 
-    adv_blocks: tuple[int, ...] | None = None  # hooked blocks; None: floor(L/2)-1, floor(3L/4)-1, L-1
-    adv_weight: float = 1.0  # lambda_adv
-    rec_weight: float = 2.0  # lambda_rec
-    rec_steps: int = 10  # Euler steps of the reconstruction teacher per student step
-    head_channels: int = 256  # discriminator head width
+    adv_blocks: tuple[NonNegativeInt, ...] | None = None  # hooked; None: floor(L/2)-1, floor(3L/4)-1, L-1
+    adv_weight: NonNegative = 1.0  # lambda_adv
+    rec_weight: NonNegative = 2.0  # lambda_rec
+    rec_steps: PositiveInt = 10  # Euler steps of the reconstruction teacher per student step
+    head_channels: PositiveInt = 256  # discriminator head width
 
 
 def hinge_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

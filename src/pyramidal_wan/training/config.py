@@ -4,6 +4,10 @@ A config file has sections `model`, `data`, `train`, `pyramid` (the `PyramidConf
 trains and exports) and `objective` (`name`, then that method's own options, see `training.methods`);
 every key is optional and unknown keys are rejected. Overrides use dotted names:
 `--train.lr=3e-4 --objective.name=pyramidal --pyramid.num_stages=2`.
+
+Every value is checked here, at load, by its field's type: numbers must be finite, `Annotated` ranges
+(`PositiveInt`, `Probability`, ...) and `Literal` choices hold, so a bad value is a one-line `InputError`
+before any work starts rather than a failure deep in training.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import yaml
 
@@ -22,6 +28,15 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.pyramid.config import PyramidConfig
 from pyramidal_wan.training.methods import METHODS
 from pyramidal_wan.training.objectives import ObjectiveOptions
+from pyramidal_wan.utils.ranges import (
+    Decay,
+    NonNegative,
+    NonNegativeInt,
+    Positive,
+    PositiveInt,
+    Probability,
+    Range,
+)
 
 
 @dataclass
@@ -30,15 +45,15 @@ class ModelConfig:
     pipeline: str | None = (
         None  # the Wan folder whose tokenizer/text_encoder/vae/scheduler a checkpoint ships with
     )
-    lora_rank: int = 0  # > 0 trains a peft LoRA of this rank instead of all parameters
-    lora_alpha: float | None = None  # None: equal to the rank
+    lora_rank: NonNegativeInt = 0  # > 0 trains a peft LoRA of this rank instead of all parameters
+    lora_alpha: Positive | None = None  # None: equal to the rank
     gradient_checkpointing: bool = False
 
 
 @dataclass
 class DataConfig:
     cache: str = ""  # a folder written by `pyramidal-wan prepare-data`
-    text_dropout: float = (
+    text_dropout: Probability = (
         0.1  # probability of replacing the prompt by the empty prompt (trains the CFG branch)
     )
 
@@ -46,21 +61,22 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     out: str = "runs/train"  # checkpoints, logs and the resolved config go here
-    steps: int = 1000
-    batch_size: int = 16  # per process; pyramidal objectives split it evenly over stages
-    lr: float = 1e-4
-    warmup: int = 100  # linear warm-up steps, then constant
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    ema: float = 0.0  # 0 disables the EMA copy
-    precision: str = "no"  # accelerate mixed precision: "no", "bf16", "fp16"
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 16  # per process; pyramidal objectives split it evenly over stages
+    lr: Positive = 1e-4
+    warmup: NonNegativeInt = 100  # linear warm-up steps, then constant
+    weight_decay: NonNegative = 1e-4
+    betas: tuple[Decay, Decay] = (0.9, 0.999)
+    grad_clip: NonNegative = 1.0  # 0 disables clipping
+    ema: Decay = 0.0  # 0 disables the EMA copy
+    precision: Literal["no", "bf16", "fp16"] = "no"  # accelerate mixed precision
     seed: int = 0
-    checkpoint_every: int = 500
-    log_every: int = 50
-    threads: int = 0  # torch intra-op threads on CPU; 0 leaves torch's default
-    critic_lr: float = 2e-6  # learning rate of the critic group (fake score / discriminator heads)
-    sharding: str = "none"  # "none" (one full copy per process, DDP) or "fsdp2" (training/sharding.py)
+    checkpoint_every: PositiveInt = 500
+    keep_checkpoints: NonNegativeInt = 1  # older complete checkpoints kept beside the newest
+    log_every: PositiveInt = 50
+    threads: NonNegativeInt = 0  # torch intra-op threads on CPU; 0 leaves torch's default
+    critic_lr: Positive = 2e-6  # learning rate of the critic group (fake score / discriminator heads)
+    sharding: Literal["none", "fsdp2"] = "none"  # one full copy per process (DDP), or training/sharding.py
 
 
 # Keys of the stage layout that configs used to give under `objective:` (before the `pyramid:` section);
@@ -95,9 +111,21 @@ class Config:
 
 
 def _convert(value, annotation, name: str):
-    """Coerce a YAML / command-line value to the field's annotated type, or raise InputError."""
+    """Coerce a YAML / command-line value to the field's annotated type and check it, or raise InputError."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if origin is Annotated:
+        value = _convert(value, args[0], name)
+        for rule in annotation.__metadata__:
+            if isinstance(rule, Range):
+                rule.check(value, name)
+        return value
+    if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads the word no as false
+            value = "no"
+        if value not in args:
+            raise InputError(f"{name} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
         if is_none and type(None) in args:
@@ -116,8 +144,9 @@ def _convert(value, annotation, name: str):
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
-        item = args[0]
-        return tuple(_convert(v, item, name) for v in value)
+        if Ellipsis not in args and len(value) != len(args):
+            raise InputError(f"{name} needs {len(args)} values, got {len(value)}: {value!r}")
+        return tuple(_convert(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -129,16 +158,20 @@ def _convert(value, annotation, name: str):
                 value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"{name} must be a number, got {value!r}")
-        if annotation is int and float(value) != int(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number, got {value!r}")
+        if annotation is int and isinstance(value, float) and not value.is_integer():
             raise InputError(f"{name} must be an integer, got {value!r}")
         return annotation(value)
     if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise InputError(f"{name} must be a single value, got {value!r}")
         return str(value)
     return value
 
 
 def _apply(section, values: dict, prefix: str) -> None:
-    hints = typing.get_type_hints(type(section))
+    hints = typing.get_type_hints(type(section), include_extras=True)
     known = {f.name for f in dataclasses.fields(section)}
     for key, value in values.items():
         if key not in known:
@@ -153,7 +186,13 @@ def _read_raw(path, overrides) -> dict:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"config file {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise InputError(f"config file {path} is not valid YAML ({problem}{at}); fix the file") from None
         if not isinstance(raw, dict):
             raise InputError(f"config file {path} must hold a mapping of sections")
     sections = {f.name for f in dataclasses.fields(Config)}
@@ -179,7 +218,7 @@ def _read_raw(path, overrides) -> dict:
 
 def _pyramid(values: dict) -> PyramidConfig:
     """The `pyramid:` section as a PyramidConfig (values coerced to its field types)."""
-    hints = typing.get_type_hints(PyramidConfig)
+    hints = typing.get_type_hints(PyramidConfig, include_extras=True)
     known = {f.name for f in dataclasses.fields(PyramidConfig)}
     converted = {}
     for key, value in values.items():
@@ -195,7 +234,7 @@ def _objective(values: dict) -> ObjectiveOptions:
     if name not in METHODS:
         raise InputError(f"unknown objective {name!r}; choose one of {', '.join(METHODS)}")
     options = METHODS[name].options(name=name)
-    hints = typing.get_type_hints(type(options))
+    hints = typing.get_type_hints(type(options), include_extras=True)
     known = {f.name for f in dataclasses.fields(options)}
     for key, value in values.items():
         if key not in known:

@@ -58,6 +58,7 @@ from pyramidal_wan.pyramid.distillation import (
 from pyramidal_wan.training.networks import student_network
 from pyramidal_wan.training.objectives import Objective, ObjectiveOptions, check_noisy_end_signal
 from pyramidal_wan.training.ppf import check_ppf_init, ppf_network
+from pyramidal_wan.utils.ranges import NonNegative, PositiveInt, Probability
 
 if TYPE_CHECKING:
     from pyramidal_wan.training.config import Config
@@ -77,8 +78,11 @@ class FewStepOptions(ObjectiveOptions):
     teacher: str | None = None  # frozen teacher folder (see the module table for each method's default)
     teacher_uncond: str = "negative-prompt"  # CFG's unconditional text: "negative-prompt" or "empty"
     guidance_scale: float = 5.0  # teacher CFG, standard form uncond + w (cond - uncond)
-    critic_ratio: int = 5  # critic (fake score / discriminator) updates per generator update
-    tau_range: tuple[float, float] = (0.02, 0.98)  # re-noising rho_tau ~ U(range) within the stage
+    critic_ratio: PositiveInt = 5  # critic (fake score / discriminator) updates per generator update
+    tau_range: tuple[Probability, Probability] = (
+        0.02,
+        0.98,
+    )  # re-noising rho_tau ~ U(range) in the stage
     student_input: str = "data"  # "data" (noised cached latents) or "backward" (simulated from noise)
     noisy_end_signal: str = "upsampled"  # data-noised inputs' u: "upsampled" (R_up x0^(i+1)) or "projected"
 
@@ -88,7 +92,7 @@ class DMDOptions(FewStepOptions):
     """dmd, dmd-ot, dmd-pt-star, ppf-dmd."""
 
     fake: str | None = None  # fake-score initialisation; None: the teacher
-    teach_weight: float = 0.01  # L_teach: MSE of the student's x0 to the data latent (data-noised inputs)
+    teach_weight: NonNegative = 0.01  # L_teach: MSE of the student's x0 to the data latent (data inputs)
 
 
 @dataclass

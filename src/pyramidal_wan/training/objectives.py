@@ -17,7 +17,7 @@ Every model here is a velocity model `model(x, sigma, encoder_hidden_states) -> 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.training.networks import frozen, student_network
+from pyramidal_wan.utils.ranges import NonNegative, NonNegativeInt, Positive, Probability
 
 if TYPE_CHECKING:  # annotations only: the config module reads the registry, which imports this module
     from pyramidal_wan.training.config import Config
@@ -43,22 +44,22 @@ class ObjectiveOptions:
 class MultiresOptions(ObjectiveOptions):
     """multires-fm: plain flow matching at every stage resolution of `pyramid:` (the DMD-OT teacher)."""
 
-    timestep_sampling: str = "uniform"  # "uniform" or "logit-normal" sigma
+    timestep_sampling: Literal["uniform", "logit-normal"] = "uniform"  # how sigma is drawn
     logit_mean: float = 0.0
-    logit_std: float = 1.0
-    shift: float = 1.0  # sigma -> shift sigma / (1 + (shift - 1) sigma) after sampling
+    logit_std: Positive = 1.0
+    shift: Positive = 1.0  # sigma -> shift sigma / (1 + (shift - 1) sigma) after sampling
 
 
 @dataclass
 class FlowMatchingOptions(MultiresOptions):
     """flow-matching: plain flow matching at the given stage resolutions ((0,): ordinary pretraining)."""
 
-    stages: tuple[int, ...] = (0,)  # cache stages trained, an equal share of the batch each
+    stages: tuple[NonNegativeInt, ...] = (0,)  # cache stages trained, an equal share of the batch each
     # Multi-resolution pretraining curriculum: rows [from_step, fraction of the batch at stage 0 (full
     # size), stage 1, ...]; the last row whose from_step <= the step applies, and `stages` is then unused.
     # Empty: `stages` split evenly. Like Wan, start at low resolution and keep every geometry in the mix.
-    stage_mix: tuple[tuple[float, ...], ...] = ()
-    image_fraction: float = 0.0  # of each stage's samples, the share trained as single frames (images)
+    stage_mix: tuple[tuple[NonNegative, ...], ...] = ()
+    image_fraction: Probability = 0.0  # of each stage's samples, the share trained as single frames (images)
 
 
 @dataclass
@@ -66,8 +67,10 @@ class PyramidalOptions(ObjectiveOptions):
     """pyramidal: L_pyr + L_dist (METHOD.md 4.2-4.3) on the `pyramid:` stage layout."""
 
     noisy_end_signal: str = "upsampled"  # "upsampled" (R_up x0^(i+1)) or "projected" (P x0^(i))
-    dist_weight: float = 1.0  # lambda_dist of L_dist against the frozen original model (0 disables)
-    dist_stage_weights: tuple[float, ...] | None = None  # per stage; None: 1 for i < S-1, 0 for the lowest
+    dist_weight: NonNegative = 1.0  # lambda_dist of L_dist against the frozen original model (0 disables)
+    dist_stage_weights: tuple[NonNegative, ...] | None = (
+        None  # per stage; None: 1 below S-1, 0 for the lowest
+    )
 
 
 NOISY_END_SIGNALS = ("upsampled", "projected")

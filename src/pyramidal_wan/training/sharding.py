@@ -11,10 +11,11 @@ optimisers; it does not wrap the sharded networks.
   1 / N of each, and a block's full weights exist only while the block runs.
 - Checkpoints: `checkpoint/sharded/` is a `torch.distributed.checkpoint` folder (each rank writes its
   shards of the trained parameters, AdamW states and EMA), beside `train_state.pt` (step, schedulers,
-  world size) and one RNG file per rank. They resume exactly on the same number of processes. Another
-  number of processes would split data and noise into other per-rank streams, so that resume is refused;
-  `pyramidal-wan export` gathers the checkpoint into a plain model folder (one process, no sharding) that
-  a new run can start from.
+  world size) and one RNG file per rank; rank 0 writes the completeness marker last, after every rank has
+  written, so an interrupted sharded save is never resumed (`utils.checkpoints`). They resume exactly on
+  the same number of processes. Another number of processes would split data and noise into other
+  per-rank streams, so that resume is refused; `pyramidal-wan export` gathers the checkpoint into a plain
+  model folder (one process, no sharding) that a new run can start from.
 - The export at the end of a run gathers the full weights on rank 0 into a meta-device copy of the
   student made before sharding, then writes the usual diffusers folder.
 """
@@ -22,7 +23,6 @@ optimisers; it does not wrap the sharded networks.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -39,7 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.tensor import DTensor
 
 from pyramidal_wan.errors import CheckpointError, InputError
-from pyramidal_wan.utils.io import atomic_path
+from pyramidal_wan.utils.checkpoints import commit_checkpoint_folder, new_checkpoint_folder
 
 SHARDINGS = ("none", "fsdp2")
 SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a checkpoint
@@ -129,27 +129,30 @@ class FSDP2:
             state["ema"] = dict(ema.shadow)
         return state
 
-    def save(self, folder: Path, step: int, nets, optimizers, schedulers, generators, ema) -> None:
-        """Write `folder` atomically with every rank's shards; rank 0 renames it into place at the end."""
-        with atomic_path(folder) if self.rank == 0 else nullcontext() as tmp:
-            shared = [tmp]
-            dist.broadcast_object_list(shared, src=0)
-            tmp = Path(shared[0])
-            if self.rank == 0:
-                tmp.mkdir()
-            dist.barrier()
-            dcp.save(self.state(nets, optimizers, ema), checkpoint_id=tmp / SHARDED)
-            rng = {name: g.get_state() for name, g in generators.items()}
-            torch.save(rng, tmp / f"generators-rank{self.rank}.pt")
-            if self.rank == 0:
-                train_state = {
-                    "step": step,
-                    "sharding": "fsdp2",
-                    "world_size": self.world,
-                    "schedulers": {g: s.state_dict() for g, s in schedulers.items()},
-                }
-                torch.save(train_state, tmp / "train_state.pt")
-            dist.barrier()  # every rank's files are in tmp before rank 0 renames it
+    def save(
+        self, run: Path, step: int, nets, optimizers, schedulers, generators, ema, keep=1, name="checkpoint"
+    ) -> None:
+        """Write the checkpoint of `step` in the run folder `run` with every rank's shards. Rank 0 makes the
+        temporary folder, and commits it (completeness marker last, then the renames of
+        `utils.checkpoints`) only after every rank has written its files; so a kill at any instant leaves
+        the previous complete checkpoint to resume from, as an unsharded save does."""
+        shared = [new_checkpoint_folder(run, name) if self.rank == 0 else None]
+        dist.broadcast_object_list(shared, src=0)
+        tmp = Path(shared[0])
+        dcp.save(self.state(nets, optimizers, ema), checkpoint_id=tmp / SHARDED)
+        rng = {name: g.get_state() for name, g in generators.items()}
+        torch.save(rng, tmp / f"generators-rank{self.rank}.pt")
+        if self.rank == 0:
+            train_state = {
+                "step": step,
+                "sharding": "fsdp2",
+                "world_size": self.world,
+                "schedulers": {g: s.state_dict() for g, s in schedulers.items()},
+            }
+            torch.save(train_state, tmp / "train_state.pt")
+        dist.barrier()  # every rank's files are in tmp before rank 0 marks it complete
+        if self.rank == 0:
+            commit_checkpoint_folder(run, tmp, step, keep, name)
         dist.barrier()  # and the checkpoint is in place before any rank goes on
 
     def load(self, folder: Path, nets, optimizers, schedulers, generators, ema) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -30,7 +31,16 @@ from pyramidal_wan.training.sharding import (
     load_sharded_weights,
     mean_over_ranks,
 )
-from pyramidal_wan.utils.io import atomic_path, write_json
+from pyramidal_wan.utils.checkpoints import (
+    Checkpoint,
+    find_checkpoints,
+    load_checked,
+    recover_checkpoints,
+    remove_checkpoints,
+    run_lock,
+    save_checkpoint_folder,
+)
+from pyramidal_wan.utils.io import atomic_path, check_output_folder, write_json
 
 CHECKPOINT = "checkpoint"
 RUN_RECORD = "run.json"  # what the config alone does not say, e.g. the teachers' unconditional text
@@ -60,35 +70,56 @@ def _lr_lambda(warmup: int):
 
 
 def save_checkpoint(
-    out: Path, step: int, nets: dict, optimizers: dict, schedulers: dict, generators, ema: EMA | None
+    out: Path,
+    step: int,
+    nets: dict,
+    optimizers: dict,
+    schedulers: dict,
+    generators,
+    ema: EMA | None,
+    keep: int = 1,
 ) -> None:
-    """Write `out/checkpoint/` atomically: weights per group (safetensors), EMA, optimiser/scheduler/RNG."""
-    with atomic_path(out / CHECKPOINT) as tmp:
-        tmp.mkdir()
+    """Write `out/checkpoint/` (weights per group as safetensors, EMA, optimiser/scheduler/RNG state) so that
+    a kill at any instant leaves a complete checkpoint to resume from; `keep` older ones stay beside it."""
+
+    def write(folder: Path) -> None:
         for group, net in nets.items():
-            save_file(trainable_state(net), tmp / f"{group}.safetensors")
+            save_file(trainable_state(net), folder / f"{group}.safetensors")
         if ema is not None:
-            save_file({n: t.contiguous() for n, t in ema.shadow.items()}, tmp / "ema.safetensors")
+            save_file({n: t.contiguous() for n, t in ema.shadow.items()}, folder / "ema.safetensors")
         state = {
             "step": step,
             "optimizers": {g: o.state_dict() for g, o in optimizers.items()},
             "schedulers": {g: s.state_dict() for g, s in schedulers.items()},
             "generators": {name: g.get_state() for name, g in generators.items()},
         }
-        torch.save(state, tmp / "train_state.pt")
+        torch.save(state, folder / "train_state.pt")
+
+    save_checkpoint_folder(out, step, write, keep=keep, name=CHECKPOINT)
+
+
+def _legacy_step(folder: Path) -> int:
+    """The step of a checkpoint written before completeness markers (its train state holds it)."""
+    return int(torch.load(folder / "train_state.pt", weights_only=True)["step"])
+
+
+def latest_checkpoint(out: Path) -> Checkpoint | None:
+    """The newest complete checkpoint of a run, wherever an interrupted save left it (read only)."""
+    found = find_checkpoints(out, CHECKPOINT, _legacy_step)
+    return found[0] if found else None
 
 
 def load_checkpoint(
-    out: Path, nets: dict, optimizers: dict, schedulers: dict, generators, ema: EMA | None
+    checkpoint: Checkpoint, nets: dict, optimizers: dict, schedulers: dict, generators, ema: EMA | None
 ) -> int:
     """Restore a `save_checkpoint` folder (weights_only loading, no pickle); returns the step."""
-    folder = out / CHECKPOINT
-    if is_sharded_checkpoint(folder):
+    if is_sharded_checkpoint(checkpoint.folder):
         raise CheckpointError(
-            f"{folder} was written with train.sharding=fsdp2: resume it with train.sharding=fsdp2 on as many "
-            f"processes, or export it (pyramidal-wan export --run {out}) and start from model.init=FOLDER"
+            f"{checkpoint.folder} was written with train.sharding=fsdp2: resume it with train.sharding=fsdp2 "
+            f"on as many processes, or export it (pyramidal-wan export --run {checkpoint.folder.parent}) and "
+            "start from model.init=FOLDER"
         )
-    state = _load_weights(folder, nets, ema)
+    state = _load_weights(checkpoint, nets, ema)
     for group in nets:
         optimizers[group].load_state_dict(state["optimizers"][group])
         schedulers[group].load_state_dict(state["schedulers"][group])
@@ -97,15 +128,13 @@ def load_checkpoint(
     return int(state["step"])
 
 
-def _load_weights(folder: Path, nets: dict, ema: EMA | None) -> dict:
-    """Copy a checkpoint's weights (and EMA) into `nets` / `ema`; returns its train state."""
-    try:
-        state = torch.load(folder / "train_state.pt", weights_only=True)
-        weights = {group: load_file(folder / f"{group}.safetensors") for group in nets}
-        ema_shadow = load_file(folder / "ema.safetensors") if ema is not None else None
-    except (OSError, RuntimeError) as err:
-        first_line = str(err).splitlines()[0] if str(err) else repr(err)
-        raise CheckpointError(f"cannot load {folder}: {first_line}; delete it to start over") from err
+def _load_weights(checkpoint: Checkpoint, nets: dict, ema: EMA | None) -> dict:
+    """Copy a checkpoint's weights (and EMA) into `nets` / `ema`; returns its train state. A missing,
+    truncated or corrupt file is a one-line `CheckpointError` naming it (and any older complete one)."""
+    state = load_checked(checkpoint, "train_state.pt", lambda p: torch.load(p, weights_only=True))
+    weights = {group: load_checked(checkpoint, f"{group}.safetensors", load_file) for group in nets}
+    ema_shadow = load_checked(checkpoint, "ema.safetensors", load_file) if ema is not None else None
+    folder = checkpoint.folder
     for group, net in nets.items():
         missing = set(trainable_state(net)) - set(weights[group])
         if missing:
@@ -119,23 +148,33 @@ def _load_weights(folder: Path, nets: dict, ema: EMA | None) -> dict:
     return state
 
 
-def export_checkpoint(config: Config, folder: str | Path | None = None) -> tuple[Path, int]:
-    """Export the model folder of a run's last checkpoint (EMA weights if the run keeps them).
+def is_model_folder(folder: Path) -> bool:
+    """Whether `folder` is a model folder `export_model` wrote (so replacing it loses nothing else)."""
+    return (folder / "transformer" / "config.json").is_file()
+
+
+def export_checkpoint(
+    config: Config, folder: str | Path | None = None, overwrite: bool = False
+) -> tuple[Path, int]:
+    """Export the model folder of a run's newest complete checkpoint (EMA weights if the run keeps them).
 
     For a run that is still training or was stopped early; `train` exports `out/model` itself at the end.
-    Default folder: `out/model-step{step}`. Returns (folder, step).
+    Default folder: `out/model-step{step}`. An existing `folder` that is not a model folder is refused unless
+    `overwrite`. Returns (folder, step).
     """
     out = Path(config.train.out)
-    if not (out / CHECKPOINT).is_dir():
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
         raise CheckpointError(f"{out / CHECKPOINT} does not exist: nothing to export (train first)")
+    folder = Path(folder) if folder is not None else out / f"model-step{checkpoint.step}"
+    check_output_folder(folder, is_model_folder, overwrite, "a model folder")
     objective = build_objective(config)
     generator = objective.nets["generator"]
     ema = EMA(generator, config.train.ema) if config.train.ema > 0 else None
-    if is_sharded_checkpoint(out / CHECKPOINT):  # an FSDP2 run: gather its shards in this one process
-        step = int(load_sharded_weights(out / CHECKPOINT, generator, ema)["step"])
+    if is_sharded_checkpoint(checkpoint.folder):  # an FSDP2 run: gather its shards in this one process
+        step = int(load_sharded_weights(checkpoint.folder, generator, ema)["step"])
     else:
-        step = int(_load_weights(out / CHECKPOINT, {"generator": generator}, ema)["step"])
-    folder = Path(folder) if folder is not None else out / f"model-step{step}"
+        step = int(_load_weights(checkpoint, {"generator": generator}, ema)["step"])
     export_model(config, generator, ema, objective.export_config(), folder)
     return folder, step
 
@@ -153,13 +192,31 @@ def check_ranks_in_sync(accelerator: Accelerator, model: torch.nn.Module, step: 
 
 
 def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
-    """Run `config` to `config.train.steps` iterations, resuming from `train.out/checkpoint` if present."""
+    """Run `config` to `config.train.steps` iterations, resuming from the newest complete checkpoint in
+    `train.out` if there is one (`resume=False` discards the run's checkpoints and starts over).
+
+    The main process holds the run folder's lock throughout: a second run on the folder is refused."""
     tc = config.train
     out = Path(tc.out)
     check_sharding(tc.sharding)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     accelerator = Accelerator(mixed_precision=tc.precision, log_with="tensorboard", project_dir=str(out))
+    with ExitStack() as lock:
+        if accelerator.is_main_process:
+            lock.enter_context(run_lock(out))
+            if resume:  # finish what a killed save left: the newest complete checkpoint becomes checkpoint/
+                recover_checkpoints(out, CHECKPOINT, _legacy_step)
+            else:
+                remove_checkpoints(out, CHECKPOINT)
+        accelerator.wait_for_everyone()
+        _train(config, accelerator, resume, progress)
+    return out
+
+
+def _train(config: Config, accelerator: Accelerator, resume: bool, progress: bool) -> None:
+    tc = config.train
+    out = Path(tc.out)
     rank, world = accelerator.process_index, accelerator.num_processes
     seed = tc.seed * world + rank  # one run seed, distinct per rank
     generators = {
@@ -192,8 +249,9 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     }
     ema = EMA(nets["generator"], tc.ema) if tc.ema > 0 else None
     step = 0
-    if resume and (out / CHECKPOINT).exists() and sharded is None:
-        step = load_checkpoint(out, nets, optimizers, schedulers, generators, ema)
+    checkpoint = latest_checkpoint(out) if resume else None  # rank 0 recovered it before any rank got here
+    if checkpoint is not None and sharded is None:
+        step = load_checkpoint(checkpoint, nets, optimizers, schedulers, generators, ema)
     groups = list(nets)
     wrapped = [] if sharded else [nets[g] for g in groups]  # FSDP2 networks are not wrapped again
     prepared = accelerator.prepare(
@@ -203,8 +261,8 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     objective.use(dict(zip(groups, prepared[:n])) if n else nets)
     m = len(groups)
     optimizers, schedulers = dict(zip(groups, prepared[n : n + m])), dict(zip(groups, prepared[n + m :]))
-    if resume and (out / CHECKPOINT).exists() and sharded is not None:  # collective: after the optimisers
-        step = sharded.load(out / CHECKPOINT, nets, optimizers, schedulers, generators, ema)
+    if checkpoint is not None and sharded is not None:  # collective: after the optimisers
+        step = sharded.load(checkpoint.folder, nets, optimizers, schedulers, generators, ema)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
@@ -263,9 +321,11 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
             for net in nets.values():
                 check_ranks_in_sync(accelerator, net, step)
             if sharded is not None:
-                sharded.save(out / CHECKPOINT, step, nets, optimizers, schedulers, generators, ema)
+                sharded.save(
+                    out, step, nets, optimizers, schedulers, generators, ema, tc.keep_checkpoints, CHECKPOINT
+                )
             elif accelerator.is_main_process:
-                save_checkpoint(out, step, nets, optimizers, schedulers, generators, ema)
+                save_checkpoint(out, step, nets, optimizers, schedulers, generators, ema, tc.keep_checkpoints)
             accelerator.wait_for_everyone()
     bar.close()
     generator = nets["generator"]
@@ -276,7 +336,6 @@ def train(config: Config, resume: bool = True, progress: bool = True) -> Path:
     accelerator.end_training()
     if accelerator.is_main_process:
         export_model(config, generator, ema, objective.export_config(), out / "model")
-    return out
 
 
 def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, generator, device) -> dict:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pyramidal_wan.errors import InputError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -41,3 +43,42 @@ def write_json(path: str | os.PathLike, obj) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _check_parent(path: Path, option: str) -> None:
+    """The nearest existing ancestor of `path` must be a folder (a file there makes every write fail)."""
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+            return
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Check, before any work, that a file can be written at `path`: not a folder, no file above it."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path} is an existing folder; give a file path inside it")
+    _check_parent(path, option)
+    return path
+
+
+def check_output_folder(
+    folder: str | os.PathLike,
+    is_replaceable,
+    overwrite: bool = False,
+    what: str = "an output folder",
+    option: str = "--out",
+) -> Path:
+    """Check, before any work, that `folder` may be (re)written: absent, empty, `is_replaceable(folder)`
+    (one of ours), or `overwrite` given; never a file or under a file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {folder} is a file; give a folder")
+    _check_parent(folder, option)
+    if folder.is_dir() and any(folder.iterdir()) and not is_replaceable(folder) and not overwrite:
+        raise InputError(
+            f"{option} {folder} holds files and is not {what}; its contents would be replaced: pass "
+            "--overwrite to do that, or choose another folder"
+        )
+    return folder
