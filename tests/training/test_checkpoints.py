@@ -1,6 +1,7 @@
 """Nothing lost, nothing half-done: faults inside a checkpoint save, leftovers, corrupt files, run locks."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,3 +209,30 @@ def test_a_second_run_on_a_folder_refuses_and_a_dead_holder_is_taken_over(tiny_c
     assert (out / "run.lock").read_text().split()[0] == str(holder.pid)  # the dead holder's lock is left
     assert main([*argv, "model.pipeline=None"]) == 0  # and taken over
     assert (out / "checkpoint" / "complete.json").is_file()
+
+
+def test_export_refuses_a_folder_that_is_not_a_model_folder(tiny_cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_cache, out, "train.steps=1"), progress=False)
+    target = tmp_path / "papers"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    assert main(["export", "--run", str(out), "--out", str(target)]) == 2
+    assert "holds files and is not a model folder" in capsys.readouterr().err
+    assert (target / "thesis.tex").read_text() == "years of work"
+    assert main(["export", "--run", str(out), "--out", str(out / "model")]) == 0  # a model folder: replaced
+    assert main(["export", "--run", str(out), "--out", str(target / "thesis.tex")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["export", "--run", str(out), "--out", str(target), "--overwrite"]) == 0
+    assert not (target / "thesis.tex").exists() and (target / "transformer" / "config.json").is_file()
+
+
+def test_a_copied_run_folder_refers_to_itself(tiny_cache, tmp_path, capsys):
+    original, copy = tmp_path / "run", tmp_path / "copy"
+    train(tiny_config(tiny_cache, original, "train.steps=2"), progress=False)
+    shutil.copytree(original, copy)
+    shutil.rmtree(original / "checkpoint")  # the original moves on; the copy keeps step 2
+    train(tiny_config(tiny_cache, original, "train.steps=1", "train.keep_checkpoints=0"), progress=False)
+    assert main(["export", "--run", str(copy)]) == 0
+    assert f"exported step 2 of {copy} to {copy / 'model-step2'}" in capsys.readouterr().out
+    assert not (original / "model-step2").exists()
