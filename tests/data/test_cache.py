@@ -106,3 +106,30 @@ def test_prepare_data_cli_derives_and_checks_its_flags(tiny_cache, tmp_path, cap
     assert f"derived 6 videos' latent-space stages from {tiny_cache}" in capsys.readouterr().out
     assert main(["prepare-data", "--out", str(tmp_path / "x"), "--height", "64"]) == 2
     assert "needs --data, --model, --num-frames, --width" in capsys.readouterr().err
+
+
+def test_prepare_data_checks_the_whole_listing_before_any_work(tmp_path, capsys):
+    from pyramidal_wan.cli import main
+
+    make_dataset(tmp_path / "data", n=2, progress=False)
+    captions = tmp_path / "data" / "captions.jsonl"
+    lines = captions.read_text().splitlines()
+    bad = [
+        *lines,
+        json.dumps({"video": None, "caption": "x"}),
+        json.dumps({"video": clip_name(0), "caption": 3}),
+    ]
+    captions.write_text("\n".join(bad) + "\n")
+    out = tmp_path / "cache"
+    argv = ["prepare-data", "--data", str(tmp_path / "data"), "--model", str(tmp_path / "no-model"), "--out"]
+    argv += [str(out), "--num-frames", "17", "--height", "64", "--width", "64"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "2 bad line(s)" in err and "line 3 has 'video': null" in err and "line 4 has 'caption': 3" in err
+    assert not out.exists()  # nothing half-made
+    captions.write_text("")
+    assert main(argv) == 2 and "lists no videos" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_:  # argparse's own one-line error
+        main([*argv, "--limit", "0"])
+    assert exit_.value.code == 2 and "--limit: 0 must be at least 1" in capsys.readouterr().err

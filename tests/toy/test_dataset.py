@@ -54,9 +54,38 @@ def test_mismatched_settings_and_bad_arguments_are_refused(tmp_path):
 def test_read_records_validates_lines(tmp_path):
     with pytest.raises(InputError, match="no captions.jsonl"):
         read_records(tmp_path)
+    (tmp_path / "a.mp4").write_bytes(b"")
     (tmp_path / CAPTIONS_FILE).write_text(json.dumps({"video": "a.mp4"}) + "\n")
-    with pytest.raises(InputError, match=":1 needs the keys"):
+    with pytest.raises(InputError, match="line 1 needs the keys 'video' and 'caption'"):
         read_records(tmp_path)
     (tmp_path / CAPTIONS_FILE).write_text('{"video": "a.mp4", "caption": "x"}\n\nnot json\n')
-    with pytest.raises(InputError, match=":3 is not JSON"):
+    with pytest.raises(InputError, match="line 3 is not JSON"):
+        read_records(tmp_path)
+
+
+def test_the_whole_listing_is_checked_and_every_bad_line_reported(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    lines = [
+        {"video": "a.mp4", "caption": "a red circle"},
+        {"video": None, "caption": "x"},
+        {"video": "a.mp4", "caption": 7},
+        ["a.mp4", "x"],
+        {"video": "gone.mp4", "caption": "x"},
+        {"video": "a.mp4", "caption": "a red circle"},
+    ]
+    (tmp_path / CAPTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    with pytest.raises(InputError) as err:
+        read_records(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "has 5 bad line(s)" in message
+    for expected in (
+        "line 2 has 'video': null",
+        "line 3 has 'caption': 7; it must be a string",
+        "line 4 is a JSON list",
+        "line 5 names gone.mp4, which is not a file",
+        "line 6 repeats line 1",
+    ):
+        assert expected in message
+    (tmp_path / CAPTIONS_FILE).write_text("\n")
+    with pytest.raises(InputError, match="lists no videos"):
         read_records(tmp_path)

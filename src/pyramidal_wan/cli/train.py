@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyramidal_wan.cli.card import DEFAULT_LICENSE
+from pyramidal_wan.cli.options import finite_float, non_negative_int, positive_float, positive_int
 from pyramidal_wan.errors import InputError
 
 
@@ -20,19 +21,19 @@ def register(subparsers) -> None:
     prep.add_argument("--data", help="dataset folder: videos + captions.jsonl")
     prep.add_argument("--model", help="a Wan folder whose vae/, tokenizer/, text_encoder/ to use")
     prep.add_argument("--out", required=True, help="cache folder")
-    prep.add_argument("--num-frames", type=int)
-    prep.add_argument("--height", type=int)
-    prep.add_argument("--width", type=int)
+    prep.add_argument("--num-frames", type=positive_int)
+    prep.add_argument("--height", type=positive_int)
+    prep.add_argument("--width", type=positive_int)
     prep.add_argument(
         "--from-cache", help="a pixel cache to downsample in latent space (needs --construction latent)"
     )
-    prep.add_argument("--stages", type=int, default=3)
+    prep.add_argument("--stages", type=positive_int, default=3)
     prep.add_argument("--construction", choices=("pixel", "latent"), default="pixel")
     prep.add_argument("--temporal-filter", choices=("average", "subsample"), default="average")
     prep.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default="float16")
-    prep.add_argument("--batch-size", type=int, default=8)
-    prep.add_argument("--shard-size", type=int, default=256)
-    prep.add_argument("--limit", type=int, default=None, help="use only the first N videos")
+    prep.add_argument("--batch-size", type=positive_int, default=8)
+    prep.add_argument("--shard-size", type=positive_int, default=256)
+    prep.add_argument("--limit", type=positive_int, default=None, help="use only the first N videos")
     prep.set_defaults(func=run_prepare)
     add_synthesize_arguments(
         subparsers.add_parser(
@@ -100,19 +101,27 @@ def add_synthesize_arguments(parser) -> None:
         "--schedule", help="steps per stage, lowest resolution first, e.g. 0-0-50 (default: the teacher's)"
     )
     parser.add_argument("--sampler", help="multistep or fewstep (default: the teacher's)")
-    parser.add_argument("--guidance-scale", type=float, help="CFG scale, 1 = off (default: the teacher's)")
+    parser.add_argument(
+        "--guidance-scale", type=finite_float, help="CFG scale, 1 = off (default: the teacher's)"
+    )
     parser.add_argument("--negative-prompt", help="unconditional text for CFG (default: the teacher's)")
-    parser.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: the teacher's)")
-    parser.add_argument("--height", type=int, help="pixel height (default: the teacher's)")
-    parser.add_argument("--width", type=int, help="pixel width (default: the teacher's)")
+    parser.add_argument("--num-frames", type=positive_int, help="pixel frames, 4k+1 (default: the teacher's)")
+    parser.add_argument("--height", type=positive_int, help="pixel height (default: the teacher's)")
+    parser.add_argument("--width", type=positive_int, help="pixel width (default: the teacher's)")
     parser.add_argument(
         "--seed", type=int, default=0, help="run seed; each video's derives from it (default 0)"
     )
-    parser.add_argument("--videos-per-prompt", type=int, default=1, help="videos per prompt (default 1)")
-    parser.add_argument("--fps", type=float, default=16.0, help="frame rate written to the MP4s (default 16)")
-    parser.add_argument("--crf", type=int, default=0, help="H.264 quality, 0 = lossless (default 0)")
+    parser.add_argument(
+        "--videos-per-prompt", type=positive_int, default=1, help="videos per prompt (default 1)"
+    )
+    parser.add_argument(
+        "--fps", type=positive_float, default=16.0, help="frame rate written to the MP4s (default 16)"
+    )
+    parser.add_argument(
+        "--crf", type=non_negative_int, default=0, help="H.264 quality, 0 = lossless (default 0)"
+    )
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (transformer, text encoder)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run_synthesize)
 
 
@@ -152,6 +161,7 @@ def run_synthesize(args) -> int:
 
 def run_prepare(args) -> int:
     from pyramidal_wan.data.cache import CacheSettings, derive_latent_cache, prepare_data
+    from pyramidal_wan.data.dataset import read_records
     from pyramidal_wan.models.loading import load_pipeline_components, read_model_index
     from pyramidal_wan.pipelines import WAN21_NEGATIVE_PROMPT
 
@@ -168,6 +178,7 @@ def run_prepare(args) -> int:
         raise InputError(f"prepare-data needs {missing} (or --from-cache with --construction latent)")
     if not (Path(args.data) / "captions.jsonl").is_file():
         raise InputError(f"{args.data} has no captions.jsonl (one JSON record per video: video, caption)")
+    read_records(args.data)  # the whole listing, before any model is loaded or anything written
     settings = CacheSettings(
         args.num_frames,
         args.height,

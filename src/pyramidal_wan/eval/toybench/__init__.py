@@ -137,12 +137,14 @@ from pyramidal_wan.eval.toybench.quality import (
     path_residual,
 )
 from pyramidal_wan.eval.toybench.records import (
+    drop_invalid_records,
     merge_parts,
     part_path,
     part_paths,
     read_all_records,
     read_records,
     record_key,
+    record_problem,
 )
 from pyramidal_wan.eval.toybench.runner import (
     run_toybench,
@@ -236,6 +238,8 @@ __all__ = [
     "group_records",
     "record_key",
     "read_records",
+    "record_problem",
+    "drop_invalid_records",
     "part_path",
     "part_paths",
     "read_all_records",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.toybench.records import (
     _append_records,
+    drop_invalid_records,
     part_path,
     read_all_records,
     record_key,
@@ -62,6 +64,11 @@ def run_toybench(
     done: dict[tuple, dict] = {}
     path = None
     if out is not None:
+        if not sharded or state.process_index == 0:
+            for problem in drop_invalid_records(out):
+                print(f"ToyBench: {problem}; dropped, regenerating it", file=sys.stderr)
+        if sharded:
+            state.wait_for_everyone()
         done = {record_key(r): r for r in read_all_records(out)}
         path = part_path(out, state.process_index) if sharded else Path(out)
     keys = [(TOYBENCH_VERSION, model, schedule, i, s, c) for (i, _, s), c in zip(jobs, captions)]
