@@ -202,3 +202,20 @@ def test_vbench_records_get_their_own_table():
     assert "## ToyBench" not in text and "## VBench" in text
     assert "| model | schedule | TFLOPs | s / video | videos | subject_consistency | dynamic_degree |" in text
     assert "| wan | 2-2-1 | 282.1 | 3.00 | 10 | 95.12 | 50.00 |" in text  # the last record of a run counts
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"\x8f\xa3\x00\x17random bytes\n{}\n", "records.jsonl:1 is not UTF-8 text"),
+        (b'["a", "list"]\n', "records.jsonl:1 is a JSON list"),
+        (b'{"suite": "vbench", "model": "m", "schedule": 5, "dimensions": {}}\n', "'schedule' = 5"),
+    ],
+)
+def test_report_refuses_bad_records_in_one_line(tmp_path, capsys, content, problem):
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(content)
+    assert main(["report", "--results", str(path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert problem in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "report").exists()

@@ -24,6 +24,7 @@ from pyramidal_wan.eval.toybench import (
     part_paths,
     read_all_records,
     read_records,
+    record_key,
     run_toybench,
     score_video,
     summarize,
@@ -478,3 +479,50 @@ def test_label_components_matches_flood_fill():
     for mask, label in zip(masks, labels):
         assert len(np.unique(label[mask])) == flood_fill_count(mask)
     assert len(np.unique(labels[-1][spiral])) == 1
+
+
+def test_invalid_records_are_reported_and_regenerated_not_reused(tmp_path, capsys):
+    scenes = SCENES[:3]
+    by_caption = {s.caption(): s for s in scenes}
+    calls = []
+
+    def generate(captions, seeds):
+        calls.append(captions)
+        return np.stack([by_caption[c].render() for c in captions])
+
+    out = tmp_path / "toy.jsonl"
+    first = run_toybench(generate, scenes, seeds=[0], out=out, model="m", schedule="1-1-1")
+    lines = out.read_text().splitlines()
+    broken = {**json.loads(lines[1]), "total": "very good"}  # a field of the wrong type
+    out.write_bytes(
+        f"{lines[0]}\n{json.dumps(broken)}\n[1, 2]\n".encode()
+        + b"\xff\xfe\x00garbage\n"
+        + f"{lines[2]}\n".encode()
+    )
+    with pytest.raises(
+        InputError, match=r"toy.jsonl:2 has 'total' = \"very good\", which is not an integer or"
+    ):
+        read_records(out)
+    calls.clear()
+    again = run_toybench(generate, scenes, seeds=[0], out=out, model="m", schedule="1-1-1")
+    assert calls == [[scenes[1].caption()]]  # only the invalid record is made again
+    err = capsys.readouterr().err
+    assert (
+        "toy.jsonl:2 has 'total'" in err and "toy.jsonl:3 is a JSON list" in err and ":4 is not UTF-8" in err
+    )
+    assert again == first and sorted(map(record_key, read_records(out))) == sorted(map(record_key, first))
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ("[1, 2, 3]", "is a JSON list, not a record object"),
+        ('{"caption": "a red circle"}', "has no 'split' field"),
+        ("\x00\x01binary", "is not JSON"),
+    ],
+)
+def test_record_problems_name_the_field(line, problem, tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=f"r.jsonl:1 {problem}"):
+        read_records(path)
