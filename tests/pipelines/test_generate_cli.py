@@ -87,7 +87,7 @@ def test_generate_takes_one_guidance_scale_per_ppf_stage(ppf_model_dir, tmp_path
     [
         ("resolution", "3,4,5", "one guidance scale per stage needs a patch-pyramid (PPF) model"),
         ("ppf", "3,4", "must be 3 values >= 1, lowest resolution first"),
-        ("ppf", "3,x,5", "must be a number, or one number per stage like 3,4,5"),
+        ("ppf", "3,x,5", "must be a finite number, or one number per stage like 3,4,5"),
     ],
 )
 def test_bad_per_stage_guidance_is_a_one_line_error(
@@ -118,8 +118,19 @@ def test_bad_per_stage_guidance_is_a_one_line_error(
         (["--out", "{tmp}/video.avi"], "must end in .mp4"),
         (["--dtype", "float8"], "unknown dtype"),
         (["--device", "tpu"], "device"),
-        (["--fps", "0"], "--fps must be positive"),
-        (["--threads", "0"], "--threads"),
+        (["--fps", "0"], "argument --fps: 0 must be positive"),
+        (["--fps", "nan"], "argument --fps: nan is not a finite number"),
+        (["--fps", "inf"], "argument --fps: inf is not a finite number"),
+        (["--guidance-scale", "nan"], "must be a finite number"),
+        (["--guidance-scale", "3,inf,5"], "must be a finite number"),
+        (["--threads", "0"], "argument --threads: 0 must be at least 1"),
+        (["--height", "-64"], "argument --height: -64 must be at least 1"),
+        (["--num-frames", "many"], "argument --num-frames: 'many' is not an integer"),
+        (["--schedule", "1-1-99999999999999999999"], "more than 1000 steps in a stage"),
+        (
+            ["--schedule", "0-0-2", "--height", "1048576", "--width", "1048576"],
+            "GiB for its pixels and latent",
+        ),
         (["--model", "{tmp}/no-such-model"], "not found"),
     ],
 )
@@ -162,3 +173,40 @@ def test_export_converts_pipeline_frames(tmp_path):
     written = export_video(frames, tmp_path / "v.mp4", fps=8, gif=True)
     assert written == [tmp_path / "v.mp4", tmp_path / "v.gif"]
     assert np.abs(read_video(written[0]).astype(int) - pixels).max() <= 2  # lossless H.264 up to YUV rounding
+
+
+def test_output_paths_are_checked_before_sampling(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(
+        "pyramidal_wan.cli.generate.PyramidalWanPipeline.from_pretrained",
+        lambda *a, **k: pytest.fail("the model was loaded before the output paths were checked"),
+    )
+    (tmp_path / "taken.mp4").mkdir()
+    (tmp_path / "clip.gif").mkdir()
+    (tmp_path / "file").write_text("not a folder")
+    for out, gif, message in (
+        ("taken.mp4", [], "taken.mp4 is an existing folder"),
+        ("clip.mp4", ["--gif"], "clip.gif is an existing folder"),
+        ("file/video.mp4", [], "file is a file, not a folder"),
+    ):
+        argv = ["generate", PROMPT, "--model", str(model_dir), "--out", str(tmp_path / out), *gif]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.gif", "file", "taken.mp4"]
+
+
+def test_mp4_and_gif_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    from pyramidal_wan.pipelines import export
+
+    frames = np.zeros((5, 8, 8, 3), np.float32)
+    write = export.write_video
+
+    def gif_fails(path, pixels, fps):
+        if path.suffix == ".gif":
+            raise OSError("disk full")
+        return write(path, pixels, fps=fps)
+
+    monkeypatch.setattr(export, "write_video", gif_fails)
+    with pytest.raises(OSError, match="disk full"):
+        export_video(frames, tmp_path / "v.mp4", gif=True)
+    assert list(tmp_path.iterdir()) == []  # the MP4, written first, was not left behind

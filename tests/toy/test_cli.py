@@ -59,6 +59,4 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
 
 
 def test_unknown_split_is_an_argparse_error(tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["toy", "make-dataset", "--out", str(tmp_path), "--n", "1", "--split", "test"])
-    assert exit_info.value.code == 2
+    assert main(["toy", "make-dataset", "--out", str(tmp_path), "--n", "1", "--split", "test"]) == 2

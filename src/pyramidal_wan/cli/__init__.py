@@ -26,8 +26,20 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class UsageError(PyramidalWanError):
+    """A command line argparse rejects (unknown option, bad value of an option's type)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line ("PROG: error: MESSAGE", exit status 2 from `main`), without the
+    usage block, like every other error of the CLI; sub-command parsers inherit it."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pyramidal-wan",
         description="Pyramidal and few-step inference for Wan2.1 text-to-video models.",
     )
@@ -40,7 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return 2
     args.invocation = shlex.join(["pyramidal-wan", *argv])  # the command, for the model cards it writes
     try:
         return args.func(args) or 0

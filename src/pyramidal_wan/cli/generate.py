@@ -7,12 +7,14 @@ so a bad argument gives a one-line error (exit status 2) and no output file.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
 
+from pyramidal_wan.cli.options import positive_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import plan_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
@@ -24,8 +26,10 @@ from pyramidal_wan.models.wan_family import describe_experts, expert_evaluations
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan, export_video, plan_from_folder
 from pyramidal_wan.pipelines.export import DEFAULT_FPS
 from pyramidal_wan.pipelines.parallel import MODES, check_context_parallel, enable_context_parallel
+from pyramidal_wan.pipelines.planning import check_fits_in_memory
 from pyramidal_wan.pyramid.config import SAMPLERS
 from pyramidal_wan.pyramid.sampling import SOLVERS
+from pyramidal_wan.utils.io import check_output_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 OUT_SUFFIX = ".mp4"
@@ -83,14 +87,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "(default 1); repeatable, LoRAs stack",
     )
     parser.add_argument("--negative-prompt", help="unconditional text for CFG (default: the model's)")
-    parser.add_argument("--num-frames", type=int, help="pixel frames, 4k+1 (default: the model's)")
-    parser.add_argument("--height", type=int, help="pixel height (default: the model's)")
-    parser.add_argument("--width", type=int, help="pixel width (default: the model's)")
+    parser.add_argument("--num-frames", type=positive_int, help="pixel frames, 4k+1 (default: the model's)")
+    parser.add_argument("--height", type=positive_int, help="pixel height (default: the model's)")
+    parser.add_argument("--width", type=positive_int, help="pixel width (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of all sampling noise (default 0)")
     parser.add_argument("--out", default="video.mp4", help="output .mp4 path (default video.mp4)")
     parser.add_argument("--gif", action="store_true", help="also write a GIF beside the MP4")
     parser.add_argument(
-        "--fps", type=float, default=DEFAULT_FPS, help=f"frame rate (default {DEFAULT_FPS:g})"
+        "--fps", type=positive_float, default=DEFAULT_FPS, help=f"frame rate (default {DEFAULT_FPS:g})"
     )
     parser.add_argument(
         "--compile",
@@ -99,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", help=f"{' or '.join(DTYPES)} (default float32)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument(
         "--context-parallel",
         choices=MODES,
@@ -147,9 +151,11 @@ def parse_guidance_scale(value) -> float | tuple[float, ...] | None:
     try:
         scales = tuple(float(w) for w in str(value).split(","))
     except ValueError:
+        scales = (math.nan,)
+    if not all(math.isfinite(w) for w in scales):
         raise InputError(
-            f"--guidance-scale {value!r} must be a number, or one number per stage like 3,4,5"
-        ) from None
+            f"--guidance-scale {value!r} must be a finite number, or one number per stage like 3,4,5"
+        )
     return scales[0] if len(scales) == 1 else scales
 
 
@@ -165,10 +171,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != OUT_SUFFIX:
         raise InputError(f"--out {out} must end in {OUT_SUFFIX} (add --gif for a GIF beside it)")
-    if not args.fps > 0:
-        raise InputError(f"--fps must be positive, got {args.fps}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be at least 1, got {args.threads}")
+    for path in (out, out.with_suffix(".gif")) if args.gif else (out,):
+        check_output_file(path)
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     folder = Path(args.model) if args.model is not None else bundled_model_path()
     loras = [parse_lora_spec(spec) for spec in args.lora]
@@ -187,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
     )
     check_cache(args.cache, plan.sampler, plan.kind)
     num_frames, height, width = plan.geometry[0].pixel
+    check_fits_in_memory(plan, get_transformer_config(str(folder))["in_channels"], device)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.context_parallel is not None:
         heads = get_transformer_config(str(folder))["num_attention_heads"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.utils.io import atomic_path
 from pyramidal_wan.utils.video import write_video
 
 # Wan2.1's `sample_fps`.
@@ -27,11 +29,14 @@ def to_uint8_video(frames) -> np.ndarray:
 def export_video(frames, path: str | os.PathLike, fps: float = DEFAULT_FPS, gif: bool = False) -> list[Path]:
     """Write one video (`output_type="np"` frames) to `path` (.mp4 or .gif) and, with `gif`, a GIF beside it.
 
-    Every file is written atomically (temporary file, then rename). Returns the paths written.
+    All files are written under temporary names first and renamed only once every one is complete, so a
+    failure leaves none of them (not an MP4 without its GIF). Returns the paths written.
     """
     path = Path(path)
     pixels = to_uint8_video(frames)
-    written = [write_video(path, pixels, fps=fps)]
-    if gif and path.suffix.lower() != ".gif":
-        written.append(write_video(path.with_suffix(".gif"), pixels, fps=fps))
-    return written
+    paths = [path, path.with_suffix(".gif")] if gif and path.suffix.lower() != ".gif" else [path]
+    # Leaving the stack renames the last file first: if that rename fails, the earlier ones are not made.
+    with ExitStack() as stack:
+        for final in paths:
+            write_video(stack.enter_context(atomic_path(final)), pixels, fps=fps)
+    return paths

@@ -9,10 +9,12 @@ returns a `SamplingPlan`; `plan_from_folder` does so for a saved pipeline folder
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKLWan
 
 from pyramidal_wan.errors import InputError
@@ -207,3 +209,20 @@ def plan_from_folder(
         solver=solver,
         **video,
     )
+
+
+def check_fits_in_memory(plan: SamplingPlan, channels: int, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a video whose float32 pixels and latent alone would not fit in
+    the device's memory (sampling and decoding need several times more)."""
+    frames, height, width = plan.geometry[0].pixel
+    needed = 4 * (3 * frames * height * width + channels * math.prod(plan.geometry[0].latent))
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > total:
+        raise InputError(
+            f"a {frames}x{height}x{width} video needs at least {needed / 2**30:.1f} GiB for its pixels and "
+            f"latent alone, more than the {total / 2**30:.1f} GiB of {device.type} memory; choose a smaller "
+            "--num-frames, --height or --width"
+        )

@@ -119,6 +119,11 @@ def stage_geometry(
     return stages
 
 
+# Wan trains on 1000 timesteps; more steps than that per stage only cost time (and a count in the billions
+# would exhaust memory building the sigma grid), so a larger count is taken for a typo.
+MAX_STEPS_PER_STAGE = 1000
+
+
 def parse_schedule(schedule: str | tuple[int, ...] | list[int], num_stages: int) -> tuple[int, ...]:
     """Parse "20-20-10" into steps per stage, listed from the LOWEST resolution to the highest.
 
@@ -142,6 +147,10 @@ def parse_schedule(schedule: str | tuple[int, ...] | list[int], num_stages: int)
         )
     if any(s < 0 for s in steps):
         raise InputError(f"schedule {text} has a negative step count")
+    if any(s > MAX_STEPS_PER_STAGE for s in steps):
+        raise InputError(
+            f"schedule {text[:60]} has more than {MAX_STEPS_PER_STAGE} steps in a stage; use fewer"
+        )
     if steps[-1] < 1:
         raise InputError(f"schedule {text} must have at least one step at full resolution (its last entry)")
     zeros = [s == 0 for s in steps[:-1]]
