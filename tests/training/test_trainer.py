@@ -121,6 +121,18 @@ def test_lora_trains_only_the_adapter(tiny_cache, tmp_path):
         ("train.steps=abc", "train.steps must be a number"),
         ("train.steps=1.5", "train.steps must be an integer"),
         ("objective.name=magic", "unknown objective 'magic'"),
+        ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+        ("train.log_every=0", "train.log_every must be >= 1, got 0"),
+        ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+        ("train.lr=nan", "train.lr must be a finite number, got nan"),
+        ("train.critic_lr=-1e-5", "train.critic_lr must be > 0"),
+        ("train.ema=1", "train.ema must be >= 0 and < 1"),
+        ("train.betas=[0.9]", "train.betas needs 2 values"),
+        ("train.precision=fp8", "train.precision must be one of no, bf16, fp16"),
+        ("train.keep_checkpoints=-1", "train.keep_checkpoints must be >= 0"),
+        ("data.text_dropout=1.5", "data.text_dropout must be >= 0 and <= 1"),
+        ("objective.guidance_scale=inf", "objective.guidance_scale must be a finite number"),
+        ("objective.clean_ends=[0.3, nan]", r"objective.clean_ends\[1\] must be a finite number"),
     ],
 )
 def test_bad_config_is_one_line(tiny_cache, tmp_path, override, message):
@@ -197,3 +209,23 @@ def test_multiresolution_pretraining_trains_every_stage_and_images(tiny_cache, t
 def test_bad_curriculum_is_one_line(tiny_cache, tmp_path, mix):
     with pytest.raises(InputError, match="stage_mix"):
         train(tiny_config(tiny_cache, tmp_path / "bad", f"objective.stage_mix={mix}"), progress=False)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  lr: [1e-4\n", "is not valid YAML"),
+        ("train:\n\tlr: 1\n", "is not valid YAML"),
+        ("train:\n  log_every: 0\n", "train.log_every must be >= 1"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_nothing_is_written(tiny_cache, tmp_path, capsys, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    out = tmp_path / "run"
+    assert main(["finetune", "--config", str(path), f"data.cache={tiny_cache}", f"train.out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    path.write_bytes(b"\xff\xfe\x00")
+    assert main(["finetune", "--config", str(path)]) == 2 and "is not valid YAML" in capsys.readouterr().err
