@@ -142,6 +142,37 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert history_a == history_b
 
 
+def test_a_kill_between_the_checkpoint_renames_resumes_exactly(tmp_path, monkeypatch):
+    """The second save sets checkpoint/ aside as checkpoint-step2, then renames the new one in; killed in
+    between, the run has no checkpoint/ but resumes from the complete temporary folder of step 4."""
+    from pyramidal_wan.utils import checkpoints
+
+    class Killed(BaseException):
+        pass
+
+    rename = checkpoints._rename
+
+    def killed_before_swap_in(src, dst):
+        if dst.name == "checkpoint" and (dst.parent / "checkpoint-step2").exists():
+            raise Killed
+        rename(src, dst)
+
+    train_vae(tmp_path / "a", VAETrainConfig(steps=6, **TINY), progress=False, log=quiet)
+    monkeypatch.setattr(checkpoints, "_rename", killed_before_swap_in)
+    with pytest.raises(Killed):
+        train_vae(tmp_path / "b", VAETrainConfig(steps=6, **TINY), progress=False, log=quiet)
+    monkeypatch.undo()
+    assert (
+        not (tmp_path / "b" / "checkpoint").exists()
+        and len(list((tmp_path / "b").glob(".checkpoint.*"))) == 1
+    )
+    train_vae(tmp_path / "b", VAETrainConfig(steps=6, **TINY), resume=True, progress=False, log=quiet)
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "b").glob(".checkpoint.*"))
+
+
 def test_run_folder_guards(tmp_path):
     config = VAETrainConfig(steps=2, **TINY)
     with pytest.raises(CheckpointError, match="drop --resume"):
@@ -154,7 +185,7 @@ def test_run_folder_guards(tmp_path):
             tmp_path / "run", resume_config(tmp_path / "run", lr=0.1), resume=True, progress=False, log=quiet
         )
     (tmp_path / "run" / "checkpoint" / "model.safetensors").write_bytes(b"corrupt")
-    with pytest.raises(CheckpointError, match="cannot load"):
+    with pytest.raises(CheckpointError, match=r"model.safetensors is corrupt \(7 bytes, the save wrote"):
         train_vae(tmp_path / "run", config, resume=True, progress=False, log=quiet)
     with pytest.raises(CheckpointError):
         load_vae(tmp_path / "none")

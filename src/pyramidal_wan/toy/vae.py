@@ -5,7 +5,8 @@
 
     out_dir/config.json          the `VAETrainConfig` of the run
     out_dir/checkpoint/          resume point: model.safetensors, optimizer.pt, state.safetensors and
-                                 history.json (weights, optimiser state, step + generator state, losses)
+                                 history.json (weights, optimiser state, step + generator state, losses);
+                                 the previous one is kept as checkpoint-step{N}/ (utils.checkpoints)
     out_dir/vae/                 a diffusers `save_pretrained` folder whose `latents_mean` / `latents_std` are
                                  measured on the current weights (what `WanPipeline` normalises with)
     out_dir/metrics.json         held-out PSNR, latent statistics and losses at the last checkpoint
@@ -28,12 +29,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
-from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.toy.world import Scene, WorldConfig, eval_prompts, seeded_scene
+from pyramidal_wan.utils.checkpoints import (
+    Checkpoint,
+    find_checkpoints,
+    load_checked,
+    recover_checkpoints,
+    run_lock,
+    save_checkpoint_folder,
+)
 from pyramidal_wan.utils.io import atomic_path, write_json
 from pyramidal_wan.utils.video import to_pixel_tensor
 
@@ -296,40 +304,54 @@ def _learning_rate(config: VAETrainConfig, step: int) -> float:
 
 
 def _save_checkpoint(
-    folder: Path,
+    out_dir: Path,
     vae: AutoencoderKLWan,
     optimizer: torch.optim.Optimizer,
     step: int,
     generator: torch.Generator,
     history: list[dict],
 ) -> None:
-    """Write the resume point atomically: weights, optimiser state, step, generator state and loss history."""
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, tmp / "model.safetensors")
+    """Write the resume point `out_dir/checkpoint/` so that a kill at any instant leaves a complete one
+    (`save_checkpoint_folder`): weights, optimiser state, step, generator state and loss history."""
+
+    def write(folder: Path) -> None:
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / "model.safetensors")
         torch.save(
-            optimizer.state_dict(), tmp / "optimizer.pt"
-        )  # tensors and numbers only: weights_only loads it
+            optimizer.state_dict(), folder / "optimizer.pt"
+        )  # tensors and numbers: weights_only loads it
         save_file(
             {"step": torch.tensor(step, dtype=torch.int64), "generator": generator.get_state()},
-            tmp / "state.safetensors",
+            folder / "state.safetensors",
         )
-        (tmp / "history.json").write_text(json.dumps(history) + "\n")
+        (folder / "history.json").write_text(json.dumps(history) + "\n")
+
+    save_checkpoint_folder(out_dir, step, write)
+
+
+def _legacy_step(folder: Path) -> int:
+    """The step of a checkpoint written before completeness markers."""
+    return int(load_file(folder / "state.safetensors")["step"])
 
 
 def _load_checkpoint(
-    folder: Path, vae: AutoencoderKLWan, optimizer: torch.optim.Optimizer, generator: torch.Generator
+    checkpoint: Checkpoint,
+    vae: AutoencoderKLWan,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
 ) -> tuple[int, list[dict]]:
-    """Restore a `_save_checkpoint` folder in place; returns (step, history)."""
+    """Restore a `_save_checkpoint` folder in place; returns (step, history). A bad file is a one-line
+    `CheckpointError` naming it (and the older complete checkpoint, if one is kept)."""
+    weights = load_checked(checkpoint, "model.safetensors", load_file)
+    optimizer_state = load_checked(checkpoint, "optimizer.pt", lambda p: torch.load(p, weights_only=True))
+    state = load_checked(checkpoint, "state.safetensors", load_file)
+    history = load_checked(checkpoint, "history.json", lambda p: json.loads(p.read_text()))
     try:
-        vae.load_state_dict(load_file(folder / "model.safetensors"))
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        state = load_file(folder / "state.safetensors")
-        history = json.loads((folder / "history.json").read_text())
-    except (OSError, RuntimeError, ValueError, KeyError, SafetensorError) as err:
+        vae.load_state_dict(weights)
+        optimizer.load_state_dict(optimizer_state)
+        generator.set_state(state["generator"])
+    except (RuntimeError, ValueError, KeyError) as err:
         first_line = str(err).splitlines()[0] if str(err) else repr(err)
-        raise CheckpointError(f"cannot load toy-VAE checkpoint {folder}: {first_line}") from err
-    generator.set_state(state["generator"])
+        raise CheckpointError(f"{checkpoint.folder} does not fit this toy VAE: {first_line}") from err
     return int(state["step"]), history
 
 
@@ -366,7 +388,7 @@ def _resolve_config(out_dir: Path, config: VAETrainConfig, resume: bool) -> VAET
     Returns the saved run's config when resuming, None for a new run.
     """
     saved_path = out_dir / "config.json"
-    has_checkpoint = (out_dir / "checkpoint").is_dir()
+    has_checkpoint = bool(find_checkpoints(out_dir, "checkpoint", _legacy_step))
     if not resume:
         if has_checkpoint or saved_path.exists():
             raise InputError(f"{out_dir} already holds a toy-VAE run; pass --resume or choose another --out")
@@ -408,8 +430,17 @@ def train_vae(
     `resume`, continues from `out_dir/checkpoint` and reproduces the uninterrupted run exactly.
     """
     out_dir = Path(out_dir)
-    saved = _resolve_config(out_dir, config, resume)
+    _resolve_config(out_dir, config, resume)  # before anything is written, even the lock
+    with run_lock(out_dir):
+        if resume:
+            recover_checkpoints(out_dir, "checkpoint", _legacy_step)
+        return _train_vae(out_dir, config, _resolve_config(out_dir, config, resume), progress, log)
 
+
+def _train_vae(
+    out_dir: Path, config: VAETrainConfig, saved: VAETrainConfig | None, progress: bool, log
+) -> dict:
+    resume = saved is not None
     vae = build_vae(config.seed).train()
     if config.init is not None:
         vae.load_state_dict(load_vae(config.init).state_dict())
@@ -420,7 +451,8 @@ def train_vae(
     generator = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
     if resume:
-        step, history = _load_checkpoint(out_dir / "checkpoint", vae, optimizer, generator)
+        checkpoint = find_checkpoints(out_dir, "checkpoint", _legacy_step)[0]
+        step, history = _load_checkpoint(checkpoint, vae, optimizer, generator)
         _check_freeze_change(saved, config, step)
         log(f"resumed toy-VAE training at step {step}/{config.steps} from {out_dir / 'checkpoint'}")
     write_json(out_dir / "config.json", dataclasses.asdict(config))
@@ -477,7 +509,7 @@ def _checkpoint(
     config: VAETrainConfig,
 ) -> dict:
     """Save the resume point, then export vae/ with measured statistics; returns the export's metrics."""
-    _save_checkpoint(out_dir / "checkpoint", vae, optimizer, step, generator, history)
+    _save_checkpoint(out_dir, vae, optimizer, step, generator, history)
     return {"step": step, **export_vae(vae, out_dir / "vae", config)}
 
 
