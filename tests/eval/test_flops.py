@@ -176,7 +176,7 @@ def test_cli_toy_model_and_two_stages(capsys):
         (["--height", "480"], "divisible by 64"),
         (["--num-frames", "80"], "4k+1"),
         (["--model", "no-such-model"], "wan2.1-1.3b"),
-        (["--text-len", "0"], "text length"),
+        (["--text-len", "0"], "argument --text-len: 0 must be at least 1"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(capsys, argv, message):

@@ -132,7 +132,7 @@ def test_random_components_default_to_the_bench_config():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--repeats", "0"], "argument --repeats: 0 must be at least 1"),
         (["--schedule", "2-1"], "2 entries"),
         (["--height", "48"], "divisible by 32"),
         (["--model", "m", "--transformer", "toy-wan"], "cannot be combined"),

@@ -44,11 +44,17 @@ def test_train_vae_command_and_resume(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["toy", "make-dataset", "--out", "{tmp}", "--n", "0"], "--n must be at least 1"),
-        (["toy", "train-vae", "--out", "{tmp}", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["toy", "make-dataset", "--out", "{tmp}", "--n", "0"], "argument --n: 0 must be at least 1"),
+        (
+            ["toy", "train-vae", "--out", "{tmp}", "--batch-size", "0"],
+            "argument --batch-size: 0 must be at least 1",
+        ),
         (["toy", "train-vae", "--out", "{tmp}", "--resolution", "30"], "divisible by 4"),
         (["toy", "train-vae", "--out", "{tmp}", "--resume"], "no toy-VAE run to resume"),
-        (["toy", "train-vae", "--out", "{tmp}", "--threads", "0"], "--threads must be at least 1"),
+        (
+            ["toy", "train-vae", "--out", "{tmp}", "--threads", "0"],
+            "argument --threads: 0 must be at least 1",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):

@@ -236,3 +236,12 @@ def test_a_copied_run_folder_refers_to_itself(tiny_cache, tmp_path, capsys):
     assert main(["export", "--run", str(copy)]) == 0
     assert f"exported step 2 of {copy} to {copy / 'model-step2'}" in capsys.readouterr().out
     assert not (original / "model-step2").exists()
+
+
+def test_no_resume_discards_the_old_checkpoints(tiny_cache, tmp_path):
+    """Starting over must not leave the old run's later steps to be taken for the newest checkpoint."""
+    out = tmp_path / "run"
+    train(tiny_config(tiny_cache, out), progress=False)
+    train(tiny_config(tiny_cache, out, "train.steps=2"), resume=False, progress=False)
+    assert sorted(p.name for p in out.glob("checkpoint*")) == ["checkpoint", "checkpoint-step1"]
+    assert torch.load(out / "checkpoint" / "train_state.pt", weights_only=True)["step"] == 2

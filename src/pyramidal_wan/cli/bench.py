@@ -44,6 +44,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
 
 from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
+from pyramidal_wan.cli.options import finite_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, plan_flops
 from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
@@ -99,9 +100,9 @@ def register(subparsers) -> None:
         help="for random components: resolution pyramid or patch pyramid (PPF) (default resolution); a model "
         "folder is timed as the kind its pyramid_config.json says",
     )
-    parser.add_argument("--num-frames", type=int, help="pixel frames (default: 17, or the model's)")
-    parser.add_argument("--height", type=int, help="pixel height (default: 128, or the model's)")
-    parser.add_argument("--width", type=int, help="pixel width (default: 128, or the model's)")
+    parser.add_argument("--num-frames", type=positive_int, help="pixel frames (default: 17, or the model's)")
+    parser.add_argument("--height", type=positive_int, help="pixel height (default: 128, or the model's)")
+    parser.add_argument("--width", type=positive_int, help="pixel width (default: 128, or the model's)")
     parser.add_argument(
         "--schedule",
         action="extend",
@@ -110,20 +111,30 @@ def register(subparsers) -> None:
         help=f"schedules to time, the first is the reference (default {' '.join(DEFAULT_SCHEDULES)})",
     )
     parser.add_argument(
-        "--guidance-scale", type=float, default=5.0, help="CFG of multi-step rows (default 5)"
+        "--guidance-scale", type=finite_float, default=5.0, help="CFG of multi-step rows (default 5)"
     )
     parser.add_argument(
-        "--wan-steps", type=int, default=3, help="steps of the 0-0-N vs WanPipeline comparison (default 3)"
+        "--wan-steps",
+        type=positive_int,
+        default=3,
+        help="steps of the 0-0-N vs WanPipeline comparison (default 3)",
     )
     parser.add_argument(
-        "--wan-repeats", type=int, default=3, help="interleaved timed runs of that pair (default 3)"
+        "--wan-repeats", type=positive_int, default=3, help="interleaved timed runs of that pair (default 3)"
     )
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each pipeline (default 1)")
-    parser.add_argument("--forward-repeats", type=int, default=5, help="timed forwards per stage (default 5)")
+    parser.add_argument(
+        "--repeats", type=positive_int, default=1, help="timed runs of each pipeline (default 1)"
+    )
+    parser.add_argument(
+        "--forward-repeats", type=positive_int, default=5, help="timed forwards per stage (default 5)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default float32)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (default 1: steady on a shared machine)"
+        "--threads",
+        type=positive_int,
+        default=1,
+        help="torch CPU threads (default 1: steady on a shared machine)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)

@@ -10,6 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from pyramidal_wan.cli.options import positive_int
 from pyramidal_wan.errors import CheckpointError
 
 DEMO_PROMPT = "a red circle moving right on a dark blue background"
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--prompt", default=DEMO_PROMPT)
     parser.add_argument("--out", default="outputs/demo.mp4", help="MP4 path; a GIF is written beside it")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     parser.set_defaults(func=run)
 
 

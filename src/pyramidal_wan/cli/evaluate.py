@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pyramidal_wan.cli.options import non_negative_int, positive_int
 from pyramidal_wan.errors import InputError
 
 SUITES = ("toy", "vbench")
@@ -52,12 +53,16 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--cache", help="a diffusers step cache of multistep runs: first-block or taylorseer (default: none)"
     )
-    parser.add_argument("--prompts", type=int, default=36, help="toy: train-split prompts (default 36)")
-    parser.add_argument("--heldout", type=int, default=24, help="toy: held-out-split prompts (default 24)")
-    parser.add_argument("--seeds", type=int, default=1, help="toy: seeds per prompt (default 1)")
+    parser.add_argument(
+        "--prompts", type=non_negative_int, default=36, help="toy: train-split prompts (default 36)"
+    )
+    parser.add_argument(
+        "--heldout", type=non_negative_int, default=24, help="toy: held-out-split prompts (default 24)"
+    )
+    parser.add_argument("--seeds", type=positive_int, default=1, help="toy: seeds per prompt (default 1)")
     parser.add_argument(
         "--samples",
-        type=int,
+        type=non_negative_int,
         default=DEFAULT_SAMPLES,
         help=f"toy: save GIFs of the first N prompts (seed 0) for the report (default {DEFAULT_SAMPLES})",
     )
@@ -71,9 +76,9 @@ def register(subparsers) -> None:
         "--dimension", action="append", help="vbench: a dimension to judge (repeatable; default: all)"
     )
     parser.add_argument(
-        "--videos-per-prompt", type=int, help="vbench: videos (seeds 0..N-1) per prompt (default 5)"
+        "--videos-per-prompt", type=positive_int, help="vbench: videos (seeds 0..N-1) per prompt (default 5)"
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument(
         "--out",
         help=f"toy: JSON-lines records, appended (default {DEFAULT_OUT['toy']}); vbench: a folder (default "
@@ -83,7 +88,7 @@ def register(subparsers) -> None:
         "--device", default="cpu", help="cpu or cuda (default cpu; cuda: each process its GPU)"
     )
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default float32)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads")
     parser.set_defaults(func=run)
 
 

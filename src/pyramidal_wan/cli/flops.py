@@ -20,6 +20,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pyramidal_wan.cli.options import positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, ppf_schedule_flops, schedule_flops
 from pyramidal_wan.models.checkpoint import load_pyramid_config
@@ -56,11 +57,11 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--model", default="wan2.1-1.3b", help="preset name, config.json or model folder")
     size_default = "default: a model folder's own (model_index.json), else Wan2.1's"
-    parser.add_argument("--num-frames", type=int, help=f"pixel frames, 4k+1 ({size_default} 81)")
-    parser.add_argument("--height", type=int, help=f"pixel height ({size_default} 448)")
-    parser.add_argument("--width", type=int, help=f"pixel width ({size_default} 832)")
+    parser.add_argument("--num-frames", type=positive_int, help=f"pixel frames, 4k+1 ({size_default} 81)")
+    parser.add_argument("--height", type=positive_int, help=f"pixel height ({size_default} 448)")
+    parser.add_argument("--width", type=positive_int, help=f"pixel width ({size_default} 832)")
     parser.add_argument(
-        "--stages", type=int, help="number of pyramid stages (default: the model folder's, else 3)"
+        "--stages", type=positive_int, help="number of pyramid stages (default: the model folder's, else 3)"
     )
     parser.add_argument(
         "--schedule",
@@ -86,7 +87,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--text-len",
-        type=int,
+        type=positive_int,
         default=None,
         help="text tokens (default: the model folder's tokenizer limit, at most Wan's 512)",
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pyramidal_wan.cli.options import non_negative_int, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.report import MAX_SAMPLE_PROMPTS
 
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument("--markdown", help="also write the Markdown tables here (e.g. docs/results.md)")
     parser.add_argument(
         "--samples",
-        type=int,
+        type=non_negative_int,
         default=MAX_SAMPLE_PROMPTS,
         help=f"prompts in the sample grid (default {MAX_SAMPLE_PROMPTS})",
     )
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--no-pyramid", action="store_true", help="leave out the pyramid section")
     parser.add_argument("--screenshot", metavar="PNG", help="also save a full-page screenshot (Chromium)")
     parser.add_argument(
-        "--width", type=int, default=1280, help="screenshot width in CSS pixels (default 1280)"
+        "--width", type=positive_int, default=1280, help="screenshot width in CSS pixels (default 1280)"
     )
     parser.set_defaults(func=run)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from pyramidal_wan.cli.options import positive_float, positive_int
 from pyramidal_wan.errors import InputError
 
 # The toy boundary experiment (docs/toy.md, 1000-step pyramidizations sampled at 20-20-10, equal FLOPs):
@@ -22,8 +23,12 @@ def register(subparsers) -> None:
         "the even split of the remaining noise range. Prints the table and writes a pyramid config JSON.",
     )
     parser.add_argument("--data", required=True, help="a cache folder written by prepare-data")
-    parser.add_argument("--snr", type=float, default=DEFAULT_SNR, help=f"threshold (default {DEFAULT_SNR:g})")
-    parser.add_argument("--max-items", type=int, default=512, help="cached videos to measure (default 512)")
+    parser.add_argument(
+        "--snr", type=positive_float, default=DEFAULT_SNR, help=f"threshold (default {DEFAULT_SNR:g})"
+    )
+    parser.add_argument(
+        "--max-items", type=positive_int, default=512, help="cached videos to measure (default 512)"
+    )
     parser.add_argument("--out", help="write the suggested pyramid config here (a .json file)")
     parser.set_defaults(func=run)
 

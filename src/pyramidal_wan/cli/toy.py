@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from pyramidal_wan.cli.options import finite_float, non_negative_int, positive_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.toy.world import SPLITS
 
@@ -95,10 +96,12 @@ def _register_make_dataset(commands) -> None:
         ),
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--n", type=int, required=True, help="number of clips")
+    parser.add_argument("--n", type=positive_int, required=True, help="number of clips")
     parser.add_argument("--seed", type=int, default=0, help="clip stream seed (default 0)")
     parser.add_argument("--split", choices=SPLITS, default="train", help="caption combinations to draw from")
-    parser.add_argument("--fps", type=float, default=8.0, help="frames per second of the MP4s (default 8)")
+    parser.add_argument(
+        "--fps", type=positive_float, default=8.0, help="frames per second of the MP4s (default 8)"
+    )
     parser.set_defaults(func=run_make_dataset)
 
 
@@ -115,33 +118,41 @@ def _register_train_vae(commands) -> None:
         ),
     )
     parser.add_argument("--out", required=True, help="run folder")
-    parser.add_argument("--steps", type=int, help="total optimiser steps (default 1000)")
-    parser.add_argument("--batch-size", type=int, help="training crops per step (default 8)")
-    parser.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
+    parser.add_argument("--steps", type=positive_int, help="total optimiser steps (default 1000)")
+    parser.add_argument("--batch-size", type=positive_int, help="training crops per step (default 8)")
+    parser.add_argument("--lr", type=positive_float, help="AdamW learning rate (default 1e-4)")
     parser.add_argument("--seed", type=int, help="seed of weights, clips and noise (default 0)")
-    parser.add_argument("--kl-weight", type=float, help="KL weight (default 1e-4)")
-    parser.add_argument("--warmup-steps", type=int, help="learning-rate warm-up steps (default 50)")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 100)")
+    parser.add_argument("--kl-weight", type=finite_float, help="KL weight (default 1e-4)")
+    parser.add_argument(
+        "--warmup-steps", type=non_negative_int, help="learning-rate warm-up steps (default 50)"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=positive_int, help="steps between checkpoints (default 100)"
+    )
     parser.add_argument(
         "--freeze-encoder-from",
-        type=int,
+        type=non_negative_int,
         help="train only the decoder from this step on, so latents cached from that encoder stay valid",
     )
     parser.add_argument(
         "--init",
         help="a trained toy-VAE folder to start from (default: random weights), e.g. models/toy/shared/vae",
     )
-    parser.add_argument("--num-frames", type=int, help="frames per clip, 4k+1 (default 17)")
-    parser.add_argument("--resolution", type=int, help="clip height and width, divisible by 4 (default 64)")
-    parser.add_argument("--crop-frames", type=int, help="frames per training crop, 4k+1 (default 17)")
-    parser.add_argument("--crop-size", type=int, help="training crop height and width (default 32)")
+    parser.add_argument("--num-frames", type=positive_int, help="frames per clip, 4k+1 (default 17)")
+    parser.add_argument(
+        "--resolution", type=positive_int, help="clip height and width, divisible by 4 (default 64)"
+    )
+    parser.add_argument(
+        "--crop-frames", type=positive_int, help="frames per training crop, 4k+1 (default 17)"
+    )
+    parser.add_argument("--crop-size", type=positive_int, help="training crop height and width (default 32)")
     parser.add_argument(
         "--crop-centre", choices=("random", "object"), help="where crops sit: anywhere or on the first object"
     )
-    parser.add_argument("--stats-clips", type=int, help="clips for latent statistics (default 256)")
-    parser.add_argument("--eval-clips", type=int, help="held-out clips for the PSNR (default 32)")
+    parser.add_argument("--stats-clips", type=positive_int, help="clips for latent statistics (default 256)")
+    parser.add_argument("--eval-clips", type=positive_int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run_train_vae)
 
 
