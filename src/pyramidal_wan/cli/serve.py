@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from pyramidal_wan.cli.options import positive_int
 from pyramidal_wan.errors import InputError
 
 
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
         help="a diffusers Wan model folder (repeatable; default: the best bundled model)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run)
 
 
