@@ -1,6 +1,7 @@
 """FSDP2 (`train.sharding=fsdp2`) on 2 gloo CPU processes under torchrun: the same training as one process on
 the same global batch, exact resume, and a gathered export that a plain pipeline loads."""
 
+import json
 import math
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from pyramidal_wan.training.config import load_config
 from pyramidal_wan.training.methods import build_objective
 from pyramidal_wan.training.sharding import FSDP2, check_sharding
 from pyramidal_wan.training.trainer import export_checkpoint, sample_batch, train
+from pyramidal_wan.utils.checkpoints import MARKER
 
 WORLD = 2
 STEPS = 3
@@ -143,16 +145,34 @@ def one_process_group(store_path):
             torch.distributed.destroy_process_group()
 
 
-def test_fsdp2_in_one_process_resumes_exactly_and_exports(tiny_cache, base, tmp_path):
+def test_fsdp2_in_one_process_resumes_exactly_and_exports(tiny_cache, base, tmp_path, monkeypatch):
     """The sharded code path without torchrun (a world of one): DCP checkpoint, exact resume (weights,
-    AdamW, EMA, RNG), the gathered export at the end and `export` of the sharded checkpoint agree."""
+    AdamW, EMA, RNG), the gathered export at the end and `export` of the sharded checkpoint agree. A kill
+    after every rank wrote its shards but before rank 0 committed the save leaves an unmarked folder that
+    is never resumed: the rerun resumes from the previous complete checkpoint and removes it."""
     common = ["train.ema=0.9", "train.checkpoint_every=1"]
-    for out, steps in (("a", 2), ("b", 1), ("b", 2)):
+
+    class Killed(Exception):
+        pass
+
+    def killed(*args, **kwargs):
+        raise Killed("killed before the completeness marker")
+
+    for out, steps, kill in (("a", 2, False), ("b", 1, False), ("b", 2, True), ("b", 2, False)):
         config = load_config(
             None, overrides(tiny_cache, base, tmp_path / out, *common, f"train.steps={steps}")
         )
-        with one_process_group(tmp_path / f"store-{out}-{steps}"):
-            train(config, progress=False)
+        with monkeypatch.context() as patch, one_process_group(tmp_path / f"store-{out}-{steps}-{kill}"):
+            if kill:
+                patch.setattr("pyramidal_wan.training.sharding.commit_checkpoint_folder", killed)
+                with pytest.raises(Killed):
+                    train(config, progress=False)
+                (leftover,) = (tmp_path / "b").glob(".checkpoint.*")
+                assert (leftover / "sharded" / ".metadata").is_file() and not (leftover / MARKER).exists()
+                assert json.loads((tmp_path / "b" / "checkpoint" / MARKER).read_text())["step"] == 1
+            else:
+                train(config, progress=False)
+    assert not list((tmp_path / "b").glob(".checkpoint.*"))
     name = "transformer/diffusion_pytorch_model.safetensors"
     a, b = load_file(tmp_path / "a" / "model" / name), load_file(tmp_path / "b" / "model" / name)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

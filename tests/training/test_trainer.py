@@ -131,13 +131,40 @@ def test_lora_trains_only_the_adapter(tiny_cache, tmp_path):
         ("train.precision=fp8", "train.precision must be one of no, bf16, fp16"),
         ("train.keep_checkpoints=-1", "train.keep_checkpoints must be >= 0"),
         ("data.text_dropout=1.5", "data.text_dropout must be >= 0 and <= 1"),
-        ("objective.guidance_scale=inf", "objective.guidance_scale must be a finite number"),
-        ("objective.clean_ends=[0.3, nan]", r"objective.clean_ends\[1\] must be a finite number"),
+        ("train.sharding=zero3", "train.sharding must be one of none, fsdp2"),
+        # the pyramid: section and the per-method objective options are checked by the same types
+        ("pyramid.num_stages=0", "pyramid.num_stages must be >= 1, got 0"),
+        ("pyramid.shift=inf", "pyramid.shift must be a finite number"),
+        ("pyramid.clean_ends=[0.3, nan]", r"pyramid.clean_ends\[1\] must be a finite number"),
+        ("objective.clean_ends=[0.3, nan]", r"pyramid.clean_ends\[1\] must be a finite number"),  # legacy key
+        ("objective.shift=0", "objective.shift must be > 0, got 0"),
+        (
+            "objective.timestep_sampling=normal",
+            "objective.timestep_sampling must be one of uniform, logit-normal",
+        ),
+        ("objective.stages=[0, -1]", r"objective.stages\[1\] must be >= 0"),
+        (("objective.name=pyramidal", "objective.dist_weight=-1"), "objective.dist_weight must be >= 0"),
+        (
+            ("objective.name=dmd", "objective.guidance_scale=inf"),
+            "objective.guidance_scale must be a finite number",
+        ),
+        (("objective.name=dmd", "objective.critic_ratio=0"), "objective.critic_ratio must be >= 1, got 0"),
+        (
+            ("objective.name=dmd", "objective.tau_range=[0.02, 1.5]"),
+            r"objective.tau_range\[1\] must be >= 0 and <= 1",
+        ),
+        (("objective.name=dmd", "objective.teach_weight=-0.1"), "objective.teach_weight must be >= 0"),
+        (("objective.name=adv-o", "objective.rec_steps=0"), "objective.rec_steps must be >= 1, got 0"),
+        (
+            ("objective.name=adv-o", "objective.head_channels=0"),
+            "objective.head_channels must be >= 1, got 0",
+        ),
     ],
 )
 def test_bad_config_is_one_line(tiny_cache, tmp_path, override, message):
+    overrides = (override,) if isinstance(override, str) else override
     with pytest.raises(InputError, match=message):
-        config = tiny_config(tiny_cache, tmp_path / "bad", override)
+        config = tiny_config(tiny_cache, tmp_path / "bad", *overrides)
         train(config, progress=False)
 
 
