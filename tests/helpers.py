@@ -12,6 +12,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
+from pyramidal_wan.training.config import load_config
 
 # The torchrun of this Python's environment, not whichever is first on PATH.
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -105,3 +106,20 @@ def build_ti2v_components(seed: int = 0) -> dict:
         "vae": vae,
         "transformer": transformer,
     }
+
+
+def tiny_train_config(cache, out, *overrides):
+    """A two-step training config on a tiny cache (checkpoint and log every step); overrides come last."""
+    return load_config(
+        None,
+        [
+            f"data.cache={cache}",
+            f"train.out={out}",
+            "train.batch_size=3",
+            "train.steps=2",
+            "train.log_every=1",
+            "train.checkpoint_every=1",
+            "model.pipeline=None",
+            *overrides,
+        ],
+    )

@@ -9,11 +9,11 @@ import textwrap
 
 import pytest
 import torch
+from helpers import tiny_train_config
 from safetensors.torch import load_file
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.errors import CheckpointError
-from pyramidal_wan.training.config import load_config
 from pyramidal_wan.training.trainer import export_checkpoint, train
 from pyramidal_wan.utils import checkpoints
 
@@ -23,20 +23,7 @@ class Killed(BaseException):
 
 
 def tiny_config(cache, out, *overrides):
-    return load_config(
-        None,
-        [
-            f"data.cache={cache}",
-            f"train.out={out}",
-            "train.batch_size=3",
-            "train.steps=4",
-            "train.log_every=1",
-            "train.checkpoint_every=1",
-            "train.ema=0.9",
-            "model.pipeline=None",
-            *overrides,
-        ],
-    )
+    return tiny_train_config(cache, out, "train.steps=4", "train.ema=0.9", *overrides)
 
 
 def fault_points(monkeypatch):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import tiny_train_config
 from safetensors.torch import load_file
 
 from pyramidal_wan.cli import main
@@ -9,25 +10,11 @@ from pyramidal_wan.training.config import load_config
 from pyramidal_wan.training.trainer import export_checkpoint, train
 
 
-def tiny_config(cache, out, *overrides):
-    return load_config(
-        None,
-        [
-            f"data.cache={cache}",
-            f"train.out={out}",
-            "train.batch_size=3",
-            "train.steps=2",
-            "train.log_every=1",
-            "train.checkpoint_every=1",
-            "model.pipeline=None",
-            *overrides,
-        ],
-    )
-
-
 @pytest.mark.parametrize("objective", ["flow-matching", "multires-fm", "pyramidal"])
 def test_each_objective_trains_and_exports(tiny_cache, tmp_path, objective):
-    out = train(tiny_config(tiny_cache, tmp_path / objective, f"objective.name={objective}"), progress=False)
+    out = train(
+        tiny_train_config(tiny_cache, tmp_path / objective, f"objective.name={objective}"), progress=False
+    )
     weights = load_file(out / "checkpoint" / "generator.safetensors")
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
     assert (out / "model" / "transformer" / "config.json").is_file()
@@ -38,9 +25,9 @@ def test_each_objective_trains_and_exports(tiny_cache, tmp_path, objective):
 def test_resume_reaches_the_same_weights(tiny_cache, tmp_path):
     """4 steps at once == 2 steps, stop, resume, 2 more (optimizer, scheduler, RNG and EMA all restored)."""
     common = ["train.ema=0.9", "objective.name=pyramidal", "train.checkpoint_every=2"]
-    straight = train(tiny_config(tiny_cache, tmp_path / "a", "train.steps=4", *common), progress=False)
-    train(tiny_config(tiny_cache, tmp_path / "b", "train.steps=2", *common), progress=False)
-    resumed = train(tiny_config(tiny_cache, tmp_path / "b", "train.steps=4", *common), progress=False)
+    straight = train(tiny_train_config(tiny_cache, tmp_path / "a", "train.steps=4", *common), progress=False)
+    train(tiny_train_config(tiny_cache, tmp_path / "b", "train.steps=2", *common), progress=False)
+    resumed = train(tiny_train_config(tiny_cache, tmp_path / "b", "train.steps=4", *common), progress=False)
     for name in ("generator.safetensors", "ema.safetensors"):
         a, b = load_file(straight / "checkpoint" / name), load_file(resumed / "checkpoint" / name)
         assert a.keys() == b.keys()
@@ -50,7 +37,7 @@ def test_resume_reaches_the_same_weights(tiny_cache, tmp_path):
 
 def test_export_checkpoint_equals_the_final_export(tiny_cache, tmp_path):
     """Exporting the last checkpoint of a finished run gives the run's own model folder (EMA weights)."""
-    config = tiny_config(tiny_cache, tmp_path / "run", "train.ema=0.9", "objective.name=pyramidal")
+    config = tiny_train_config(tiny_cache, tmp_path / "run", "train.ema=0.9", "objective.name=pyramidal")
     out = train(config, progress=False)
     folder, step = export_checkpoint(config)
     assert (folder, step) == (out / "model-step2", 2)
@@ -60,11 +47,11 @@ def test_export_checkpoint_equals_the_final_export(tiny_cache, tmp_path):
     assert final.keys() == exported.keys()
     assert all(torch.equal(final[k], exported[k]) for k in final)
     with pytest.raises(CheckpointError, match="nothing to export"):
-        export_checkpoint(tiny_config(tiny_cache, tmp_path / "none"))
+        export_checkpoint(tiny_train_config(tiny_cache, tmp_path / "none"))
 
 
 def test_export_cli(tiny_cache, tmp_path, capsys):
-    train(tiny_config(tiny_cache, tmp_path / "run"), progress=False)
+    train(tiny_train_config(tiny_cache, tmp_path / "run"), progress=False)
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
     assert f"exported step 2 of {tmp_path / 'run'}" in capsys.readouterr().out
     assert (tmp_path / "exported" / "transformer" / "config.json").is_file()
@@ -76,10 +63,10 @@ def test_export_cli(tiny_cache, tmp_path, capsys):
 
 def test_export_lora_of_a_lora_run_writes_its_trained_adapter(tiny_cache, tmp_path, capsys):
     """`export --run RUN --lora R` of a run that trained a LoRA (model.lora_rank) on its model.init."""
-    first = train(tiny_config(tiny_cache, tmp_path / "full"), progress=False)
+    first = train(tiny_train_config(tiny_cache, tmp_path / "full"), progress=False)
     run = tmp_path / "lora"
     init = first / "model" / "transformer"  # a run from a preset exports its transformer alone
-    train(tiny_config(tiny_cache, run, f"model.init={init}", "model.lora_rank=2"), progress=False)
+    train(tiny_train_config(tiny_cache, run, f"model.init={init}", "model.lora_rank=2"), progress=False)
     assert main(["export", "--run", str(run), "--lora", "16"]) == 0
     assert "the model's own trained LoRA (rank 2), written as it is" in capsys.readouterr().out
     assert (run / "lora-r16" / "pytorch_lora_weights.safetensors").is_file()
@@ -98,14 +85,14 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_cache, tmp_path,
 
     monkeypatch.setattr(objectives.FlowMatching, "generator_loss", poisoned)
     with pytest.raises(TrainingDiverged, match="loss is nan at step 2"):
-        train(tiny_config(tiny_cache, tmp_path / "nan", "train.steps=3"), progress=False)
+        train(tiny_train_config(tiny_cache, tmp_path / "nan", "train.steps=3"), progress=False)
     state = torch.load(tmp_path / "nan" / "checkpoint" / "train_state.pt", weights_only=True)
     assert state["step"] == 1
 
 
 def test_lora_trains_only_the_adapter(tiny_cache, tmp_path):
     out = train(
-        tiny_config(tiny_cache, tmp_path / "lora", "model.lora_rank=4", "objective.name=pyramidal"),
+        tiny_train_config(tiny_cache, tmp_path / "lora", "model.lora_rank=4", "objective.name=pyramidal"),
         progress=False,
     )
     weights = load_file(out / "checkpoint" / "generator.safetensors")
@@ -164,7 +151,7 @@ def test_lora_trains_only_the_adapter(tiny_cache, tmp_path):
 def test_bad_config_is_one_line(tiny_cache, tmp_path, override, message):
     overrides = (override,) if isinstance(override, str) else override
     with pytest.raises(InputError, match=message):
-        config = tiny_config(tiny_cache, tmp_path / "bad", *overrides)
+        config = tiny_train_config(tiny_cache, tmp_path / "bad", *overrides)
         train(config, progress=False)
 
 
@@ -217,7 +204,7 @@ def test_multiresolution_pretraining_trains_every_stage_and_images(tiny_cache, t
             hook.remove()
 
     monkeypatch.setattr(objectives.FlowMatching, "generator_loss", spy)
-    config = tiny_config(
+    config = tiny_train_config(
         tiny_cache,
         tmp_path / "pretrain",
         "train.batch_size=4",
@@ -235,7 +222,7 @@ def test_multiresolution_pretraining_trains_every_stage_and_images(tiny_cache, t
 @pytest.mark.parametrize("mix", ["[[5,1,0,0]]", "[[0,-1,1,1]]"])
 def test_bad_curriculum_is_one_line(tiny_cache, tmp_path, mix):
     with pytest.raises(InputError, match="stage_mix"):
-        train(tiny_config(tiny_cache, tmp_path / "bad", f"objective.stage_mix={mix}"), progress=False)
+        train(tiny_train_config(tiny_cache, tmp_path / "bad", f"objective.stage_mix={mix}"), progress=False)
 
 
 @pytest.mark.parametrize(

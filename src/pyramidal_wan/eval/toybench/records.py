@@ -35,6 +35,7 @@ TOY_RECORD_FIELDS: dict[str, tuple] = {
     "prompt_index": (int,),
     "seed": (int, OPTIONAL),
     **{dim: NUMBER for dim in (*SEMANTIC_DIMS, *VIDEO_QUALITY_DIMS)},
+    "sharpness": (*NUMBER, OPTIONAL),  # null for videos of plain objects only (judged on patterned ones)
     "features": (NUMBER_LIST,),
 }
 VBENCH_RECORD_FIELDS: dict[str, tuple] = {"model": (str,), "schedule": (str,), "dimensions": (dict,)}
