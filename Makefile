@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo serve test test-slow bench lint format install clean chromium report screenshot results
+.PHONY: demo serve test test-slow bench lint format install clean chromium report screenshot app-screenshot results
 
 # `make report`: the results page and tables from evaluate records (RESULTS: one or more .jsonl files).
 RESULTS    ?= runs/eval/toybench.jsonl
@@ -59,6 +59,10 @@ report: $(STAMP)
 	.venv/bin/pyramidal-wan report --results $(RESULTS) --out $(REPORT) --markdown $(MARKDOWN)
 
 # A full-page PNG of the report (run `make report` first): Playwright on the system Chromium.
+# docs/app.png and docs/app-side-by-side.png: the app's browser test, saving its screenshots into docs/.
+app-screenshot: $(STAMP) chromium
+	APP_SCREENSHOTS=docs $(PY) -m pytest -q tests/app/test_serve.py -k stage_previews_and_shows_bad_input
+
 screenshot: $(STAMP) chromium
 	$(PY) -m pyramidal_wan.eval.page_check screenshot $(REPORT)/index.html $(SCREENSHOT)
 

@@ -3,8 +3,9 @@
 The server runs as its own process on a free 127.0.0.1 port with the bundled default model (a random toy
 few-step model where none is bundled). The test enters a prompt, waits for the video, checks that every
 stage's preview appeared and the costs are shown, sends two requests at once (they queue), checks the
-messages of bad input, runs the side-by-side tab, and saves the pages as docs/app.png and
-docs/app-side-by-side.png.
+messages of bad input, runs the side-by-side tab, and saves screenshots of both pages: into a temporary
+folder, or as docs/app.png and docs/app-side-by-side.png with APP_SCREENSHOTS=docs (`make app-screenshot`),
+so that `make test` leaves the checkout unchanged.
 """
 
 import os
@@ -26,7 +27,7 @@ from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 
 PROMPT = "a red circle moving left on a dark blue background"
-SCREENSHOT = REPO_ROOT / "docs" / "app.png"
+SCREENSHOT_DIR = os.environ.get("APP_SCREENSHOTS")  # a folder in the repository; unset: a temporary one
 needs_chromium = pytest.mark.skipif(
     find_chromium() is None, reason="Chromium not installed (apt-get install -y chromium); app test skipped"
 )
@@ -81,7 +82,7 @@ def generate(page, prompt: str, schedule: str = "", size: str = "", seed: int = 
 
 
 @needs_chromium
-def test_app_generates_with_stage_previews_and_shows_bad_input(server, model):
+def test_app_generates_with_stage_previews_and_shows_bad_input(server, model, tmp_path_factory):
     process, url = server
     stages = pyramid_config_or_plain(model).num_stages
     with launch_chromium() as browser:
@@ -103,8 +104,9 @@ def test_app_generates_with_stage_previews_and_shows_bad_input(server, model):
         assert "TFLOPs" in stats and "preview decode" in stats and "Stage previews cost" in stats
         ready = "() => { const v = document.querySelector('#video video'); return !v.error && v.readyState }"
         page.wait_for_function(f"({ready})() >= 1", timeout=30_000)  # the MP4 plays in Chromium
-        SCREENSHOT.parent.mkdir(exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        shots = REPO_ROOT / SCREENSHOT_DIR if SCREENSHOT_DIR else tmp_path_factory.mktemp("screenshots")
+        shots.mkdir(exist_ok=True)
+        page.screenshot(path=str(shots / "app.png"), full_page=True)
 
         # Two requests at once queue and both finish (a second browser tab, previews off there).
         other = browser.new_page()
@@ -136,7 +138,7 @@ def test_app_generates_with_stage_previews_and_shows_bad_input(server, model):
         page.wait_for_selector("#compare-stats :text('x the FLOPs')", timeout=120_000)
         assert page.locator("#video-a video").count() == 1 and page.locator("#video-b video").count() == 1
         assert plain in page.locator("#compare-stats").inner_text()
-        page.screenshot(path=str(SCREENSHOT.with_name("app-side-by-side.png")), full_page=True)
+        page.screenshot(path=str(shots / "app-side-by-side.png"), full_page=True)
         assert errors == []
     assert process.poll() is None
 
