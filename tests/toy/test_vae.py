@@ -236,3 +236,24 @@ def test_object_centred_crops_hold_the_first_object():
     assert batch.shape == (4, 3, 9, 32, 32)
     with pytest.raises(InputError, match="crop-centre"):
         VAETrainConfig(crop_centre="middle")
+
+
+def test_the_frozen_phase_can_decode_the_posterior_mean():
+    """With decode_mean the loss no longer depends on the posterior noise, so the decoder learns the latent
+    the cache stores; a posterior sample gives a different loss per noise draw."""
+    config = VAETrainConfig(**TINY)
+    vae = build_vae(0)
+    batch = training_batch(config, 0)
+
+    def loss(seed, decode_mean):
+        generator = torch.Generator().manual_seed(seed)
+        return compute_vae_loss(vae, batch, 1e-4, generator, train_encoder=False, decode_mean=decode_mean)[0]
+
+    with torch.no_grad():
+        assert torch.equal(loss(0, True), loss(1, True))
+        assert not torch.equal(loss(0, False), loss(1, False))
+        mean = vae.encode(batch).latent_dist.mean
+        expected = compute_vae_loss(vae, batch, 0.0, None, train_encoder=False, decode_mean=True)[1]["mse"]
+        assert expected == pytest.approx(torch.nn.functional.mse_loss(vae.decode(mean).sample, batch).item())
+    with pytest.raises(InputError, match="--decoder-latent"):
+        VAETrainConfig(decoder_latent="mode", **TINY)

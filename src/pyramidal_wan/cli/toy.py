@@ -149,6 +149,12 @@ def _register_train_vae(commands) -> None:
     parser.add_argument(
         "--crop-centre", choices=("random", "object"), help="where crops sit: anywhere or on the first object"
     )
+    parser.add_argument(
+        "--decoder-latent",
+        choices=("sample", "mean"),
+        help="what the decoder learns from while the encoder is frozen: a posterior sample (default) or the "
+        "posterior mean, the latent the cache stores",
+    )
     parser.add_argument("--stats-clips", type=positive_int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=positive_int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -174,6 +180,7 @@ _TRAIN_VAE_FIELDS = (
     "warmup_steps",
     "checkpoint_every",
     "freeze_encoder_from",
+    "decoder_latent",
     "init",
     "num_frames",
     "resolution",

@@ -113,6 +113,11 @@ class VAETrainConfig:
     # From this step on only the decoder trains: the latents (and so any cache or model built on them) stay
     # fixed while reconstructions keep improving. None: the encoder trains throughout.
     freeze_encoder_from: int | None = None
+    # What the decoder decodes while the encoder is frozen: "sample", a posterior sample as in the joint
+    # phase, or "mean", the posterior mean. The cache stores the mean and the diffusion model learns to
+    # produce it, so a decoder that learns from samples trains for noise its inputs never carry and blurs
+    # the finest detail to absorb it (the posterior std is ~10% of the latents' std).
+    decoder_latent: str = "sample"
     # A trained toy-VAE folder to start from instead of random weights: when the world changes (e.g. gains
     # interior patterns), the old VAE already knows colours, edges and motion, so adapting it is far cheaper
     # than training from scratch.
@@ -134,6 +139,8 @@ class VAETrainConfig:
             raise InputError("warmup_steps, weight_decay and kl_weight must be non-negative")
         latent_shape(self.num_frames, self.resolution, self.resolution)
         latent_shape(self.crop_frames, self.crop_size, self.crop_size)
+        if self.decoder_latent not in ("sample", "mean"):
+            raise InputError(f"--decoder-latent must be sample or mean, got {self.decoder_latent!r}")
         if self.crop_centre not in ("random", "object"):
             raise InputError(f"--crop-centre must be random or object, got {self.crop_centre!r}")
         if self.crop_frames > self.num_frames or self.crop_size > self.resolution:
@@ -165,6 +172,7 @@ TRAJECTORY_FIELDS = (
     "crop_centre",
     "logvar_init",
     "init",
+    "decoder_latent",
 )
 
 
@@ -235,15 +243,18 @@ def compute_vae_loss(
     kl_weight: float,
     generator: torch.Generator | None = None,
     train_encoder: bool = True,
+    decode_mean: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE per pixel) plus `kl_weight` times the mean per-element KL to N(0, I).
 
-    video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`. Without
-    `train_encoder` the encoder runs without a graph (the KL term is then a constant, kept for the logs).
+    video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`, or with
+    `decode_mean` the posterior mean. Without `train_encoder` the encoder runs without a graph (the KL term
+    is then a constant, kept for the logs).
     """
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         posterior = vae.encode(video).latent_dist
-    recon = vae.decode(posterior.sample(generator=generator)).sample  # (B, 3, F, H, W)
+    latent = posterior.mean if decode_mean else posterior.sample(generator=generator)
+    recon = vae.decode(latent).sample  # (B, 3, F, H, W)
     l1 = F.l1_loss(recon, video)
     mse = F.mse_loss(recon, video)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
@@ -471,7 +482,12 @@ def _train_vae(
         for param in encoder_parameters(vae):  # frozen parameters get no grad, so AdamW leaves them be
             param.requires_grad_(train_encoder)
         loss, logs = compute_vae_loss(
-            vae, training_batch(config, step), config.kl_weight, generator, train_encoder=train_encoder
+            vae,
+            training_batch(config, step),
+            config.kl_weight,
+            generator,
+            train_encoder=train_encoder,
+            decode_mean=not train_encoder and config.decoder_latent == "mean",
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
