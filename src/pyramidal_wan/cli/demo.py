@@ -10,7 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from pyramidal_wan.cli.options import positive_int
+from pyramidal_wan.cli.options import output_path, positive_int
 from pyramidal_wan.errors import CheckpointError
 
 DEMO_PROMPT = "a red circle moving right on a dark blue background"
@@ -19,7 +19,9 @@ DEMO_PROMPT = "a red circle moving right on a dark blue background"
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="generate a toy video with the bundled default model")
     parser.add_argument("--prompt", default=DEMO_PROMPT)
-    parser.add_argument("--out", default="outputs/demo.mp4", help="MP4 path; a GIF is written beside it")
+    parser.add_argument(
+        "--out", type=output_path, default="outputs/demo.mp4", help="MP4 path; a GIF is written beside it"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     parser.set_defaults(func=run)

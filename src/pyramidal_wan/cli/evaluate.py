@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pyramidal_wan.cli.options import non_negative_int, positive_int
+from pyramidal_wan.cli.options import non_negative_int, output_path, positive_int
 from pyramidal_wan.errors import InputError
 
 SUITES = ("toy", "vbench")
@@ -81,6 +81,7 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument(
         "--out",
+        type=output_path,
         help=f"toy: JSON-lines records, appended (default {DEFAULT_OUT['toy']}); vbench: a folder (default "
         f"{DEFAULT_OUT['vbench']})",
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pyramidal_wan.cli.options import positive_float, positive_int
+from pyramidal_wan.cli.options import output_path, positive_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import plan_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
@@ -91,7 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--height", type=positive_int, help="pixel height (default: the model's)")
     parser.add_argument("--width", type=positive_int, help="pixel width (default: the model's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of all sampling noise (default 0)")
-    parser.add_argument("--out", default="video.mp4", help="output .mp4 path (default video.mp4)")
+    parser.add_argument(
+        "--out", type=output_path, default="video.mp4", help="output .mp4 path (default video.mp4)"
+    )
     parser.add_argument("--gif", action="store_true", help="also write a GIF beside the MP4")
     parser.add_argument(
         "--fps", type=positive_float, default=DEFAULT_FPS, help=f"frame rate (default {DEFAULT_FPS:g})"

@@ -1,10 +1,12 @@
-"""argparse `type=` functions for the CLI's numeric options: a bad value is argparse's one-line error
-(exit status 2) before any work, whichever sub-command takes it."""
+"""argparse `type=` functions for the CLI's numeric options and output paths: a bad value is argparse's
+one-line error (exit status 2) before any work, whichever sub-command takes it."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+from pyramidal_wan.utils.io import unwritable_reason
 
 
 def positive_int(text: str) -> int:
@@ -44,3 +46,12 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be positive")
     return value
+
+
+def output_path(text: str) -> str:
+    """A file or folder the command will write: nothing above it is a file and its nearest existing folder
+    takes new entries (whether an existing output may be replaced is the command's own check)."""
+    reason = unwritable_reason(text)
+    if reason:
+        raise argparse.ArgumentTypeError(f"{text}: {reason}; choose another path")
+    return text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyramidal_wan.cli.options import non_negative_int, positive_int
+from pyramidal_wan.cli.options import non_negative_int, output_path, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.report import MAX_SAMPLE_PROMPTS
 
@@ -23,8 +23,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--results", nargs="+", required=True, metavar="RECORDS", help="JSON-lines records of evaluate"
     )
-    parser.add_argument("--out", default="report", help="output folder (default report/)")
-    parser.add_argument("--markdown", help="also write the Markdown tables here (e.g. docs/results.md)")
+    parser.add_argument("--out", type=output_path, default="report", help="output folder (default report/)")
+    parser.add_argument(
+        "--markdown", type=output_path, help="also write the Markdown tables here (e.g. docs/results.md)"
+    )
     parser.add_argument(
         "--samples",
         type=non_negative_int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from pyramidal_wan.cli.options import positive_float, positive_int
+from pyramidal_wan.cli.options import output_path, positive_float, positive_int
 from pyramidal_wan.errors import InputError
 
 # The toy boundary experiment (docs/toy.md, 1000-step pyramidizations sampled at 20-20-10, equal FLOPs):
@@ -29,7 +29,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--max-items", type=positive_int, default=512, help="cached videos to measure (default 512)"
     )
-    parser.add_argument("--out", help="write the suggested pyramid config here (a .json file)")
+    parser.add_argument(
+        "--out", type=output_path, help="write the suggested pyramid config here (a .json file)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -7,7 +7,13 @@ from pathlib import Path
 
 import torch
 
-from pyramidal_wan.cli.options import finite_float, non_negative_int, positive_float, positive_int
+from pyramidal_wan.cli.options import (
+    finite_float,
+    non_negative_int,
+    output_path,
+    positive_float,
+    positive_int,
+)
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.toy.world import SPLITS
 
@@ -73,7 +79,7 @@ def _register_assemble(commands) -> None:
         ),
     )
     parser.add_argument("--vae", required=True, help="a toy VAE folder (e.g. runs/toy-vae/vae)")
-    parser.add_argument("--out", required=True, help="the pipeline folder to write")
+    parser.add_argument("--out", type=output_path, required=True, help="the pipeline folder to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the text encoder and transformer")
     parser.set_defaults(func=run_assemble)
 
@@ -95,7 +101,7 @@ def _register_make_dataset(commands) -> None:
             "seed, index, split, scene). Rerunning with the same settings skips clips already written."
         ),
     )
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", type=output_path, required=True, help="output folder")
     parser.add_argument("--n", type=positive_int, required=True, help="number of clips")
     parser.add_argument("--seed", type=int, default=0, help="clip stream seed (default 0)")
     parser.add_argument("--split", choices=SPLITS, default="train", help="caption combinations to draw from")
@@ -117,7 +123,7 @@ def _register_train_vae(commands) -> None:
             "the saved run's values."
         ),
     )
-    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--out", type=output_path, required=True, help="run folder")
     parser.add_argument("--steps", type=positive_int, help="total optimiser steps (default 1000)")
     parser.add_argument("--batch-size", type=positive_int, help="training crops per step (default 8)")
     parser.add_argument("--lr", type=positive_float, help="AdamW learning rate (default 1e-4)")

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyramidal_wan.cli.card import DEFAULT_LICENSE
-from pyramidal_wan.cli.options import finite_float, non_negative_int, positive_float, positive_int
+from pyramidal_wan.cli.options import (
+    finite_float,
+    non_negative_int,
+    output_path,
+    positive_float,
+    positive_int,
+)
 from pyramidal_wan.errors import InputError
 
 
@@ -20,7 +26,7 @@ def register(subparsers) -> None:
     )
     prep.add_argument("--data", help="dataset folder: videos + captions.jsonl")
     prep.add_argument("--model", help="a Wan folder whose vae/, tokenizer/, text_encoder/ to use")
-    prep.add_argument("--out", required=True, help="cache folder")
+    prep.add_argument("--out", type=output_path, required=True, help="cache folder")
     prep.add_argument("--num-frames", type=positive_int)
     prep.add_argument("--height", type=positive_int)
     prep.add_argument("--width", type=positive_int)
@@ -75,7 +81,10 @@ def register(subparsers) -> None:
     export.add_argument("--base", help="--lora: the base model folder (default: the run's model.init)")
     export.add_argument("--lora", metavar="RANK", help="write a LoRA of this rank (or 'full')")
     export.add_argument(
-        "--out", default=None, help="output folder (default RUN/model-step{STEP}, or MODEL-lora-r{RANK})"
+        "--out",
+        type=output_path,
+        default=None,
+        help="output folder (default RUN/model-step{STEP}, or MODEL-lora-r{RANK})",
     )
     export.add_argument(
         "--license", default=DEFAULT_LICENSE, help=f"model card license (default {DEFAULT_LICENSE})"
@@ -96,7 +105,9 @@ def add_synthesize_arguments(parser) -> None:
     parser.add_argument(
         "--prompts", required=True, help="text file, one prompt a line, or .jsonl with a caption/prompt"
     )
-    parser.add_argument("--out", required=True, help="dataset folder: videos + captions.jsonl")
+    parser.add_argument(
+        "--out", type=output_path, required=True, help="dataset folder: videos + captions.jsonl"
+    )
     parser.add_argument(
         "--schedule", help="steps per stage, lowest resolution first, e.g. 0-0-50 (default: the teacher's)"
     )

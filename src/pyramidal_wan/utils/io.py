@@ -45,13 +45,28 @@ def write_json(path: str | os.PathLike, obj) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def _check_parent(path: Path, option: str) -> None:
-    """The nearest existing ancestor of `path` must be a folder (a file there makes every write fail)."""
-    for parent in path.parents:
+def unwritable_reason(path: str | os.PathLike) -> str | None:
+    """Why `path` (a file or folder to create, with any missing parents) cannot be written, or None.
+
+    The nearest existing ancestor must be a folder in which an entry can be made; the probe is a temporary
+    folder made and removed there, since permission bits alone do not tell (root, read-only mounts, /proc).
+    """
+    for parent in Path(path).parents:
         if parent.exists():
             if not parent.is_dir():
-                raise InputError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
-            return
+                return f"{parent} is a file, not a folder"
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=parent))
+            except OSError as err:
+                return f"cannot write in {parent} ({err.strerror or err})"
+            return None
+    return None
+
+
+def _check_parent(path: Path, option: str) -> None:
+    reason = unwritable_reason(path)
+    if reason:
+        raise InputError(f"{option} {path}: {reason}; choose another path")
 
 
 def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
