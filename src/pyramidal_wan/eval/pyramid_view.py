@@ -97,15 +97,8 @@ def to_full_resolution(pipe, latent: torch.Tensor, stage: int, shape) -> torch.T
 
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
-    """Normalised latents (B, C, T, H, W) -> uint8 videos (B, F, H, W, 3), un-normalised as WanPipeline."""
-    vae = pipe.vae
-    z_dim = vae.config.z_dim
-    mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1)
-    latents = latents.float() * std + mean
-    param = next(vae.parameters())
-    video = vae.decode(latents.to(param.device, param.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
-    return to_uint8_frames(video.float())
+    """Normalised latents (B, C, T, H, W) -> uint8 videos (B, F, H, W, 3), decoded as the pipeline does."""
+    return to_uint8_frames(pipe.decode_latents(latents.float()).float())
 
 
 def stages_figure(videos: dict[int, np.ndarray], labels: dict[int, str], out_dir: Path):

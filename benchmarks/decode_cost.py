@@ -1,0 +1,117 @@
+"""What the VAE decode costs on a CPU, and what makes it cheaper without changing the video.
+
+Decodes the latents of one few-step video (the bundled toy few-step model, 2-2-1, at each size given) with
+the pipeline's `decode_latents` under each variant below, in interleaved rounds (median seconds), and
+prints the seconds, the speed-up over PyTorch's default and the PSNR / largest difference of the video
+against the float32 default decode:
+
+- fp32 default: PyTorch's own convolution choice (`slow_conv3d` for the toy VAE's small 3D convolutions);
+- fp32 oneDNN: the pipeline's decode (`models.vae_speed.onednn_conv3d`);
+- + inference_mode: the same under `torch.inference_mode` instead of `no_grad`;
+- bf16 autocast: the oneDNN decode under bfloat16 autocast (not exact);
+- + tiling: diffusers' spatial tiling with tiles of half the frame (a memory saving, not a time one).
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/decode_cost.py --size 64 --size 128
+
+17x128x128 is the size of `pyramidal-wan bench`'s width-384 model, which decodes with the same VAE
+architecture. Wan's decoder is already chunked: it runs one latent frame at a time against a feature cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLWan
+
+from pyramidal_wan.models.loading import quiet_loading
+from pyramidal_wan.models.vae_speed import onednn_conv3d
+from pyramidal_wan.pipelines import PyramidalWanPipeline
+
+
+def psnr(video: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR (dB) of videos in [-1, 1] (peak-to-peak 2), clamped as the pipeline's postprocessing does."""
+    mse = (video.float().clamp(-1, 1) - reference.float().clamp(-1, 1)).square().mean().item()
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
+
+
+def variants(fast, plain_vae, height: int, width: int):
+    """(name, vae, context) of every decode variant; the first is the reference."""
+    tiled = copy.deepcopy(plain_vae)
+    tiled.enable_tiling(
+        tile_sample_min_height=height // 2,
+        tile_sample_min_width=width // 2,
+        tile_sample_stride_height=height // 4,
+        tile_sample_stride_width=width // 4,
+    )
+    onednn_conv3d(tiled)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    return [
+        ("fp32 default", plain_vae, torch.no_grad),
+        ("fp32 oneDNN", fast, torch.no_grad),
+        ("fp32 oneDNN + inference_mode", fast, torch.inference_mode),
+        ("bf16 autocast (oneDNN)", fast, lambda: _both(torch.no_grad(), bf16)),
+        ("fp32 oneDNN + tiling", tiled, torch.no_grad),
+    ]
+
+
+@contextlib.contextmanager
+def _both(*contexts):
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        yield
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="models/toy/few-step")
+    parser.add_argument("--size", type=int, action="append", help="square pixel size (default 64 and 128)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (default 3)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    quiet_loading()
+    plain_vae = AutoencoderKLWan.from_pretrained(Path(args.model) / "vae").eval()
+    pipe = PyramidalWanPipeline.from_pretrained(args.model)  # routes its own VAE's convolutions
+    pipe.set_progress_bar_config(disable=True)
+    fast_vae = pipe.vae
+    print(f"{'size':>10}  {'variant':30} {'s/decode':>9} {'speed-up':>9} {'PSNR dB':>8} {'max |diff|':>11}")
+    for size in args.size or (64, 128):
+        latents = pipe(
+            "a red circle moving left on a dark blue background",
+            height=size,
+            width=size,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        ).frames
+        rows = variants(fast_vae, plain_vae, size, size)
+        seconds = {name: [] for name, _, _ in rows}
+        videos = {}
+        for _ in range(args.rounds + 1):  # the first round warms up
+            for name, vae, context in rows:
+                pipe.vae = vae
+                with context():
+                    start = time.perf_counter()
+                    videos[name] = pipe.decode_latents(latents)
+                    seconds[name].append(time.perf_counter() - start)
+        pipe.vae = fast_vae
+        reference_name = rows[0][0]
+        reference_s = statistics.median(seconds[reference_name][1:])
+        reference = videos[reference_name]
+        frames = "x".join(map(str, reference.shape[2:]))
+        for name, _, _ in rows:
+            median = statistics.median(seconds[name][1:])
+            diff = (videos[name].float() - reference.float()).abs().max().item()
+            print(
+                f"{frames:>10}  {name:30} {median:9.3f} {reference_s / median:8.2f}x "
+                f"{psnr(videos[name], reference):8.1f} {diff:11.2e}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Cheaper Wan VAE decoding on a CPU: oneDNN 3D convolutions in float32, and optional bfloat16 autocast.
+
+PyTorch picks its im2col fallback (`aten::slow_conv3d`) for a float32 3D convolution of batch 1 unless
+N x C x T x H > 20480 (aten's `use_mkldnn` heuristic). Wan's VAE decodes causally, one latent frame at a
+time against a feature cache, so the convolutions of a small VAE (the toy's 16-64 channels over 1-3 frames)
+all take the fallback. oneDNN (`aten::mkldnn_convolution`) computes the same float32 convolution several
+times faster (`benchmarks/decode_cost.py`: 5-6x on the toy VAE's decode, the videos within 1e-5);
+`onednn_conv3d` routes a VAE's 3D convolutions there in inference. Full-size Wan VAEs (96-384 channels)
+already pass the heuristic at most sizes, and accelerators never take this path.
+
+bfloat16 autocast (`decode_autocast`) is not exact: it is an opt-in of the pipeline (`decode_dtype`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+
+import torch
+from torch import nn
+
+_ROUTED = "_pyramidal_wan_onednn"  # marks a convolution whose `_conv_forward` is routed already
+
+
+def _onednn_conv_forward(self: nn.Conv3d, input: torch.Tensor, weight: torch.Tensor, bias):
+    usable = (
+        input.device.type == "cpu"
+        and input.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and self.padding_mode == "zeros"
+        and not isinstance(self.padding, str)
+        and not torch.is_grad_enabled()  # inference only: training keeps PyTorch's own choice
+    )
+    if not usable:
+        return nn.Conv3d._conv_forward(self, input, weight, bias)
+    return torch.ops.aten.mkldnn_convolution(
+        input.contiguous(), weight, bias, self.padding, self.stride, self.dilation, self.groups
+    )
+
+
+def onednn_conv3d(module: nn.Module) -> int:
+    """Route every `nn.Conv3d` of `module` through oneDNN in float32 CPU inference (others unchanged).
+
+    Idempotent; a no-op where PyTorch is built without oneDNN. Returns the number of convolutions routed.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    routed = 0
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv3d) and not getattr(conv, _ROUTED, False):
+            conv._conv_forward = types.MethodType(_onednn_conv_forward, conv)
+            setattr(conv, _ROUTED, True)
+            routed += 1
+    return routed
+
+
+def decode_autocast(device: torch.device, dtype: torch.dtype | None):
+    """The context of a VAE decode: autocast to `dtype` on `device` (None: the VAE's own precision)."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -1,0 +1,46 @@
+"""oneDNN 3D convolutions of a Wan VAE in CPU inference: the same decode, through the oneDNN kernel."""
+
+import copy
+
+import pytest
+import torch
+from torch.profiler import profile
+
+from pyramidal_wan.models.vae_speed import onednn_conv3d
+from pyramidal_wan.toy.vae import build_vae
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch without oneDNN")
+
+
+def conv_kernels(vae, latents) -> tuple[set[str], torch.Tensor]:
+    """(the aten convolution kernels one decode runs, the decoded video)."""
+    with profile() as prof:
+        video = vae.decode(latents, return_dict=False)[0]
+    names = {e.key for e in prof.key_averages() if "conv" in e.key and e.key.startswith("aten::")}
+    return names, video
+
+
+def test_routed_decode_matches_the_default_and_runs_onednn():
+    plain = build_vae(seed=0).eval()
+    routed = copy.deepcopy(plain)
+    assert onednn_conv3d(routed) == sum(isinstance(m, torch.nn.Conv3d) for m in routed.modules()) > 0
+    assert onednn_conv3d(routed) == 0  # idempotent
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        default_kernels, reference = conv_kernels(plain, latents)
+        routed_kernels, video = conv_kernels(routed, latents)
+    # The toy VAE's batch-1 3D convolutions fall below aten's oneDNN threshold by default.
+    assert "aten::slow_conv3d_forward" in default_kernels
+    assert "aten::slow_conv3d_forward" not in routed_kernels and "aten::mkldnn_convolution" in routed_kernels
+    torch.testing.assert_close(video, reference, atol=1e-5, rtol=0)
+
+
+def test_training_keeps_pytorchs_convolution():
+    """With gradients on, the routed VAE runs PyTorch's own kernel (and so its backward)."""
+    routed = build_vae(seed=0)
+    onednn_conv3d(routed)
+    latents = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    kernels, video = conv_kernels(routed, latents)
+    assert "aten::slow_conv3d_forward" in kernels
+    video.square().mean().backward()
+    assert routed.decoder.conv_in.weight.grad is not None
