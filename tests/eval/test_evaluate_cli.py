@@ -38,6 +38,7 @@ def test_evaluate_writes_records_and_resumes(tmp_path, capsys):
     assert len(lines) == 6 and {r["schedule"] for r in lines} == {"1-1-1", "0-0-2"}
     table = capsys.readouterr().out
     assert "1-1-1" in table and "0-0-2" in table and "held-out total" in table
+    assert "stage 2" in table and "decode" in table and "transformer" in table  # seconds by part
     # What each video cost is in its record: TFLOPs, seconds, and seconds per part of the call.
     parts = {
         "1-1-1": ["text", "stage 2", "stage 1", "stage 0", "decode"],
@@ -47,6 +48,9 @@ def test_evaluate_writes_records_and_resumes(tmp_path, capsys):
         assert record["tflops"] > 0 and record["model_path"] == str(model.resolve())
         assert list(record["stage_seconds"]) == parts[record["schedule"]]
         assert record["seconds"] == pytest.approx(sum(record["stage_seconds"].values()))
+        # the transformer forwards are part of the stages' time
+        stages = sum(s for part, s in record["stage_seconds"].items() if part.startswith("stage"))
+        assert 0 < record["transformer_seconds"] <= stages
         assert record["device"] == "cpu" and record["batch_size"] == 8
         # GIFs of the first two prompts (seed 0) beside the records, for the report.
         if record["prompt_index"] < 2:

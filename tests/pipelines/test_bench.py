@@ -1,6 +1,7 @@
 """`pyramidal-wan bench` mechanics on a tiny config: what is timed, with which calls; never how fast."""
 
 import json
+import time
 
 import pytest
 from pipeline_helpers import build_pipeline, build_ppf_pipeline
@@ -8,6 +9,7 @@ from pipeline_helpers import build_pipeline, build_ppf_pipeline
 from pyramidal_wan.cli import build_parser, main
 from pyramidal_wan.cli.bench import build_random_pipeline, build_text_stack, compute_bench, format_bench
 from pyramidal_wan.eval.flops import plan_flops, ppf_schedule_flops
+from pyramidal_wan.eval.timing import StageTimer
 from pyramidal_wan.pyramid import PyramidConfig
 
 SMALL = ["--num-frames", "17", "--height", "64", "--width", "64", "--forward-repeats", "1"]
@@ -63,10 +65,23 @@ def test_bench_times_every_schedule_with_the_right_calls():
     assert wan["schedule"] == "0-0-2" and len(wan["ratios"]) == 1
     assert wan["ratio"] == pytest.approx(wan["ours_seconds"] / wan["wan_pipeline_seconds"])
     assert report["decode_seconds"] > 0
+    # End to end, by part: each schedule's stages, the decode, and the transformer's share of the stages.
+    assert list(rows["0-0-6"]["parts"]) == ["text", "stage 0", "decode"]
+    assert list(rows["6-6-5"]["parts"]) == ["text", "stage 2", "stage 1", "stage 0", "decode"]
+    for row in rows.values():
+        parts = row["parts"]
+        assert row["total_seconds"] == pytest.approx(sum(parts.values()))
+        assert row["seconds"] == pytest.approx(row["total_seconds"] - parts["decode"])
+        stages = sum(seconds for part, seconds in parts.items() if part.startswith("stage"))
+        assert 0 < row["transformer_seconds"] <= stages
+    assert rows["6-6-5"]["speedup_with_decode"] == pytest.approx(
+        reference["total_seconds"] / rows["6-6-5"]["total_seconds"]
+    )
 
     text = format_bench(report)
     for expected in ("ms/forward", "FLOPs-predicted", "measured/predicted", "ours 0-0-2", "WanPipeline"):
         assert expected in text
+    assert "stage 2" in text and "decode" in text and "transformer" in text
     assert "target: 6-6-5 keeps" in text and "target: ours at 0-0-2" in text
 
 
@@ -150,3 +165,22 @@ def test_bad_bench_arguments_are_one_line_errors(capsys, args, message):
     )
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_stage_timer_splits_a_call_into_parts_and_transformer_time():
+    """The parts of one call add up to its time, in the order they ran; the transformer's seconds of each
+    stage are part of that stage and counted once per forward (hooks removed after the `with`)."""
+    pipe = build_pipeline(PyramidConfig())
+    with StageTimer(pipe) as timer:
+        started = time.perf_counter()
+        timer.start()
+        pipe("a", schedule="2-1-1", output_type="pt", callback=timer.callback)
+        parts = timer.stop()
+        elapsed = time.perf_counter() - started
+        hooks = len(pipe.transformer._forward_pre_hooks)
+    assert hooks == 1 and not pipe.transformer._forward_pre_hooks
+    assert list(parts) == ["text", "stage 2", "stage 1", "stage 0", "decode"]
+    assert 0 < sum(parts.values()) <= elapsed
+    assert list(timer.transformer) == ["stage 2", "stage 1", "stage 0"]
+    for part, seconds in timer.transformer.items():
+        assert 0 < seconds <= parts[part]

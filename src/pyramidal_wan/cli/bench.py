@@ -3,11 +3,12 @@
 All numbers come from one run on one device:
 
 - the median latency of one batch-1 transformer forward at every stage (`eval.latency`);
-- the wall-clock time of the whole pipeline call up to the latents (text encoding, noise, every sampler
-  step, stage jumps) for each schedule, its speed-up over the first schedule (the 0-0-N reference), and
-  the speed-up the transformer FLOPs predict (`eval.flops`, meta device): their ratio shows how much
-  time outside the transformer eats the savings. The VAE decode is the same for every schedule; it is
-  timed once and shown separately, with the speed-ups it would leave;
+- the wall-clock time of the whole pipeline call for each schedule, end to end and split into its parts
+  (`eval.timing`: text encoding, each stage's sampling, the VAE decode) next to the seconds inside the
+  transformer's forwards; the sampling time (the call up to the latents) and its speed-up over the first
+  schedule (the 0-0-N reference) against the speed-up the transformer FLOPs predict (`eval.flops`, meta
+  device): their ratio shows how much time outside the transformer eats the savings; and the end-to-end
+  speed-up, decode included;
 - our 0-0-N pipeline against diffusers' `WanPipeline` (two batch-1 calls per step) on the same
   components, steps and guidance. Ours batches cond and uncond into one call on accelerators only
   (`models.denoiser.batched_cfg_pays`): on one CPU core batching saves nothing (the same matrix products,
@@ -48,6 +49,7 @@ from pyramidal_wan.cli.options import finite_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import FEW_STEP_MAX_STEPS, default_cfg, plan_flops
 from pyramidal_wan.eval.latency import cast_like_from_pretrained, forward_latency_ms, synchronize
+from pyramidal_wan.eval.timing import DECODE, StageTimer, parts_table
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, batched_cfg_pays
 from pyramidal_wan.models.loading import quiet_loading
@@ -228,13 +230,16 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     )
     full = pipe.check_inputs(PROMPT, None, **size, schedule="-".join(["1"] * num_stages), sampler="multistep")
     text_len = pipe.default_max_sequence_length()
-    channels = pipe.transformer.config.in_channels
     ppf_config = pipe.ppf.pyramid_config if pipe.ppf is not None else None
     stages = stage_latencies(pipe, full, text_len, args.forward_repeats)
 
-    def ours(plan: SamplingPlan) -> Callable[[], object]:
+    def ours(plan: SamplingPlan, output_type: str = "latent", callback=None) -> Callable[[], object]:
         return lambda: pipe(
-            PROMPT, plan=plan, generator=torch.Generator().manual_seed(0), output_type="latent"
+            PROMPT,
+            plan=plan,
+            generator=torch.Generator().manual_seed(0),
+            output_type=output_type,
+            callback=callback,
         )
 
     wan = WanPipeline(
@@ -258,35 +263,40 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
             max_sequence_length=text_len,
         )
 
-    # Untimed warm-up of every code path and shape: CFG and no-CFG calls at every stage, and WanPipeline.
+    # Untimed warm-up of every code path and shape: CFG and no-CFG calls at every stage, the decode, and
+    # WanPipeline.
     ones = "-".join(["1"] * num_stages)
     warm_ups = [
         pipe.check_inputs(PROMPT, None, **size, schedule=ones, sampler=sampler, guidance_scale=scale)
         for sampler, scale in (("multistep", args.guidance_scale), ("fewstep", 1.0))
     ]
-    for warm_up in (*(ours(plan) for plan in warm_ups), theirs):
+    for warm_up in (*(ours(plan, "pt") for plan in warm_ups), theirs):
         warm_up()
-    calls = {row["schedule"]: ours(row["plan"]) for row in rows}
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(args.repeats):  # rounds, so that every schedule sees the same machine load
-        for name, call in calls.items():
-            seconds[name].append(time_seconds(call, device))
+    timed: dict[str, list[tuple[dict, float]]] = {row["schedule"]: [] for row in rows}
+    with StageTimer(pipe) as timer:
+        for _ in range(args.repeats):  # rounds, so that every schedule sees the same machine load
+            for row in rows:
+                call = ours(row["plan"], "pt", timer.callback)
+                synchronize(device)
+                timer.start()
+                call()
+                parts = timer.stop(device)
+                timed[row["schedule"]].append((parts, sum(timer.transformer.values())))
     # The 0-0-N pair alternates, and its ratio is the median of per-pair ratios: a shared machine's load
     # drifts, and each pair sees nearly the same load.
     ours_wan = ours(wan_plan)
     pairs = [(time_seconds(ours_wan, device), time_seconds(theirs, device)) for _ in range(args.wan_repeats)]
-
-    latents = torch.randn((1, channels, *full.geometry[0].latent), generator=torch.Generator().manual_seed(0))
-    latents = latents.to(device, pipe.vae.dtype)
-    decode_s = time_seconds(lambda: pipe.vae.decode(latents, return_dict=False), device)
 
     reference = None
     report_rows = []
     for row in rows:
         plan = row["plan"]
         flops = plan_flops(pipe.transformer.config, plan, text_len, ppf_config)
-        time_s = _median(seconds[row["schedule"]])
-        reference = reference or {"tflops": flops["total_tflops"], "seconds": time_s}
+        runs = sorted(timed[row["schedule"]], key=lambda run: sum(run[0].values()))
+        parts, transformer_s = runs[(len(runs) - 1) // 2]  # the run of the median end-to-end time
+        total_s = sum(parts.values())
+        time_s = total_s - parts[DECODE]
+        reference = reference or {"tflops": flops["total_tflops"], "seconds": time_s, "total": total_s}
         measured = reference["seconds"] / time_s
         predicted = reference["tflops"] / flops["total_tflops"]
         report_rows.append(
@@ -301,7 +311,10 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
                 "speedup": measured,
                 "predicted_speedup": predicted,
                 "efficiency": measured / predicted,
-                "speedup_with_decode": (reference["seconds"] + decode_s) / (time_s + decode_s),
+                "parts": parts,
+                "total_seconds": total_s,
+                "transformer_seconds": transformer_s,
+                "speedup_with_decode": reference["total"] / total_s,
             }
         )
     ours_s, theirs_s = _median([a for a, _ in pairs]), _median([b for _, b in pairs])
@@ -322,7 +335,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
         "repeats": args.repeats,
         "stages": stages,
         "schedules": report_rows,
-        "decode_seconds": decode_s,
+        "decode_seconds": _median([r["parts"][DECODE] for r in report_rows]),
         "wan_pipeline": {
             "schedule": wan_plan.schedule,
             "guidance_scale": wan_plan.guidance_scale,
@@ -400,6 +413,9 @@ def format_bench(report: dict) -> str:
         ]
         for r in report["schedules"]
     ]
+    parts_header, parts_rows = parts_table(
+        [{**r, "name": [r["schedule"]], "stage_seconds": r["parts"]} for r in report["schedules"]], digits=2
+    )
     wan = report["wan_pipeline"]
     lines = [
         header,
@@ -413,16 +429,20 @@ def format_bench(report: dict) -> str:
                 "CFG",
                 "forwards",
                 "TFLOPs",
-                "pipeline s",
+                "sampling s",
                 "speed-up",
                 "FLOPs-predicted",
                 "measured/predicted",
-                "incl. decode",
+                "end-to-end",
             ],
             schedule_rows,
         ),
-        f"pipeline s = the whole call up to the latents; the VAE decode ({report['decode_seconds']:.2f} s, "
-        "the same for every schedule) is only in the last column",
+        "sampling s = the call up to the latents (text and stages); end-to-end: the speed-up of the whole "
+        "call, decode included",
+        "",
+        _table(["schedule", *parts_header], parts_rows),
+        "seconds of each part of the call (stage 0 = full resolution; decode: the last update and the VAE); "
+        "transformer: inside its forwards, part of the stages' time",
         "",
         f"ours {wan['schedule']} (CFG {wan['guidance_scale']:g}, "
         f"{'cond+uncond in one batched call' if wan['cfg_batched'] else 'two batch-1 calls per step'}): "

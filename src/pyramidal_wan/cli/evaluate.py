@@ -174,6 +174,7 @@ class TimedGenerator:
         self.last = {
             "seconds": sum(parts.values()) / n,
             "stage_seconds": {part: seconds / n for part, seconds in parts.items()},
+            "transformer_seconds": sum(self.timer.transformer.values()) / n,
         }
         return (frames * 255).round().clip(0, 255).astype("uint8")
 
@@ -345,14 +346,19 @@ def vae_ceiling(vae_dir, prompts, seeds, out, batch_size, state) -> tuple[str, s
 
 
 def print_table(records, runs) -> None:
-    """One line per model x schedule of this evaluation: the report's main table, from the records."""
-    from pyramidal_wan.eval.report import main_table, toy_runs
+    """One line per model x schedule of this evaluation: the report's main table, then its seconds per
+    video by part (text, each stage, decode, total, inside transformer forwards), from the records."""
+    from pyramidal_wan.eval.report import latency_table, main_table, toy_runs
 
-    wanted = set(runs)
-    header, rows = main_table(toy_runs([r for r in records if (r.get("model"), r.get("schedule")) in wanted]))
-    widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
-    for line in (header, *rows):
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))))
+    summaries = toy_runs([r for r in records if (r.get("model"), r.get("schedule")) in set(runs)])
+    for header, rows in (main_table(summaries), latency_table(summaries)):
+        if not rows:
+            continue
+        widths = [max([len(h), *(len(row[i]) for row in rows)]) for i, h in enumerate(header)]
+        for line in (header, *rows):
+            cells = (c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+            print("  ".join(cells))
+        print()
 
 
 # ---------------------------------------------------------------------------------------------------------

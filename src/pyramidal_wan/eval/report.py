@@ -29,7 +29,7 @@ import numpy as np
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.figures import log_x_axis, save_figure
 from pyramidal_wan.eval.pyramid_view import VIEW_FIGURES, VIEW_FILE
-from pyramidal_wan.eval.timing import DECODE, TEXT
+from pyramidal_wan.eval.timing import order_parts, parts_table
 from pyramidal_wan.eval.toybench import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -98,7 +98,8 @@ def toy_runs(records: Sequence[dict]) -> list[dict]:
     Keys: model, schedule, model_path, n, tflops, semantic, quality, total, heldout_total, total_se and
     heldout_total_se (their bootstrap standard errors over prompts), dims (overall dimension scores),
     seconds (mean per video) and stage_seconds (mean per video of each part; parts missing from older
-    records are left out), devices and batch_sizes (sorted distinct values).
+    records are left out), transformer_seconds (mean per video inside transformer forwards; None in older
+    records), devices and batch_sizes (sorted distinct values).
     """
     runs = []
     toy = [r for r in records if r.get("suite", "toy") == "toy"]
@@ -130,26 +131,13 @@ def toy_runs(records: Sequence[dict]) -> list[dict]:
                 "frechet_distance": overall.get("frechet_distance"),
                 "seconds": _mean(r.get("seconds") for r in group),
                 # a part is averaged over the records that have it; all of a run's records have the same parts
-                "stage_seconds": {p: float(np.mean(v)) for p, v in _ordered_parts(parts).items()},
+                "stage_seconds": {p: float(np.mean(v)) for p, v in order_parts(parts).items()},
+                "transformer_seconds": _mean(r.get("transformer_seconds") for r in group),
                 "devices": sorted({r["device"] for r in group if r.get("device")}),
                 "batch_sizes": sorted({r["batch_size"] for r in group if r.get("batch_size")}),
             }
         )
     return runs
-
-
-def _ordered_parts(parts: dict) -> dict:
-    """Text, then stages from the lowest resolution (highest index) to full, then decode, then others."""
-
-    def rank(part: str):
-        if part == TEXT:
-            return (0, 0)
-        match = re.fullmatch(r"stage (\d+)", part)
-        if match:
-            return (1, -int(match.group(1)))
-        return (2, 0) if part == DECODE else (3, part)
-
-    return {p: parts[p] for p in sorted(parts, key=rank)}
 
 
 def vbench_runs(records: Sequence[dict]) -> list[dict]:
@@ -229,20 +217,11 @@ def _timed(runs: Sequence[dict]) -> list[dict]:
 
 
 def latency_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
-    """(header, rows): seconds per video of each part of the pipeline call, per run that recorded them."""
-    timed = _timed(runs)
-    parts = list(_ordered_parts({p: None for r in timed for p in r["stage_seconds"]}))
-    header = ["model", "schedule", *parts, "total"]
-    rows = [
-        [
-            display_name(r["model"]),
-            r["schedule"],
-            *(_fmt(r["stage_seconds"].get(p), 3) for p in parts),
-            _fmt(sum(r["stage_seconds"].values()), 3),
-        ]
-        for r in timed
-    ]
-    return header, rows
+    """(header, rows): seconds per video of each part of the pipeline call, their total and the seconds
+    inside transformer forwards (`eval.timing.parts_table`), per run that recorded them."""
+    timed = [{**r, "name": [display_name(r["model"]), r["schedule"]]} for r in _timed(runs)]
+    header, rows = parts_table(timed)
+    return ["model", "schedule", *header], rows
 
 
 def vbench_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
@@ -323,7 +302,8 @@ def markdown_report(runs: Sequence[dict], vbench: Sequence[dict] = ()) -> str:
             sections += [
                 "## Seconds per video by part",
                 markdown_table(header, rows),
-                "Stage 0 is full resolution; text is prompt encoding, decode the last update and the VAE.",
+                "Stage 0 is full resolution; text is prompt encoding, decode the last update and the VAE; "
+                "transformer: the seconds inside transformer forwards, part of the stages' time.",
             ]
     if vbench:
         sections += [
@@ -376,7 +356,7 @@ def plot_stage_latency(runs: Sequence[dict], out_dir: Path) -> list[Path]:
     from matplotlib.figure import Figure
 
     timed = _timed(runs)
-    parts = list(_ordered_parts({p: None for r in timed for p in r["stage_seconds"]}))
+    parts = list(order_parts({p: None for r in timed for p in r["stage_seconds"]}))
     fig = Figure(figsize=(9, 1.2 + 0.45 * max(len(timed), 1)))
     ax = fig.subplots()
     labels = [f"{display_name(r['model'])}  {r['schedule']}" for r in timed]
