@@ -4,7 +4,8 @@ Runs `pyramidal-wan evaluate` (resumable JSON-lines records) for every configura
 family (base, pyramidal, few-step), then prints one row per run: ToyBench total ± se, its difference to
 base 0-0-50, TFLOPs and FLOPs speed-up, CPU seconds per video end to end (text, stages, decode) and that
 speed-up, then the issue's targets: the cheapest multi-step configuration within 2 points of base 0-0-50,
-and the best few-step end-to-end speed-up over it.
+and the best few-step end-to-end speed-up over it. A MagCache row first calibrates the model's ratios
+(`pyramidal-wan calibrate-magcache`, written to the model folder's magcache.json) unless they are there.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/speedup_pareto.py --prompts 4
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from pyramidal_wan.cli import main
 from pyramidal_wan.eval.report import toy_runs
 from pyramidal_wan.eval.toybench import read_records
+from pyramidal_wan.models.caching import MAG_RATIOS_FILE
 
 # (model folder name, solver, cache, schedules); the first run is the reference: base 0-0-50.
 CONFIGS = (
@@ -28,12 +30,20 @@ CONFIGS = (
     ("pyramidal", "dpm2m", None, ("10-10-5", "6-6-4", "4-4-3")),
     ("pyramidal", "dpm2m", "taylorseer", ("10-10-5",)),
     ("pyramidal", None, "first-block", ("20-20-10",)),
+    ("pyramidal", None, "magcache", ("20-20-10",)),
+    ("pyramidal", "dpm2m", "magcache", ("10-10-5",)),
+    ("pyramidal", None, "fastercache", ("20-20-10",)),
     ("few-step", None, None, ("2-2-1", "1-1-1")),
 )
 QUALITY_TOLERANCE = 2.0  # ToyBench points below base 0-0-50 that still count as "as good"
 
 
 def run_config(models: Path, model, solver, cache, schedules, args) -> None:
+    if cache == "magcache" and not (models / model / MAG_RATIOS_FILE).is_file():
+        # MagCache needs the model's magnitude ratios: calibrated once, at the model's default schedule.
+        with contextlib.redirect_stdout(io.StringIO()):
+            if main(["calibrate-magcache", "--model", str(models / model), "--threads", str(args.threads)]):
+                raise SystemExit(f"calibrate-magcache failed for {models / model}")
     command = ["evaluate", "--model", str(models / model), "--out", args.out, "--samples", "0"]
     command += [
         "--prompts",

@@ -78,6 +78,8 @@ def test_evaluate_names_runs_by_solver_and_cache(tmp_path, capsys):
     common = ["evaluate", "--model", str(model), "--out", str(out), "--threads", "1", "--samples", "0"]
     assert main([*common, "--schedule", "2-2-1", "--cache", "teacache"]) == 2
     assert "unknown cache 'teacache'" in capsys.readouterr().err and not out.exists()
+    assert main([*common, "--schedule", "4-4-4", "--cache", "magcache"]) == 2  # no calibrated ratios
+    assert "calibrate-magcache" in capsys.readouterr().err and not out.exists()
     run = [
         "--schedule",
         "4-4-4",

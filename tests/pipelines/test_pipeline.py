@@ -117,7 +117,7 @@ def test_step_cache_resets_at_every_stage_change(pipe, monkeypatch):
     """With a first-block cache that always reuses, the tail blocks run exactly once per stage and CFG branch
     (cond, uncond: one cache state each): at the first step of each stage, where the token grid changed and
     the cache was reset (else: a shape error)."""
-    monkeypatch.setitem(CACHES, "first-block", lambda: FirstBlockCacheConfig(threshold=1e9))
+    monkeypatch.setitem(CACHES, "first-block", lambda run: FirstBlockCacheConfig(threshold=1e9))
     tail_runs = []
     handle = pipe.transformer.blocks[-1].ffn.register_forward_pre_hook(
         lambda module, args: tail_runs.append(args[0].shape)

@@ -13,6 +13,7 @@ from pyramidal_wan.errors import PyramidalWanError
 COMMAND_MODULES: list[str] = [
     "demo",
     "generate",
+    "calibrate",
     "evaluate",
     "report",
     "flops",

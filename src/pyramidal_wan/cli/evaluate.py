@@ -51,7 +51,9 @@ def register(subparsers) -> None:
         "--solver", help="within-stage solver of multistep runs: euler or dpm2m (default: the model's)"
     )
     parser.add_argument(
-        "--cache", help="a diffusers step cache of multistep runs: first-block or taylorseer (default: none)"
+        "--cache",
+        help="a diffusers step cache of multistep runs: first-block, taylorseer, magcache (calibrated "
+        "ratios in the model folder) or fastercache (default: none)",
     )
     parser.add_argument(
         "--prompts", type=non_negative_int, default=36, help="toy: train-split prompts (default 36)"
@@ -108,15 +110,17 @@ def _setup(args, models, schedules):
     from accelerate import PartialState
 
     from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
-    from pyramidal_wan.models.caching import check_cache
+    from pyramidal_wan.models.caching import check_cache, check_folder_mag_ratios
     from pyramidal_wan.models.loading import quiet_loading
     from pyramidal_wan.pipelines import plan_from_folder
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     # Validate every model x schedule before generating anything.
     plans = {(m, s): plan_from_folder(m, schedule=s, solver=args.solver) for m in models for s in schedules}
-    for plan in plans.values():
-        check_cache(args.cache, plan.sampler, plan.kind)
+    for (model, _), plan in plans.items():
+        check_cache(args.cache, plan.sampler, plan.kind, plan.guidance_scale)
+        if args.cache == "magcache":
+            check_folder_mag_ratios(model, plan.steps)
     state = PartialState(cpu=device.type == "cpu")
     if device.type == "cuda":
         device = state.device  # each process its own GPU

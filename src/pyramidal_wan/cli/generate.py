@@ -18,7 +18,7 @@ from pyramidal_wan.cli.options import output_path, positive_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import plan_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
-from pyramidal_wan.models.caching import CACHES, check_cache
+from pyramidal_wan.models.caching import CACHES, check_cache, check_folder_mag_ratios
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.lora import load_loras, parse_lora_spec
 from pyramidal_wan.models.presets import get_transformer_config
@@ -70,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cache",
-        help=f"a diffusers step cache for multistep sampling, reset at every stage change: "
-        f"{' or '.join(CACHES)} (default: none)",
+        help=f"a diffusers step cache for multistep sampling, fresh at every stage change: "
+        f"{' or '.join(CACHES)} (magcache: ratios from `calibrate-magcache` in the model folder; "
+        "default: none)",
     )
     parser.add_argument(
         "--guidance-scale",
@@ -191,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
         guidance_scale,
         solver=args.solver,
     )
-    check_cache(args.cache, plan.sampler, plan.kind)
+    check_cache(args.cache, plan.sampler, plan.kind, plan.guidance_scale)
+    if args.cache == "magcache":
+        check_folder_mag_ratios(folder, plan.steps)
     num_frames, height, width = plan.geometry[0].pixel
     check_fits_in_memory(plan, get_transformer_config(str(folder))["in_channels"], device)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))

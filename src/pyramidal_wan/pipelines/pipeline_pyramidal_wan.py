@@ -33,7 +33,17 @@ from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
 
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.models.caching import CACHES, StageCachedVelocity, check_cache
+from pyramidal_wan.models.caching import (
+    BATCHED_CFG_CACHES,
+    CACHES,
+    MAG_RATIOS_FILE,
+    MagRatioRecorder,
+    StageCachedVelocity,
+    check_cache,
+    check_mag_ratios,
+    load_mag_ratios,
+    sampled_stages,
+)
 from pyramidal_wan.models.checkpoint import (
     PLAIN_MODEL_CONFIG,
     PYRAMID_CONFIG_NAME,
@@ -165,6 +175,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self._check_ppf()
         self._check_experts()
         onednn_conv3d(vae)  # the same decode within float32 rounding, several times faster on a CPU
+        # MagCache magnitude ratios per stage index (`models.caching`), read from a folder's magcache.json.
+        self.mag_ratios: dict[int, list[float]] | None = None
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -243,7 +255,10 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             components["transformer"] = ppf
         settings = {k: index[k] for k in PIPELINE_SETTINGS if k in index}
         settings["expand_timesteps"] = bool(index.get("expand_timesteps", False))
-        return cls(**components, pyramid_config=config, boundary_ratio=boundary_ratio, **settings)
+        pipe = cls(**components, pyramid_config=config, boundary_ratio=boundary_ratio, **settings)
+        if (folder / MAG_RATIOS_FILE).is_file():
+            pipe.mag_ratios = load_mag_ratios(folder / MAG_RATIOS_FILE)
+        return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, safe_serialization: bool = True, **kwargs):
         r"""
@@ -343,7 +358,9 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 f"latents of shape {tuple(latents.shape)} do not fit; schedule {plan.schedule} "
                 f"starts from noise of shape {expected}"
             )
-        check_cache(cache, plan.sampler, plan.kind)
+        check_cache(cache, plan.sampler, plan.kind, plan.guidance_scale)
+        if cache == "magcache":
+            check_mag_ratios(self.mag_ratios, sampled_stages(plan.steps))
         if cache is not None and self.transformer_2 is not None:
             raise InputError(f"cache {cache!r} is not supported on a two-expert (Wan2.2 A14B) model; drop it")
         return plan
@@ -494,11 +511,18 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             if self.transformer_2 is not None:  # Wan2.2 A14B: the expert follows each evaluation's sigma
                 low_noise = WanVelocity(self.transformer_2)
                 velocity = ExpertVelocity(velocity, low_noise, self.config.boundary_ratio)
-            batched = batched_cfg_pays(self._execution_device)
+            batched = batched_cfg_pays(self._execution_device) or cache in BATCHED_CFG_CACHES
             context = self.transformer.cache_context if cache is not None else None
             model = CFGVelocity(velocity, plan.guidance_scale, batched, context)
             if cache is not None:  # resolution pyramids with one expert only (`check_inputs`)
-                model = StageCachedVelocity(model, self.transformer)
+                num_stages = len(plan.steps)
+                stages = {
+                    tuple(g.latent): (i, plan.steps[num_stages - 1 - i]) for i, g in enumerate(plan.geometry)
+                }
+                guidance = model.uses_guidance
+                model = StageCachedVelocity(
+                    model, self.transformer, CACHES[cache], stages, guidance, self.mag_ratios
+                )
             if plan.sampler == "fewstep":
                 return model, functools.partial(sample_pyramid_few_step, pyramid=pyramid)
             return model, functools.partial(sample_pyramid_euler, pyramid=pyramid, solver=plan.solver)
@@ -509,6 +533,21 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if plan.sampler == "fewstep":
             return model, sample_ppf_few_step
         return model, functools.partial(sample_ppf_euler, solver=plan.solver)
+
+    def calibrate_mag_ratios(self, prompt: str | list[str], **kwargs) -> dict[int, list[float]]:
+        """MagCache magnitude ratios of this model per stage index, measured over one multi-step run.
+
+        Samples `prompt` without a cache (`kwargs` as `__call__`: a multi-step `schedule` or `plan`,
+        `generator`, ...) and returns, for every stage, the ratio of each step's residual magnitude to the
+        previous step's on the conditional branch (`models.caching.MagRatioRecorder`, diffusers'
+        calibration formula). Assign the result to `mag_ratios` (or save it with
+        `models.caching.save_mag_ratios` as a folder's magcache.json) to sample with `cache="magcache"`.
+        """
+        if kwargs.get("plan") is None:
+            kwargs.setdefault("sampler", "multistep")
+        with MagRatioRecorder(self.transformer) as recorder:
+            self(prompt, output_type="latent", callback=recorder.callback, **kwargs)
+        return recorder.ratios
 
     def prepare_latents(
         self,
@@ -624,8 +663,10 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 Within-stage solver of multi-step sampling: "euler" (the paper's) or "dpm2m"
                 (DPM-Solver++(2M), history reset at every stage jump). Defaults to the checkpoint's.
             cache (`str`, *optional*):
-                A diffusers step cache for multi-step sampling, "first-block" or "taylorseer", reset at every
-                stage change; none by default.
+                A diffusers step cache for multi-step sampling, "first-block", "taylorseer", "magcache" (needs
+                `mag_ratios`: a folder's magcache.json, from `pyramidal-wan calibrate-magcache`) or
+                "fastercache" (runs CFG as one batched call on every device), fresh at every stage change;
+                none by default.
 
         Returns:
             [`WanPipelineOutput`] or `tuple`: the videos in `.frames` (or the first element of the tuple).
@@ -694,8 +735,6 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         # 6. Denoising loop: one call to the pyramid sampler
         model, sample = self.get_sampler(plan, pyramid, cache)
-        if cache is not None:
-            self.transformer.enable_cache(CACHES[cache]())
         extra_args = {
             "encoder_hidden_states": prompt_embeds,
             "negative_encoder_hidden_states": negative_prompt_embeds,
@@ -712,8 +751,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 generator=generator,
             )
         finally:
-            if cache is not None:
-                self.transformer.disable_cache()
+            if isinstance(model, StageCachedVelocity):  # it enabled each stage's cache; remove the last
+                model.disable()
 
         # 7. Decode
         if output_type == "latent":
