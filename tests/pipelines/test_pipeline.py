@@ -68,6 +68,26 @@ def test_cfg_is_sequential_on_a_cpu_and_batched_on_accelerators(pipe, monkeypatc
     torch.testing.assert_close(batched, sequential, rtol=0, atol=1e-5)
 
 
+def test_per_call_lookups_do_not_grow_with_the_steps(pipe, monkeypatch):
+    """The transformer's dtype (diffusers walks the parameters) and the execution device (it walks the
+    components) are looked up a fixed number of times per call, as WanPipeline does, not per evaluation."""
+    lookups = []
+    model_class, pipe_class = type(pipe.transformer), type(pipe)
+    dtype, device = model_class.dtype, pipe_class._execution_device
+    monkeypatch.setattr(
+        model_class, "dtype", property(lambda self: lookups.append("dtype") or dtype.fget(self))
+    )
+    monkeypatch.setattr(
+        pipe_class, "_execution_device", property(lambda self: lookups.append("device") or device.fget(self))
+    )
+    counts = []
+    for steps in (2, 6):
+        lookups.clear()
+        pipe(PROMPT, schedule=f"0-0-{steps}", guidance_scale=5.0, generator=generator(), output_type="latent")
+        counts.append((lookups.count("dtype"), lookups.count("device")))
+    assert counts[0] == counts[1] and counts[0][1] == 1
+
+
 @pytest.mark.parametrize(
     ("config", "schedule", "sampler"),
     [

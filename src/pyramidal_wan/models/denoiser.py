@@ -35,12 +35,15 @@ class WanVelocity(nn.Module):
 
     Wan2.1 predicts the flow-matching velocity eps - x0, which is dx/dsigma for x = (1 - sigma) x0 +
     sigma eps. The input is cast to the transformer's dtype and the output back to `x`'s, so samplers can
-    keep their state in float32 while the transformer runs in bfloat16.
+    keep their state in float32 while the transformer runs in bfloat16. `dtype` fixes that dtype for a
+    wrapper whose transformer is not cast while it lives (a pipeline call's): diffusers' `dtype` property
+    walks the parameters, a cost per model evaluation that WanPipeline pays once per call.
     """
 
-    def __init__(self, transformer: nn.Module):
+    def __init__(self, transformer: nn.Module, dtype: torch.dtype | None = None):
         super().__init__()
         self.transformer = transformer
+        self.dtype = dtype
 
     def forward(
         self,
@@ -62,7 +65,7 @@ class WanVelocity(nn.Module):
         """
         # Float32 timesteps, as WanPipeline passes them: Wan keeps its time embedder in float32.
         timestep = TIMESTEP_SCALE * per_sample(sigma, x.shape[0], x)  # (B,)
-        dtype = self.transformer.dtype
+        dtype = self.transformer.dtype if self.dtype is None else self.dtype
         velocity = self.transformer(
             hidden_states=x.to(dtype),
             timestep=timestep,

@@ -497,7 +497,13 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return get_fewstep_grid(pyramid, plan.steps)
         return get_multistep_grid(pyramid, plan.steps, shift=self.pyramid_config.shift)
 
-    def get_sampler(self, plan: SamplingPlan, pyramid: Pyramid, cache: str | None = None):
+    def get_sampler(
+        self,
+        plan: SamplingPlan,
+        pyramid: Pyramid,
+        cache: str | None = None,
+        device: torch.device | None = None,
+    ):
         """(velocity model, sampler taking `(model, x, grid, ...)`) of a plan.
 
         CFG runs cond and uncond as one batched call on accelerators and as two calls on a CPU, where
@@ -507,11 +513,13 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         only), each CFG branch runs in its own cache context and the cache resets at every stage change.
         """
         if self.ppf is None or is_baseline_schedule(plan.steps):
-            velocity = WanVelocity(self.transformer)
+            # The transformers' dtypes and the device are looked up once per call, as WanPipeline does.
+            velocity = WanVelocity(self.transformer, self.transformer.dtype)
             if self.transformer_2 is not None:  # Wan2.2 A14B: the expert follows each evaluation's sigma
-                low_noise = WanVelocity(self.transformer_2)
+                low_noise = WanVelocity(self.transformer_2, self.transformer_2.dtype)
                 velocity = ExpertVelocity(velocity, low_noise, self.config.boundary_ratio)
-            batched = batched_cfg_pays(self._execution_device) or cache in BATCHED_CFG_CACHES
+            device = self._execution_device if device is None else device
+            batched = batched_cfg_pays(device) or cache in BATCHED_CFG_CACHES
             context = self.transformer.cache_context if cache is not None else None
             model = CFGVelocity(velocity, plan.guidance_scale, batched, context)
             if cache is not None:  # resolution pyramids with one expert only (`check_inputs`)
@@ -528,7 +536,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return model, functools.partial(sample_pyramid_euler, pyramid=pyramid, solver=plan.solver)
         scales = plan.stage_guidance or (plan.guidance_scale,) * self.pyramid_config.num_stages
         # match_base: the PPF layers follow the base transformer through `pipe.to(...)`.
-        velocity = WanVelocity(self.ppf.match_base())
+        ppf = self.ppf.match_base()
+        velocity = WanVelocity(ppf, ppf.dtype)
         model = StageGuidance(velocity, scales[::-1], self.pyramid_config.clean_ends)  # by stage index
         if plan.sampler == "fewstep":
             return model, sample_ppf_few_step
@@ -734,7 +743,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         )
 
         # 6. Denoising loop: one call to the pyramid sampler
-        model, sample = self.get_sampler(plan, pyramid, cache)
+        model, sample = self.get_sampler(plan, pyramid, cache, device)
         extra_args = {
             "encoder_hidden_states": prompt_embeds,
             "negative_encoder_hidden_states": negative_prompt_embeds,
