@@ -17,13 +17,10 @@ import statistics
 import time
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
+from pyramidal_wan.cli.bench import PROMPT, wan_pipeline_call
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.pipelines import PyramidalWanPipeline
-from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
-
-PROMPT = "a red circle moving left on a dark blue background"
 
 
 class TransformerClock:
@@ -52,14 +49,6 @@ def main() -> None:
     config = pipe.config
     size = {"num_frames": config.default_num_frames, "height": config.default_height}
     size["width"] = config.default_width
-    wan = WanPipeline(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        vae=pipe.vae,
-        transformer=pipe.transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=BASELINE_SHIFT),
-    )
-    wan.set_progress_bar_config(disable=True)
     clock = TransformerClock(pipe.transformer)
     schedule = "-".join(["0"] * (pipe.pyramid_config.num_stages - 1) + [str(args.steps)])
     calls = {
@@ -71,16 +60,7 @@ def main() -> None:
             generator=torch.Generator().manual_seed(0),
             output_type="latent",
         ),
-        "WanPipeline": lambda: wan(
-            PROMPT,
-            negative_prompt=config.default_negative_prompt,
-            **size,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-            max_sequence_length=pipe.default_max_sequence_length(),
-        ),
+        "WanPipeline": wan_pipeline_call(pipe, size, args.steps, args.guidance_scale),
     }
     for call in calls.values():
         call()  # warm-up

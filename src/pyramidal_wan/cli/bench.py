@@ -193,6 +193,31 @@ def sampling_for(steps: tuple[int, ...], guidance_scale: float) -> dict[str, Any
     return {"sampler": "fewstep", "guidance_scale": 1.0}
 
 
+def wan_pipeline_call(
+    pipe: PyramidalWanPipeline, size: dict[str, int], steps: int, guidance_scale: float
+) -> Callable[[], object]:
+    """One call of diffusers' `WanPipeline` on `pipe`'s components (plain Wan sampling, `steps` steps, CFG
+    with the model's negative prompt, seed 0, latents out): the anchor our 0-0-N is timed against."""
+    wan = WanPipeline(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        vae=pipe.vae,
+        transformer=pipe.transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=BASELINE_SHIFT),
+    )
+    wan.set_progress_bar_config(disable=True)
+    return lambda: wan(
+        PROMPT,
+        negative_prompt=pipe.config.default_negative_prompt,
+        **size,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        max_sequence_length=pipe.default_max_sequence_length(),
+    )
+
+
 def time_seconds(fn: Callable[[], object], device: torch.device) -> float:
     """Wall-clock seconds of one call of `fn`, with the device queue drained before and after."""
     synchronize(device)
@@ -242,26 +267,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
             callback=callback,
         )
 
-    wan = WanPipeline(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        vae=pipe.vae,
-        transformer=pipe.transformer,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=BASELINE_SHIFT),
-    )
-    wan.set_progress_bar_config(disable=True)
-
-    def theirs() -> object:
-        return wan(
-            PROMPT,
-            negative_prompt=config.default_negative_prompt,
-            **size,
-            num_inference_steps=args.wan_steps,
-            guidance_scale=args.guidance_scale,
-            generator=torch.Generator().manual_seed(0),
-            output_type="latent",
-            max_sequence_length=text_len,
-        )
+    theirs = wan_pipeline_call(pipe, size, args.wan_steps, args.guidance_scale)
 
     # Untimed warm-up of every code path and shape: CFG and no-CFG calls at every stage, the decode, and
     # WanPipeline.
