@@ -1,9 +1,9 @@
 """What the VAE decode costs on a CPU, and what makes it cheaper without changing the video.
 
 Decodes the latents of one few-step video (the bundled toy few-step model, 2-2-1, at each size given) with
-the pipeline's `decode_latents` under each variant below, in interleaved rounds (median seconds), and
-prints the seconds, the speed-up over PyTorch's default and the PSNR / largest difference of the video
-against the float32 default decode:
+the pipeline's `decode_latents` under each variant below, in interleaved rounds, and prints the median CPU
+seconds (process time: steadier than wall time on a shared machine), the speed-up over PyTorch's default
+and the PSNR / largest difference of the video against the float32 default decode:
 
 - fp32 default: PyTorch's own convolution choice (`slow_conv3d` for the toy VAE's small 3D convolutions);
 - fp32 oneDNN: the pipeline's decode (`models.vae_speed.onednn_conv3d`);
@@ -96,9 +96,9 @@ def main() -> None:
             for name, vae, context in rows:
                 pipe.vae = vae
                 with context():
-                    start = time.perf_counter()
+                    start = time.process_time()
                     videos[name] = pipe.decode_latents(latents)
-                    seconds[name].append(time.perf_counter() - start)
+                    seconds[name].append(time.process_time() - start)
         pipe.vae = fast_vae
         reference_name = rows[0][0]
         reference_s = statistics.median(seconds[reference_name][1:])

@@ -1,6 +1,7 @@
 """oneDNN 3D convolutions of a Wan VAE in CPU inference: the same decode, through the oneDNN kernel."""
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -33,6 +34,14 @@ def test_routed_decode_matches_the_default_and_runs_onednn():
     assert "aten::slow_conv3d_forward" in default_kernels
     assert "aten::slow_conv3d_forward" not in routed_kernels and "aten::mkldnn_convolution" in routed_kernels
     torch.testing.assert_close(video, reference, atol=1e-5, rtol=0)
+    # A routed VAE pickles and copies with its routing (the copy's convolutions run on the copy's weights).
+    restored = pickle.loads(pickle.dumps(routed))
+    copied = copy.deepcopy(routed)
+    with torch.no_grad():
+        copied.decoder.conv_in.weight.mul_(2)
+        for vae, same in ((restored, True), (copied, False)):
+            kernels, decoded = conv_kernels(vae, latents)
+            assert "aten::mkldnn_convolution" in kernels and torch.equal(decoded, video) == same
 
 
 def test_training_keeps_pytorchs_convolution():

@@ -16,7 +16,7 @@ memory, not time). Wan's decoder is already chunked: one latent frame at a time 
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 from torch import nn
@@ -50,7 +50,8 @@ def onednn_conv3d(module: nn.Module) -> int:
     routed = 0
     for conv in module.modules():
         if isinstance(conv, nn.Conv3d) and not getattr(conv, _ROUTED, False):
-            conv._conv_forward = types.MethodType(_onednn_conv_forward, conv)
+            # A partial, not a bound method: it survives pickling and deep copies (bound to the copy).
+            conv._conv_forward = functools.partial(_onednn_conv_forward, conv)
             setattr(conv, _ROUTED, True)
             routed += 1
     return routed
