@@ -26,8 +26,7 @@ def test_every_output_option_is_checked_at_parse_time():
         for words, parser in _commands(build_parser())
         for action in parser._actions
         for option in action.option_strings
-        if option in ("--out", "--markdown")
-        and action.type is not output_path
+        if option in ("--out", "--markdown") and action.type is not output_path
     }
     assert outputs == set()  # each one takes type=output_path
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyramidal_wan.cli.options import positive_int
+from pyramidal_wan.cli.options import output_path, positive_int
 
 DEFAULT_PROMPT = "a red circle moving left on a dark blue background"
 
@@ -32,7 +32,7 @@ def register(subparsers) -> None:
         "--prompt", action="append", help=f"a calibration prompt, repeatable (default: {DEFAULT_PROMPT!r})"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration run (default 0)")
-    parser.add_argument("--out", help="the ratios file (default: MODEL/magcache.json)")
+    parser.add_argument("--out", type=output_path, help="the ratios file (default: MODEL/magcache.json)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default float32)")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
