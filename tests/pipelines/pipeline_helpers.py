@@ -4,8 +4,11 @@ Everything is built in code under fixed seeds (nothing is downloaded). 17x64x64 
 latents (toy VAE: 4x time, 4x space), and three (2, 2, 2) stages to 320 / 48 / 8 transformer tokens.
 """
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import get_transformer_config
@@ -37,6 +40,47 @@ def build_components(seed: int = 0) -> dict:
         "vae": vae,
         "transformer": transformer,
     }
+
+
+# Wan2.1-I2V's shape at toy size: 16 latent + 4 mask + 16 image-latent input channels, a CLIP image branch
+# (a 2-layer CLIP ViT of width 32 at 32 px, patch 8: 17 tokens) whose K/V projections have the model's width.
+I2V_IN_CHANNELS = 36
+CLIP_WIDTH = 32
+TINY_I2V_TRANSFORMER = {
+    **TINY_TRANSFORMER,
+    "in_channels": I2V_IN_CHANNELS,
+    "image_dim": CLIP_WIDTH,
+    "added_kv_proj_dim": TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"],
+}
+
+
+def build_i2v_components(seed: int = 0) -> dict:
+    """`build_components` for a Wan2.1-I2V-shaped model: the I2V transformer, a tiny CLIP vision encoder and
+    its image processor, all random from `seed` (the VAE and text stack as in `build_components`)."""
+    components = build_components(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        components["transformer"] = WanTransformer3DModel.from_config(TINY_I2V_TRANSFORMER).eval()
+        clip = CLIPVisionConfig(
+            hidden_size=CLIP_WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+        components["image_encoder"] = CLIPVisionModel(clip).eval()
+    components["image_processor"] = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return components
+
+
+def test_image(height: int = 80, width: int = 96, seed: int = 0) -> Image.Image:
+    """A smooth random RGB image (not the video size, so resizing is exercised)."""
+    generator = np.random.default_rng(seed)
+    coarse = generator.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
 
 
 def build_ppf_pipeline(seed: int = 0, **sampling) -> PyramidalWanPipeline:

@@ -228,7 +228,7 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
     )
     full = pipe.check_inputs(PROMPT, None, **size, schedule="-".join(["1"] * num_stages), sampler="multistep")
     text_len = pipe.default_max_sequence_length()
-    channels = pipe.transformer.config.in_channels
+    channels = pipe.transformer.config.out_channels
     ppf_config = pipe.ppf.pyramid_config if pipe.ppf is not None else None
     stages = stage_latencies(pipe, full, text_len, args.forward_repeats)
 
@@ -341,7 +341,7 @@ def stage_latencies(pipe: PyramidalWanPipeline, plan, text_len: int, repeats: in
     A resolution pyramid forwards the stage's latent; a PPF model forwards the full-resolution latent with
     the stage's kernel, picked by a timestep in the middle of the stage's interval (METHOD.md 9).
     """
-    channels = pipe.transformer.config.in_channels
+    channels = pipe.transformer.config.out_channels
     segments = get_ppf_segments(pipe.pyramid_config.clean_ends)
     rows = []
     for index, geometry in enumerate(plan.geometry):

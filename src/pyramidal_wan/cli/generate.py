@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     )
     check_cache(args.cache, plan.sampler, plan.kind)
     num_frames, height, width = plan.geometry[0].pixel
-    check_fits_in_memory(plan, get_transformer_config(str(folder))["in_channels"], device)
+    check_fits_in_memory(plan, get_transformer_config(str(folder))["out_channels"], device)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.context_parallel is not None:
         heads = get_transformer_config(str(folder))["num_attention_heads"]

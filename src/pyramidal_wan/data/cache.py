@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pyramidal_wan.data.dataset import read_records
 from pyramidal_wan.data.stages import TEMPORAL_FILTERS, stage_videos
 from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.conditioning import LatentEncoder
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.pyramid import Pyramid, stage_geometry
 from pyramidal_wan.utils.io import atomic_path, write_json
@@ -76,22 +77,6 @@ def fit_video(frames, num_frames: int, height: int, width: int) -> torch.Tensor:
         top, left = (size[0] - height) // 2, (size[1] - width) // 2
         video = video[:, :, top : top + height, left : left + width]
     return video.clamp(-1, 1)
-
-
-class LatentEncoder:
-    """Pixel videos -> Wan's normalised latents: (posterior mean - latents_mean) / latents_std."""
-
-    def __init__(self, vae):
-        self.vae = vae.eval()
-        cfg = vae.config
-        self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
-
-    @torch.no_grad()
-    def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        param = next(self.vae.parameters())
-        latent = self.vae.encode(video.to(param.device, param.dtype)).latent_dist.mean.float()
-        return (latent - self.mean.to(latent.device)) * self.inv_std.to(latent.device)
 
 
 def _read_manifest(out: Path) -> dict | None:

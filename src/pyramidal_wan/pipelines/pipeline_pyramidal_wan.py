@@ -31,6 +31,8 @@ from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
+from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionModel
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.caching import CACHES, StageCachedVelocity, check_cache
@@ -40,12 +42,19 @@ from pyramidal_wan.models.checkpoint import (
     pyramid_config_or_plain,
     save_pyramid_config,
 )
+from pyramidal_wan.models.conditioning import ImageCondition, LatentEncoder, first_frame_mask, stage_image
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity, batched_cfg_pays
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
-from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity, check_text_to_video
+from pyramidal_wan.models.wan_family import (
+    EXPERT_COMPONENT,
+    IMAGE_ENCODER_COMPONENTS,
+    ExpertVelocity,
+    check_image_given,
+    check_image_model,
+)
 from pyramidal_wan.pipelines.planning import (
     WAN21_SIZE,
     SamplingPlan,
@@ -119,8 +128,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     LoRAs load as on diffusers' `WanPipeline` (`load_lora_weights`, `set_adapters`, `fuse_lora`).
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
-    _optional_components = ["scheduler", "transformer_2"]
+    model_cpu_offload_seq = "text_encoder->image_encoder->transformer->transformer_2->vae"
+    _optional_components = ["scheduler", "transformer_2", "image_encoder", "image_processor"]
 
     def __init__(
         self,
@@ -137,6 +146,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         transformer_2: WanTransformer3DModel | None = None,
         boundary_ratio: float | None = None,
         expand_timesteps: bool = False,
+        image_encoder: CLIPVisionModel | None = None,
+        image_processor: CLIPImageProcessor | None = None,
     ):
         super().__init__()
         if scheduler is None:
@@ -151,6 +162,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             transformer=transformer,
             scheduler=scheduler,
             transformer_2=transformer_2,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
         )
         self.register_to_config(
             default_num_frames=default_num_frames,
@@ -161,11 +174,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             expand_timesteps=expand_timesteps,
         )
         self.pyramid_config = PLAIN_MODEL_CONFIG if pyramid_config is None else pyramid_config
-        self._check_ppf()
-        self._check_experts()
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+        self._check_ppf()
+        self.image_mode = self._check_experts()
 
     def _check_ppf(self) -> None:
         """A patch-pyramid config needs a PPFTransformer with the same stages, and vice versa."""
@@ -181,18 +194,39 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 "same layout (stages, factors, clean_ends, ...): pass its pyramid_config or .with_sampling()"
             )
 
-    def _check_experts(self) -> None:
-        """Every transformer is text-to-video; a second expert comes with its boundary and vice versa."""
-        for name in ("transformer", EXPERT_COMPONENT):
-            module = getattr(self, name)
-            if module is not None:
-                check_text_to_video(module.config, name)
+    def _check_experts(self) -> str | None:
+        """The experts take the image alike and fit the VAE; a second expert comes with its boundary and
+        vice versa; a CLIP branch comes with its image encoder. Returns the image mode (`image_mode`)."""
+        modes = {
+            check_image_model(
+                module.config,
+                self.config.expand_timesteps,
+                self.vae.config.z_dim,
+                self.vae_scale_factor_temporal,
+                name,
+            )
+            for name in ("transformer", EXPERT_COMPONENT)
+            if (module := getattr(self, name)) is not None
+        }
+        if len(modes) > 1:
+            raise InputError(f"the two experts take the image differently ({sorted(map(str, modes))})")
+        mode = modes.pop()
+        if mode == "clip" and (self.image_encoder is None or self.image_processor is None):
+            raise InputError(
+                "a transformer with a CLIP image branch (image_dim) needs image_encoder and image_processor"
+            )
+        if mode is not None and self.ppf is not None:
+            raise InputError(
+                "a patch-pyramid (PPF) model is text-to-video only; image conditioning needs a "
+                "resolution pyramid"
+            )
         if (self.transformer_2 is None) != (self.config.boundary_ratio is None):
             raise InputError(
                 "transformer_2 (the low-noise expert) and boundary_ratio go together; pass both or neither"
             )
         if self.transformer_2 is not None and self.ppf is not None:
             raise InputError("a patch-pyramid (PPF) model has one transformer; drop transformer_2")
+        return mode
 
     # Loading and saving ------------------------------------------------------------------------------
 
@@ -227,6 +261,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         names = tuple(
             n for n in PIPELINE_COMPONENTS if n != "scheduler" or index.get(n) not in (None, [None, None])
         ) + ((EXPERT_COMPONENT,) if boundary_ratio is not None else ())
+        names += tuple(n for n in IMAGE_ENCODER_COMPONENTS if index.get(n) not in (None, [None, None]))
         components = load_pipeline_components(folder, names, torch_dtype)
         if config.kind == "patch":  # the PPF layers are saved beside the base transformer's weights
             ppf = PPFTransformer.from_pretrained(
@@ -293,6 +328,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         plan: SamplingPlan | None = None,
         solver: str | None = None,
         cache: str | None = None,
+        image: Image.Image | None = None,
     ) -> SamplingPlan:
         r"""
         Check every argument before any model work; raise a one-line `InputError` naming the problem and fix.
@@ -335,12 +371,17 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 f"got {len(generator)} generators for {total} videos; pass one per video or a single one"
             )
         # Sampling starts at the lowest stage (every entry of a pyramidal schedule is >= 1); PPF at full size.
-        expected = (total, self.transformer.config.in_channels, *plan.noise_latent)
+        expected = (total, self.transformer.config.out_channels, *plan.noise_latent)
         if latents is not None and tuple(latents.shape) != expected:
             raise InputError(
                 f"latents of shape {tuple(latents.shape)} do not fit; schedule {plan.schedule} "
                 f"starts from noise of shape {expected}"
             )
+        if image is not None and not isinstance(image, Image.Image):
+            raise InputError(
+                f"image must be a PIL image, got {type(image).__name__}; open files with PIL.Image"
+            )
+        check_image_given(self.image_mode, image is not None, "this pipeline")
         check_cache(cache, plan.sampler, plan.kind)
         if cache is not None and self.transformer_2 is not None:
             raise InputError(f"cache {cache!r} is not supported on a two-expert (Wan2.2 A14B) model; drop it")
@@ -524,6 +565,45 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         like = torch.empty(0, device=device, dtype=dtype)
         return randn((batch_size, num_channels_latents, *latent_size), like, generator)
 
+    def encode_image(self, image: Image.Image, device: torch.device) -> torch.Tensor:
+        """CLIP image tokens (1, N, D): the image encoder's penultimate hidden states, as diffusers'
+        `WanImageToVideoPipeline.encode_image` makes them."""
+        pixels = self.image_processor(images=image, return_tensors="pt")
+        pixels = pixels.to(get_module_execution_device(self.image_encoder))
+        return self.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2].to(device)
+
+    def prepare_image_condition(
+        self, image: Image.Image, plan: SamplingPlan, batch_size: int, device: torch.device
+    ) -> ImageCondition:
+        """The conditioning of `image` at every stage of `plan` (`models.conditioning`).
+
+        The image is resized to the video size by the `VideoProcessor`, as `WanImageToVideoPipeline` does,
+        then box-averaged to each stage's height and width (the stage videos' filter). Per stage, the video
+        [image, zeros, ...] of the stage's frame count (Wan2.2-TI2V: the image alone) is VAE-encoded (the
+        posterior mean) and normalised like the latents; Wan2.1/2.2-I2V put the first-frame mask in front.
+        """
+        height, width = plan.geometry[0].pixel[1:]
+        pixels = self.video_processor.preprocess(image, height=height, width=width)  # (1, 3, H, W)
+        pixels = pixels.to(device, torch.float32)
+        encode = LatentEncoder(self.vae)
+        latents = {}
+        for stage in plan.geometry:
+            frames, stage_height, stage_width = stage.pixel
+            video = stage_image(pixels, stage_height, stage_width)[:, :, None]  # (1, 3, 1, h, w)
+            if self.image_mode != "first_frame":
+                video = torch.cat(
+                    [video, video.new_zeros(1, 3, frames - 1, stage_height, stage_width)], dim=2
+                )
+            latent = encode(video).to(device)  # (1, C, T or 1, h', w')
+            if self.image_mode != "first_frame":
+                mask = first_frame_mask(1, stage.latent, self.vae_scale_factor_temporal).to(latent)
+                latent = torch.cat([mask, latent], dim=1)  # (1, mask + C, T, h', w')
+            latents[stage.latent] = latent.repeat(batch_size, 1, 1, 1, 1)
+        embeds = None
+        if self.image_mode == "clip":
+            embeds = self.encode_image(image, device).repeat(batch_size, 1, 1)  # (B, N, D)
+        return ImageCondition(self.image_mode, latents, embeds)
+
     def _progress_disabled(self) -> bool:
         config = self._progress_bar_config if hasattr(self, "_progress_bar_config") else {}
         return bool(config.get("disable", False))
@@ -552,6 +632,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         plan: SamplingPlan | None = None,
         solver: str | None = None,
         cache: str | None = None,
+        image: Image.Image | None = None,
     ) -> WanPipelineOutput | tuple:
         r"""
         Generate videos from text, sampling through the model's resolution pyramid.
@@ -608,6 +689,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             cache (`str`, *optional*):
                 A diffusers step cache for multi-step sampling, "first-block" or "taylorseer", reset at every
                 stage change; none by default.
+            image (`PIL.Image.Image`, *optional*):
+                The conditioning image of an image-to-video model (needed by Wan2.1-I2V and Wan2.2-I2V, taken
+                by Wan2.2-TI2V-5B, refused by text-to-video models): the video's first frame. It is resized to
+                the video size as `WanImageToVideoPipeline` does, then box-averaged to each stage's size and
+                VAE-encoded there; the CLIP embedding (Wan2.1-I2V) is made once.
 
         Returns:
             [`WanPipelineOutput`] or `tuple`: the videos in `.frames` (or the first element of the tuple).
@@ -641,6 +727,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             plan,
             solver,
             cache,
+            image,
         )
 
         # 2. Define call parameters
@@ -659,6 +746,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             device,
         )
 
+        # 3b. Encode the conditioning image at every stage's size (the CLIP embedding once)
+        condition = None
+        if image is not None:
+            condition = self.prepare_image_condition(image, plan, prompt_embeds.shape[0], device)
+
         # 4. Prepare timesteps: the per-stage sigma grids
         pyramid = self.pyramid_config.pyramid()
         grid = self.get_grid(plan, pyramid)
@@ -666,7 +758,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # 5. Prepare latent variables (float32 state, as WanPipeline; the velocity model casts per call)
         latents = self.prepare_latents(
             prompt_embeds.shape[0],
-            self.transformer.config.in_channels,
+            self.transformer.config.out_channels,
             plan.noise_latent,
             torch.float32,
             device,
@@ -683,6 +775,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             "negative_encoder_hidden_states": negative_prompt_embeds,
             "attention_kwargs": attention_kwargs,
         }
+        if condition is not None:
+            extra_args["image_condition"] = condition
         try:
             latents = sample(
                 model,
@@ -696,6 +790,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         finally:
             if cache is not None:
                 self.transformer.disable_cache()
+        if condition is not None:  # Wan2.2-TI2V: the first latent frame is the clean image's
+            latents = condition.with_clean_first_frame(latents)
 
         # 7. Decode (un-normalise with the VAE's latent statistics exactly as WanPipeline does)
         if output_type == "latent":
