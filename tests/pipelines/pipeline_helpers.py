@@ -76,7 +76,7 @@ def build_i2v_components(seed: int = 0) -> dict:
     return components
 
 
-def test_image(height: int = 80, width: int = 96, seed: int = 0) -> Image.Image:
+def conditioning_image(height: int = 80, width: int = 96, seed: int = 0) -> Image.Image:
     """A smooth random RGB image (not the video size, so resizing is exercised)."""
     generator = np.random.default_rng(seed)
     coarse = generator.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)

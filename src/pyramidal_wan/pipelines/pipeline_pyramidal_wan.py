@@ -1,9 +1,12 @@
-"""`PyramidalWanPipeline`: text-to-video with a Wan2.1 model, sampled through a resolution pyramid.
+"""`PyramidalWanPipeline`: text- and image-to-video with a Wan model, sampled through a resolution pyramid.
 
 The pipeline is a thin shell around the samplers of `pyramidal_wan.pyramid` (house style rule 6): it checks
 inputs, encodes the text once, draws the start noise, hands a velocity model (`WanVelocity` + `CFGVelocity`)
 to `sample_pyramid_euler` or `sample_pyramid_few_step`, and decodes with the VAE exactly as diffusers'
 `WanPipeline` does. Schedule "0-...-0-N" is plain Wan sampling (N Euler steps at full resolution, shift 3).
+An image-to-video model gets its conditioning image at every stage's size (`models.conditioning`), made
+once per call and passed to the velocity model with the text; at 0-...-0-N this is exactly diffusers'
+`WanImageToVideoPipeline`.
 
 Pipeline-level defaults live in the pipeline config (`register_to_config`, saved in model_index.json):
 the default video size and negative prompt. A Wan folder that lacks them gets Wan2.1's: 81x448x832 (the
@@ -18,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import (
@@ -32,7 +35,6 @@ from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
 from PIL import Image
-from transformers import CLIPImageProcessor, CLIPVisionModel
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.caching import CACHES, StageCachedVelocity, check_cache
@@ -78,6 +80,9 @@ from pyramidal_wan.pyramid import (
 )
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
 
+if TYPE_CHECKING:  # annotations only: importing CLIPImageProcessor warns without torchvision
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
 # Wan2.1's default negative prompt (`sample_neg_prompt` in the Wan2.1 repo's wan/configs/shared_config.py).
 WAN21_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -91,7 +96,7 @@ OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     r"""
-    Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
+    Pipeline for pyramidal (and few-step) text- and image-to-video generation with a Wan2.1 / Wan2.2 model.
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
@@ -111,9 +116,12 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         boundary_ratio (`float`, *optional*):
             Where the experts switch, as in diffusers' `WanPipeline`; needed with `transformer_2` only.
         expand_timesteps (`bool`, defaults to `False`):
-            Wan2.2-TI2V-5B's per-token timesteps (diffusers' `WanPipeline` argument), kept in the config so
-            a saved folder reads back as the same model. Text-to-video gives every token the same timestep,
-            so sampling is unchanged by it.
+            Wan2.2-TI2V-5B's per-token timesteps (diffusers' `WanPipeline` argument): with an `image`, the
+            first latent frame is the clean image latent and its tokens get timestep 0. Text-to-video gives
+            every token the same timestep, so sampling is unchanged by it.
+        image_encoder ([`~transformers.CLIPVisionModel`], *optional*), image_processor
+        ([`~transformers.CLIPImageProcessor`], *optional*):
+            Wan2.1-I2V's CLIP image encoder and its preprocessing, needed by a transformer with `image_dim`.
         scheduler ([`FlowMatchEulerDiscreteScheduler`], *optional*):
             Not used for sampling (the pyramid samplers walk their own grids); kept so that a saved folder is
             a complete `WanPipeline` layout. Defaults to flow-matching Euler with shift 3.
