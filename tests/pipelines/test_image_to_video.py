@@ -1,16 +1,20 @@
 """Image-to-video on a tiny random model of Wan2.1-I2V's shape (a CLIP image branch, 16 + 4 + 16 input
 channels): diffusers consistency at 0-0-N, the conditioning at every stage's own size in every sampler, the
-pipeline's and the CLI's image checks. Wan2.2-TI2V-5B's image-to-video is in test_ti2v_5b.py."""
+pipeline's and the CLI's image checks; and, with a clean first latent frame on the toy family's trained VAE,
+that the video's first frame is the image within the VAE's error. Wan2.2-TI2V-5B's shape is in
+test_ti2v_5b.py."""
 
 import numpy as np
 import pytest
 import torch
 from diffusers import (
+    AutoencoderKLWan,
     FlowMatchEulerDiscreteScheduler,
     WanImageToVideoPipeline,
     WanPipeline,
     WanTransformer3DModel,
 )
+from PIL import Image
 from pipeline_helpers import (
     PROMPT,
     SIZE,
@@ -25,8 +29,11 @@ from pipeline_helpers import (
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.stages import stage_videos
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.bundled import REPO_ROOT
 from pyramidal_wan.models.conditioning import LatentEncoder, first_frame_mask
 from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.pyramid import PyramidConfig
+from pyramidal_wan.toy.world import seeded_scene
 from pyramidal_wan.utils.video import read_video
 
 SIZE_ARGS = ["--num-frames", "17", "--height", "64", "--width", "64"]
@@ -187,3 +194,47 @@ def test_a_bad_image_combination_is_a_one_line_error(request, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.parent.exists()
+
+
+SHARED_VAE = REPO_ROOT / "models" / "toy" / "shared" / "vae"
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio (dB) of two images in [0, 1]."""
+    return float(10 * np.log10(1.0 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+@pytest.mark.skipif(
+    not (SHARED_VAE / "config.json").is_file(), reason="the toy family's trained VAE is absent"
+)
+@pytest.mark.parametrize(
+    ("schedule", "sampler"), [("0-0-2", "fewstep"), ("2-2-1", "fewstep"), ("2-2-2", "multistep")]
+)
+def test_first_frame_decodes_back_to_the_image_within_the_vae_error(schedule, sampler):
+    """With a clean first latent frame (expand_timesteps) and the toy family's trained VAE, the video's first
+    frame is the VAE's own reconstruction of the image: the causal decoder makes pixel frame 0 from latent
+    frame 0 alone, which is the image's latent. A random VAE would reconstruct nothing, so the trained one
+    measures the property: its reconstruction of a toy frame is ~32.5 dB."""
+    parts = build_components(0)
+    parts["vae"] = AutoencoderKLWan.from_pretrained(SHARED_VAE).eval()
+    defaults = {f"default_{k}": v for k, v in SIZE.items()}
+    pipe = PyramidalWanPipeline(**parts, pyramid_config=PyramidConfig(), expand_timesteps=True, **defaults)
+    pipe.set_progress_bar_config(disable=True)
+    image = Image.fromarray(seeded_scene(0, 0).render()[0])  # a 64x64 toy frame
+    target = np.asarray(image) / 255.0
+    pixels = pipe.video_processor.preprocess(image, height=64, width=64)[:, :, None]  # (1, 3, 1, 64, 64)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(pipe.vae.encode(pixels).latent_dist.mean).sample
+    reconstruction = pipe.video_processor.postprocess_video(decoded, output_type="np")[0, 0]
+
+    def first_frame(**image_arg):
+        generator = torch.Generator().manual_seed(0)
+        video = pipe(PROMPT, schedule=schedule, sampler=sampler, generator=generator, **image_arg).frames
+        return video[0, 0]
+
+    frame = first_frame(image=image)
+    vae_psnr = psnr(reconstruction, target)
+    print(f"{schedule}: first frame {psnr(frame, target):.2f} dB, VAE reconstruction {vae_psnr:.2f} dB")
+    assert np.abs(frame - reconstruction).max() < 1e-5
+    assert vae_psnr > 30.0
+    assert psnr(first_frame(), target) < 20.0  # without the image, frame 0 is not the image
