@@ -238,3 +238,38 @@ def test_first_frame_decodes_back_to_the_image_within_the_vae_error(schedule, sa
     assert np.abs(frame - reconstruction).max() < 1e-5
     assert vae_psnr > 30.0
     assert psnr(first_frame(), target) < 20.0  # without the image, frame 0 is not the image
+
+
+def test_two_expert_image_to_video_matches_diffusers(tmp_path):
+    """Wan2.2-I2V-A14B's shape: two 36-channel experts without CLIP, boundary 0.9, against diffusers'
+    `WanImageToVideoPipeline` at 0-0-4 with CFG (levels 1 and 0.9 take the high-noise expert)."""
+    parts = build_components(0)
+    experts = []
+    for seed in (0, 1):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            config = {**TINY_TRANSFORMER, "in_channels": 36}
+            experts.append(WanTransformer3DModel.from_config(config).eval())
+    parts.update(transformer=experts[0], transformer_2=experts[1], boundary_ratio=0.9)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    WanImageToVideoPipeline(**parts, scheduler=scheduler).save_pretrained(tmp_path)
+    pipe = PyramidalWanPipeline.from_pretrained(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.image_mode == "channels" and pipe.transformer_2 is not None
+    wan = WanImageToVideoPipeline(**parts, scheduler=BaselineGridScheduler(shift=3.0))
+    wan.set_progress_bar_config(disable=True)
+    common = {"negative_prompt": "", "guidance_scale": 5.0, "max_sequence_length": 32, **SIZE}
+    theirs = wan(
+        image=conditioning_image(),
+        prompt=PROMPT,
+        num_inference_steps=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        **common,
+    ).frames
+    ours = sample(pipe, conditioning_image(), schedule="0-0-4", guidance_scale=5.0, **SIZE)
+    diff = (ours - theirs).abs().max().item()
+    print(f"Wan2.2-I2V-A14B shape, 0-0-4, w=5: max abs latent diff vs WanImageToVideoPipeline {diff:.3g}")
+    assert diff < 1e-4
+    pyramid = sample(pipe, conditioning_image(), schedule="2-2-1", sampler="fewstep", **SIZE)
+    assert pyramid.shape == ours.shape
