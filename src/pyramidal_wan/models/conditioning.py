@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.utils.torch_utils import get_module_execution_device
 
 IMAGE_MODES = ("clip", "channels", "first_frame")
 
@@ -60,6 +61,21 @@ def first_frame_mask(batch: int, latent_size: tuple[int, int, int], channels: in
     mask = torch.zeros(batch, channels, *latent_size)
     mask[:, :, 0] = 1.0
     return mask
+
+
+def with_first_frame_mask(latent: torch.Tensor, mask_channels: int) -> torch.Tensor:
+    """Wan's I2V conditioning channels of an image latent (B, C, T, H, W): [mask, latent] along channels."""
+    mask = first_frame_mask(latent.shape[0], tuple(latent.shape[2:]), mask_channels)
+    return torch.cat([mask.to(latent), latent], dim=1)  # (B, mask + C, T, H, W)
+
+
+@torch.no_grad()
+def encode_clip_image(image_encoder, image_processor, images, device: torch.device) -> torch.Tensor:
+    """CLIP image tokens (B, N, D) of PIL images: the image encoder's penultimate hidden states, as diffusers'
+    `WanImageToVideoPipeline.encode_image` makes them."""
+    pixels = image_processor(images=images, return_tensors="pt")
+    pixels = pixels.to(get_module_execution_device(image_encoder))
+    return image_encoder(**pixels, output_hidden_states=True).hidden_states[-2].to(device)
 
 
 def _repeat_batch(value: torch.Tensor, batch: int) -> torch.Tensor:
@@ -135,3 +151,14 @@ class ImageCondition:
         latents = {size: pick(value) for size, value in self.latents.items()}
         embeds = None if self.image_embeds is None else pick(self.image_embeds)
         return ImageCondition(self.mode, latents, embeds)
+
+
+def training_condition(
+    latent: torch.Tensor, mask_channels: int, image_embeds: torch.Tensor | None = None
+) -> ImageCondition:
+    """The condition of one training group: its cached image latents (B, C, T, H, W) at the group's stage
+    with the mask in front, and its CLIP tokens ("clip") or none ("channels")."""
+    mode = "channels" if image_embeds is None else "clip"
+    return ImageCondition(
+        mode, {tuple(latent.shape[2:]): with_first_frame_mask(latent, mask_channels)}, image_embeds
+    )

@@ -44,7 +44,13 @@ from pyramidal_wan.models.checkpoint import (
     pyramid_config_or_plain,
     save_pyramid_config,
 )
-from pyramidal_wan.models.conditioning import ImageCondition, LatentEncoder, first_frame_mask, stage_image
+from pyramidal_wan.models.conditioning import (
+    ImageCondition,
+    LatentEncoder,
+    encode_clip_image,
+    stage_image,
+    with_first_frame_mask,
+)
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity, batched_cfg_pays
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
@@ -576,9 +582,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     def encode_image(self, image: Image.Image, device: torch.device) -> torch.Tensor:
         """CLIP image tokens (1, N, D): the image encoder's penultimate hidden states, as diffusers'
         `WanImageToVideoPipeline.encode_image` makes them."""
-        pixels = self.image_processor(images=image, return_tensors="pt")
-        pixels = pixels.to(get_module_execution_device(self.image_encoder))
-        return self.image_encoder(**pixels, output_hidden_states=True).hidden_states[-2].to(device)
+        return encode_clip_image(self.image_encoder, self.image_processor, image, device)
 
     def prepare_image_condition(
         self, image: Image.Image, plan: SamplingPlan, batch_size: int, device: torch.device
@@ -604,8 +608,9 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 )
             latent = encode(video).to(device)  # (1, C, T or 1, h', w')
             if self.image_mode != "first_frame":
-                mask = first_frame_mask(1, stage.latent, self.vae_scale_factor_temporal).to(latent)
-                latent = torch.cat([mask, latent], dim=1)  # (1, mask + C, T, h', w')
+                latent = with_first_frame_mask(
+                    latent, self.vae_scale_factor_temporal
+                )  # (1, mask + C, T, h', w')
             latents[stage.latent] = latent.repeat(batch_size, 1, 1, 1, 1)
         embeds = None
         if self.image_mode == "clip":
