@@ -49,31 +49,29 @@ def model_dir(tmp_path_factory, components):
     return folder
 
 
-def test_plain_schedule_matches_diffusers_with_expand_timesteps(components, diffusers_dir):
+@pytest.mark.parametrize("image", [False, True], ids=["text-to-video", "image-to-video"])
+def test_plain_schedule_matches_diffusers_with_expand_timesteps(components, diffusers_dir, image):
+    """Against `WanPipeline(expand_timesteps=True)`, and with an image against `WanImageToVideoPipeline`'s."""
     steps = 3
-    wan = WanPipeline(**components, scheduler=BaselineGridScheduler(shift=3.0), expand_timesteps=True)
+    reference = WanImageToVideoPipeline if image else WanPipeline
+    wan = reference(**components, scheduler=BaselineGridScheduler(shift=3.0), expand_timesteps=True)
     wan.set_progress_bar_config(disable=True)
     pipe = PyramidalWanPipeline.from_pretrained(diffusers_dir)
     pipe.set_progress_bar_config(disable=True)
-    assert pipe.config.expand_timesteps and pipe.vae_scale_factor_spatial == 16
+    assert pipe.image_mode == "first_frame" and pipe.vae_scale_factor_spatial == 16
     common = {"negative_prompt": "", "guidance_scale": 5.0, "max_sequence_length": 32, **SIZE_5B}
+    common.update({"image": conditioning_image(150, 140)} if image else {})
+    generator = torch.Generator().manual_seed(0)
     theirs = wan(
-        PROMPT,
-        num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-        **common,
-    ).frames
-    ours = pipe(
-        PROMPT,
-        schedule=f"0-0-{steps}",
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-        **common,
-    ).frames
-    assert ours.shape == theirs.shape == (1, CHANNELS, 5, 8, 8)
-    diff = (ours - theirs).abs().max().item()
-    print(f"TI2V-5B shape, 0-0-{steps}, w=5: max abs latent diff {diff:.3g}")
+        prompt=PROMPT, num_inference_steps=steps, generator=generator, output_type="latent", **common
+    )
+    generator = torch.Generator().manual_seed(0)
+    ours = pipe(PROMPT, schedule=f"0-0-{steps}", generator=generator, output_type="latent", **common)
+    assert ours.frames.shape == theirs.frames.shape == (1, CHANNELS, 5, 8, 8)
+    diff = (ours.frames - theirs.frames).abs().max().item()
+    print(
+        f"TI2V-5B shape, {'image' if image else 'text'}-to-video, 0-0-{steps}, w=5: max abs diff {diff:.3g}"
+    )
     assert diff < 1e-4
 
 
@@ -108,39 +106,6 @@ def test_a_size_that_cannot_be_three_stages_is_a_one_line_error(model_dir, tmp_p
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
-
-
-def test_image_to_video_matches_diffusers_with_expand_timesteps(components, diffusers_dir):
-    steps = 3
-    wan = WanImageToVideoPipeline(
-        **components, scheduler=BaselineGridScheduler(shift=3.0), expand_timesteps=True
-    )
-    wan.set_progress_bar_config(disable=True)
-    pipe = PyramidalWanPipeline.from_pretrained(diffusers_dir)
-    pipe.set_progress_bar_config(disable=True)
-    assert pipe.image_mode == "first_frame"
-    common = {"negative_prompt": "", "guidance_scale": 5.0, "max_sequence_length": 32, **SIZE_5B}
-    image = conditioning_image(150, 140)
-    theirs = wan(
-        image=image,
-        prompt=PROMPT,
-        num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-        **common,
-    ).frames
-    ours = pipe(
-        PROMPT,
-        image=image,
-        schedule=f"0-0-{steps}",
-        generator=torch.Generator().manual_seed(0),
-        output_type="latent",
-        **common,
-    ).frames
-    assert ours.shape == theirs.shape == (1, CHANNELS, 5, 8, 8)
-    diff = (ours - theirs).abs().max().item()
-    print(f"TI2V-5B shape image-to-video, 0-0-{steps}, w=5: max abs latent diff {diff:.3g}")
-    assert diff < 1e-4
 
 
 @pytest.mark.parametrize(("schedule", "sampler"), [("2-2-1", "fewstep"), ("2-2-2", "multistep")])

@@ -192,7 +192,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
         self._check_ppf()
-        self.image_mode = self._check_experts()
+        self.image_mode = self._check_transformers()
 
     def _check_ppf(self) -> None:
         """A patch-pyramid config needs a PPFTransformer with the same stages, and vice versa."""
@@ -208,7 +208,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 "same layout (stages, factors, clean_ends, ...): pass its pyramid_config or .with_sampling()"
             )
 
-    def _check_experts(self) -> str | None:
+    def _check_transformers(self) -> str | None:
         """The experts take the image alike and fit the VAE; a second expert comes with its boundary and
         vice versa; a CLIP branch comes with its image encoder. Returns the image mode (`image_mode`)."""
         modes = {
@@ -602,16 +602,13 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         for stage in plan.geometry:
             frames, stage_height, stage_width = stage.pixel
             video = stage_image(pixels, stage_height, stage_width)[:, :, None]  # (1, 3, 1, h, w)
-            if self.image_mode != "first_frame":
-                video = torch.cat(
-                    [video, video.new_zeros(1, 3, frames - 1, stage_height, stage_width)], dim=2
-                )
-            latent = encode(video).to(device)  # (1, C, T or 1, h', w')
-            if self.image_mode != "first_frame":
-                latent = with_first_frame_mask(
-                    latent, self.vae_scale_factor_temporal
-                )  # (1, mask + C, T, h', w')
-            latents[stage.latent] = latent.repeat(batch_size, 1, 1, 1, 1)
+            if self.image_mode == "first_frame":
+                latent = encode(video)  # (1, C, 1, h', w')
+            else:
+                zeros = video.new_zeros(1, 3, frames - 1, stage_height, stage_width)
+                latent = encode(torch.cat([video, zeros], dim=2))  # (1, C, T, h', w')
+                latent = with_first_frame_mask(latent, self.vae_scale_factor_temporal)  # (1, mask + C, ...)
+            latents[stage.latent] = latent.to(device).repeat(batch_size, 1, 1, 1, 1)
         embeds = None
         if self.image_mode == "clip":
             embeds = self.encode_image(image, device).repeat(batch_size, 1, 1)  # (B, N, D)
