@@ -5,13 +5,17 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from PIL import Image
+from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
+from pyramidal_wan.toy.vae import LATENT_CHANNELS, build_vae
 from pyramidal_wan.training.config import load_config
 
 # The torchrun of this Python's environment, not whichever is first on PATH.
@@ -74,17 +78,82 @@ def run_in_two_cpu_processes(argv: list[str], standalone: bool = True) -> subpro
     return result
 
 
+# Tiny random Wan components (a 2-layer toy-size transformer, the toy VAE and text stack), shared by the
+# pipeline and training tests.
+TINY_TRANSFORMER = {**get_transformer_config("toy-wan"), "num_layers": 2}
+
+
+def build_components(seed: int = 0) -> dict:
+    """tokenizer, text_encoder, vae, transformer with random weights drawn from `seed`."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel.from_config(TINY_TRANSFORMER).eval()
+    vae = build_vae(seed).eval()
+    # Non-trivial latent statistics, so decoding exercises the un-normalisation.
+    generator = torch.Generator().manual_seed(seed)
+    vae.register_to_config(
+        latents_mean=(0.1 * torch.randn(LATENT_CHANNELS, generator=generator)).tolist(),
+        latents_std=(1.0 + 0.2 * torch.rand(LATENT_CHANNELS, generator=generator)).tolist(),
+    )
+    return {
+        "tokenizer": build_tokenizer(),
+        "text_encoder": build_text_encoder(seed),
+        "vae": vae,
+        "transformer": transformer,
+    }
+
+
+# Wan2.1-I2V's shape at toy size: 16 latent + 4 mask + 16 image-latent input channels, a CLIP image branch
+# (a 2-layer CLIP ViT of width 32 at 32 px, patch 8: 17 tokens) whose K/V projections have the model's width.
+I2V_IN_CHANNELS = 36
+CLIP_WIDTH = 32
+TINY_I2V_TRANSFORMER = {
+    **TINY_TRANSFORMER,
+    "in_channels": I2V_IN_CHANNELS,
+    "image_dim": CLIP_WIDTH,
+    "added_kv_proj_dim": TINY_TRANSFORMER["num_attention_heads"] * TINY_TRANSFORMER["attention_head_dim"],
+}
+
+
+def build_i2v_components(seed: int = 0) -> dict:
+    """`build_components` for a Wan2.1-I2V-shaped model: the I2V transformer, a tiny CLIP vision encoder and
+    its image processor, all random from `seed` (the VAE and text stack as in `build_components`)."""
+    components = build_components(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        components["transformer"] = WanTransformer3DModel.from_config(TINY_I2V_TRANSFORMER).eval()
+        clip = CLIPVisionConfig(
+            hidden_size=CLIP_WIDTH,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+        components["image_encoder"] = CLIPVisionModel(clip).eval()
+    components["image_processor"] = CLIPImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return components
+
+
+def conditioning_image(height: int = 80, width: int = 96, seed: int = 0) -> Image.Image:
+    """A smooth random RGB image (not the video size, so resizing is exercised)."""
+    generator = np.random.default_rng(seed)
+    coarse = generator.uniform(0, 255, size=(4, 4, 3)).astype(np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.BILINEAR)
+
+
 TI2V_CHANNELS = 48  # Wan2.2-TI2V-5B latent channels
 
 
 def build_ti2v_components(seed: int = 0) -> dict:
     """The toy text stack with a TI2V-5B-shaped transformer (48 channels in and out) and a narrow Wan2.2 VAE
     (z_dim 48, 2x2 pixel patchify, 4x16x16 compression, residual blocks) of random weights."""
-    config = {**get_transformer_config("toy-wan"), "num_layers": 2}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = WanTransformer3DModel.from_config(
-            {**config, "in_channels": TI2V_CHANNELS, "out_channels": TI2V_CHANNELS}
+            {**TINY_TRANSFORMER, "in_channels": TI2V_CHANNELS, "out_channels": TI2V_CHANNELS}
         ).eval()
         stats = torch.Generator().manual_seed(seed)
         vae = AutoencoderKLWan(

@@ -4,39 +4,20 @@ Everything is built in code under fixed seeds (nothing is downloaded). 17x64x64 
 latents (toy VAE: 4x time, 4x space), and three (2, 2, 2) stages to 320 / 48 / 8 transformer tokens.
 """
 
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
+from helpers import (  # noqa: F401 (re-exported: the pipeline tests import them from here)
+    TINY_TRANSFORMER,
+    build_components,
+    build_i2v_components,
+    conditioning_image,
+)
 
 from pyramidal_wan.models.ppf import PPFTransformer
-from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 from pyramidal_wan.pyramid import PyramidConfig
-from pyramidal_wan.toy.text import build_text_encoder, build_tokenizer
-from pyramidal_wan.toy.vae import LATENT_CHANNELS, build_vae
 
-TINY_TRANSFORMER = {**get_transformer_config("toy-wan"), "num_layers": 2}
 SIZE = {"num_frames": 17, "height": 64, "width": 64}
 PROMPT = "a red circle moving left on a dark blue background"
-
-
-def build_components(seed: int = 0) -> dict:
-    """tokenizer, text_encoder, vae, transformer with random weights drawn from `seed`."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transformer = WanTransformer3DModel.from_config(TINY_TRANSFORMER).eval()
-    vae = build_vae(seed).eval()
-    # Non-trivial latent statistics, so decoding exercises the un-normalisation.
-    generator = torch.Generator().manual_seed(seed)
-    vae.register_to_config(
-        latents_mean=(0.1 * torch.randn(LATENT_CHANNELS, generator=generator)).tolist(),
-        latents_std=(1.0 + 0.2 * torch.rand(LATENT_CHANNELS, generator=generator)).tolist(),
-    )
-    return {
-        "tokenizer": build_tokenizer(),
-        "text_encoder": build_text_encoder(seed),
-        "vae": vae,
-        "transformer": transformer,
-    }
 
 
 def build_ppf_pipeline(seed: int = 0, **sampling) -> PyramidalWanPipeline:

@@ -150,7 +150,7 @@ class Studio:
         with self._lock:
             pipe = self.pipeline(name)
             remaining = stage_evaluations(plan)  # stage -> evaluations left
-            final_shape = (1, pipe.transformer.config.in_channels, *plan.geometry[0].latent)
+            final_shape = (1, pipe.transformer.config.out_channels, *plan.geometry[0].latent)
             shown: list[StagePreview] = []
             timer = StageTimer(pipe)
 

@@ -360,7 +360,7 @@ def stage_latencies(pipe: PyramidalWanPipeline, plan, text_len: int, repeats: in
     A resolution pyramid forwards the stage's latent; a PPF model forwards the full-resolution latent with
     the stage's kernel, picked by a timestep in the middle of the stage's interval (METHOD.md 9).
     """
-    channels = pipe.transformer.config.in_channels
+    channels = pipe.transformer.config.out_channels
     segments = get_ppf_segments(pipe.pyramid_config.clean_ends)
     rows = []
     for index, geometry in enumerate(plan.geometry):

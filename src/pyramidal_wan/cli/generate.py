@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pyramidal_wan.cli.options import output_path, positive_float, positive_int
+from pyramidal_wan.cli.options import image_file, output_path, positive_float, positive_int
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.eval.flops import plan_flops
 from pyramidal_wan.models.bundled import BUNDLED_MODELS, bundled_model_path
@@ -42,7 +42,8 @@ def register(subparsers) -> None:
             "generate",
             help="generate a video from a prompt (MP4, optionally GIF)",
             description=(
-                "Generate one video from a text prompt with a diffusers Wan model folder and its "
+                "Generate one video from a text prompt (and, for image-to-video models, an --image) with a "
+                "diffusers Wan model folder and its "
                 "pyramid_config.json. Unset options take the model's defaults (size, schedule, sampler, "
                 "CFG). "
                 "Schedules list steps per stage from the lowest resolution to the highest: 20-20-10 "
@@ -55,6 +56,12 @@ def register(subparsers) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The arguments of `generate` (also used to build a namespace programmatically)."""
     parser.add_argument("prompt", help="the text prompt")
+    parser.add_argument(
+        "--image",
+        type=image_file,
+        help="conditioning image, the video's first frame: needed by image-to-video models (Wan2.1-I2V, "
+        "Wan2.2-I2V), optional for Wan2.2-TI2V-5B, refused by text-to-video models",
+    )
     parser.add_argument(
         "--model",
         help="diffusers Wan pipeline folder (default: the best bundled model of "
@@ -191,12 +198,13 @@ def run(args: argparse.Namespace) -> int:
         args.sampler,
         guidance_scale,
         solver=args.solver,
+        image=args.image is not None,
     )
     check_cache(args.cache, plan.sampler, plan.kind, plan.guidance_scale)
     if args.cache == "magcache":
         check_folder_mag_ratios(folder, plan.steps)
     num_frames, height, width = plan.geometry[0].pixel
-    check_fits_in_memory(plan, get_transformer_config(str(folder))["in_channels"], device)
+    check_fits_in_memory(plan, get_transformer_config(str(folder))["out_channels"], device)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     if args.context_parallel is not None:
         heads = get_transformer_config(str(folder))["num_attention_heads"]
@@ -231,6 +239,7 @@ def run(args: argparse.Namespace) -> int:
         plan=plan,
         cache=args.cache,
         generator=torch.Generator().manual_seed(args.seed),
+        image=args.image,
     ).frames[0]
     seconds = time.perf_counter() - started
     if args.context_parallel is not None:

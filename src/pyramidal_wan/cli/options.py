@@ -1,10 +1,12 @@
-"""argparse `type=` functions for the CLI's numeric options and output paths: a bad value is argparse's
-one-line error (exit status 2) before any work, whichever sub-command takes it."""
+"""argparse `type=` functions for the CLI's numeric options, output paths and image files: a bad value is
+argparse's one-line error (exit status 2) before any work, whichever sub-command takes it."""
 
 from __future__ import annotations
 
 import argparse
 import math
+
+from PIL import Image
 
 from pyramidal_wan.utils.io import unwritable_reason
 
@@ -55,3 +57,15 @@ def output_path(text: str) -> str:
     if reason:
         raise argparse.ArgumentTypeError(f"{text}: {reason}; choose another path")
     return text
+
+
+def image_file(text: str) -> Image.Image:
+    """An image file, read whole and converted to RGB (a missing, unreadable or truncated file is refused)."""
+    try:
+        with Image.open(text) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise argparse.ArgumentTypeError(
+            f"{text}: not a readable image ({reason}); give a PNG, JPEG or WebP file"
+        ) from None

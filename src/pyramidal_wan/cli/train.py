@@ -171,10 +171,13 @@ def run_synthesize(args) -> int:
 
 
 def run_prepare(args) -> int:
-    from pyramidal_wan.data.cache import CacheSettings, derive_latent_cache, prepare_data
+    from pyramidal_wan.data.cache import CONDITIONED_MODES, CacheSettings, derive_latent_cache, prepare_data
     from pyramidal_wan.data.dataset import read_records
     from pyramidal_wan.models.loading import load_pipeline_components, read_model_index
+    from pyramidal_wan.models.presets import get_transformer_config
+    from pyramidal_wan.models.wan_family import IMAGE_ENCODER_COMPONENTS, image_mode
     from pyramidal_wan.pipelines import WAN21_NEGATIVE_PROMPT
+    from pyramidal_wan.pipelines.planning import check_folder
 
     if args.from_cache is not None:
         if args.construction != "latent":
@@ -190,6 +193,10 @@ def run_prepare(args) -> int:
     if not (Path(args.data) / "captions.jsonl").is_file():
         raise InputError(f"{args.data} has no captions.jsonl (one JSON record per video: video, caption)")
     read_records(args.data)  # the whole listing, before any model is loaded or anything written
+    index = read_model_index(args.model)
+    check_folder(args.model)  # an image-to-video folder must fit its VAE and have its CLIP encoder
+    mode = image_mode(get_transformer_config(args.model), bool(index.get("expand_timesteps", False)))
+    conditioning = mode if mode in CONDITIONED_MODES else None  # TI2V-5B ("first_frame") trains as T2V
     settings = CacheSettings(
         args.num_frames,
         args.height,
@@ -198,10 +205,12 @@ def run_prepare(args) -> int:
         construction=args.construction,
         temporal_filter=args.temporal_filter,
         dtype=args.dtype,
+        image_conditioning=conditioning,
     )
-    parts = load_pipeline_components(args.model, components=("vae", "tokenizer", "text_encoder"))
+    names = ("vae", "tokenizer", "text_encoder") + (IMAGE_ENCODER_COMPONENTS if mode == "clip" else ())
+    parts = load_pipeline_components(args.model, components=names)
     # The model's negative prompt: the distillation teachers' unconditional text, as the model samples.
-    negative = read_model_index(args.model).get("default_negative_prompt", WAN21_NEGATIVE_PROMPT)
+    negative = index.get("default_negative_prompt", WAN21_NEGATIVE_PROMPT)
     manifest = prepare_data(
         args.data,
         args.out,
@@ -213,6 +222,8 @@ def run_prepare(args) -> int:
         batch_size=args.batch_size,
         limit=args.limit,
         negative_prompt=negative,
+        image_encoder=parts.get("image_encoder"),
+        image_processor=parts.get("image_processor"),
     )
     cached = sum(s["count"] for s in manifest["shards"])
     print(
@@ -223,6 +234,8 @@ def run_prepare(args) -> int:
             else ")"
         )
     )
+    if conditioning is not None:
+        print(f"  with each video's first frame as image conditioning per stage ({conditioning!r})")
     return 0
 
 

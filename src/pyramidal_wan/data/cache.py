@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from pyramidal_wan.data.dataset import read_records
 from pyramidal_wan.data.stages import TEMPORAL_FILTERS, stage_videos
 from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.conditioning import LatentEncoder, encode_clip_image
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.pyramid import Pyramid, stage_geometry
 from pyramidal_wan.utils.io import atomic_path, write_json
@@ -34,6 +36,8 @@ MANIFEST = "manifest.json"
 EMPTY_PROMPT = "empty_prompt.safetensors"
 NEGATIVE_PROMPT = "negative_prompt.safetensors"
 CONSTRUCTIONS = ("pixel", "latent")
+# Image modes whose conditions a cache stores (`models.conditioning`); "first_frame" (TI2V) trains as T2V.
+CONDITIONED_MODES = ("clip", "channels")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,8 @@ class CacheSettings:
     construction: str = "pixel"  # "pixel" (downsample RGB, then encode) or "latent" (R_down of stage 0)
     temporal_filter: str = "average"  # pixel pairs (1,2),(3,4),...: "average" or "subsample"
     dtype: str = "float16"  # storage dtype of latents and embeddings
+    # Image-to-video models ("clip": Wan2.1-I2V, "channels": Wan2.2-I2V): per-stage first-frame conditions
+    image_conditioning: str | None = None
 
     def __post_init__(self):
         if self.construction not in CONSTRUCTIONS:
@@ -56,6 +62,10 @@ class CacheSettings:
             raise InputError(f"unknown temporal filter {self.temporal_filter!r}; choose {TEMPORAL_FILTERS}")
         if self.dtype not in ("float16", "bfloat16", "float32"):
             raise InputError(f"cache dtype must be float16, bfloat16 or float32, got {self.dtype!r}")
+        if self.image_conditioning not in (None, *CONDITIONED_MODES):
+            raise InputError(
+                f"image_conditioning {self.image_conditioning!r} must be None or one of {CONDITIONED_MODES}"
+            )
 
 
 def fit_video(frames, num_frames: int, height: int, width: int) -> torch.Tensor:
@@ -76,22 +86,6 @@ def fit_video(frames, num_frames: int, height: int, width: int) -> torch.Tensor:
         top, left = (size[0] - height) // 2, (size[1] - width) // 2
         video = video[:, :, top : top + height, left : left + width]
     return video.clamp(-1, 1)
-
-
-class LatentEncoder:
-    """Pixel videos -> Wan's normalised latents: (posterior mean - latents_mean) / latents_std."""
-
-    def __init__(self, vae):
-        self.vae = vae.eval()
-        cfg = vae.config
-        self.mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
-
-    @torch.no_grad()
-    def __call__(self, video: torch.Tensor) -> torch.Tensor:
-        param = next(self.vae.parameters())
-        latent = self.vae.encode(video.to(param.device, param.dtype)).latent_dist.mean.float()
-        return (latent - self.mean.to(latent.device)) * self.inv_std.to(latent.device)
 
 
 def _read_manifest(out: Path) -> dict | None:
@@ -127,13 +121,23 @@ def prepare_data(
     limit: int | None = None,
     progress: bool = True,
     negative_prompt: str = "",
+    image_encoder=None,
+    image_processor=None,
 ) -> dict:
     """Cache stage latents and prompt embeddings of a video dataset (MP4s + captions.jsonl); resumable.
 
     `negative_prompt` is the model's (its pipeline's `default_negative_prompt`); a rerun on an older cache
     adds its embedding. Returns the manifest. Unreadable or too-short videos are skipped and listed in the
     manifest with the reason; nothing is dropped silently.
+
+    With `settings.image_conditioning`, each video's first frame is also cached as an image-to-video model
+    samples it: per stage, the encoded [stage frame 0, zeros...] ("conditions.{s}", made in pixel space at
+    the stage's size whatever the construction), and for "clip" its CLIP tokens ("image_embeds", from
+    `image_encoder` and `image_processor`). The mask is not stored: it follows from the latent shape.
     """
+    if settings.image_conditioning == "clip" and (image_encoder is None or image_processor is None):
+        raise InputError("image_conditioning 'clip' needs the model's image_encoder and image_processor")
+    clip = (image_encoder, image_processor) if settings.image_conditioning == "clip" else None
     dataset, out = Path(dataset), Path(out)
     records = read_records(dataset)[:limit]
     geometry = stage_geometry(
@@ -148,10 +152,13 @@ def prepare_data(
     pyramid = Pyramid.build(settings.num_stages, settings.factors)
     factors = [t.factors for t in pyramid.transfers]
     settings_dict = {**asdict(settings), "factors": [list(f) for f in factors]}
+    if settings.image_conditioning is None:  # caches made before image conditioning have no such key
+        del settings_dict["image_conditioning"]
     manifest = _read_manifest(out) or {
         "settings": settings_dict,
         "dataset": str(dataset.resolve()),
         "stage_latent_shapes": [[vae.config.z_dim, *g.latent] for g in geometry],
+        "mask_channels": vae.config.scale_factor_temporal,  # Wan's I2V mask: pixel frames per latent frame
         "shards": [],
         "skipped": [],
     }
@@ -173,7 +180,7 @@ def prepare_data(
     for shard_start in range(start, len(records), shard_size):
         chunk = records[shard_start : shard_start + shard_size]
         tensors, skipped = _encode_chunk(
-            dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar
+            dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar, clip
         )
         name = f"shard-{len(manifest['shards']):05d}.safetensors"
         count = len(tensors["prompt_embeds"])
@@ -235,9 +242,13 @@ def derive_latent_cache(source: str | Path, out: str | Path) -> dict:
     return derived
 
 
-def _encode_chunk(dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar):
-    """Stage latents (pixel or latent construction) and embeddings of one shard's records."""
+def _encode_chunk(
+    dataset, chunk, settings, encoder, pyramid, tokenizer, text_encoder, batch_size, bar, clip=None
+):
+    """Stage latents (pixel or latent construction), embeddings and image conditions of one shard's
+    records (`clip`: the CLIP image encoder and processor, or None)."""
     per_stage, embeds, skipped = [[] for _ in range(settings.num_stages)], [], []
+    conditions, image_embeds = [[] for _ in range(settings.num_stages)], []
     for i in range(0, len(chunk), batch_size):
         videos, captions = [], []
         for record in chunk[i : i + batch_size]:
@@ -251,11 +262,15 @@ def _encode_chunk(dataset, chunk, settings, encoder, pyramid, tokenizer, text_en
         if not videos:
             continue
         batch = torch.stack(videos)  # (B, 3, F, H, W)
+        pixel_stages = stage_videos(batch, [t.factors for t in pyramid.transfers], settings.temporal_filter)
+        if settings.image_conditioning is not None:
+            for stage, video in enumerate(pixel_stages):  # [frame 0, zeros...] at the stage's size
+                first = torch.cat([video[:, :, :1], torch.zeros_like(video[:, :, 1:])], dim=2)
+                conditions[stage].append(encoder(first))
+            if clip is not None:
+                image_embeds.append(encode_clip_image(*clip, first_frames(batch), torch.device("cpu")))
         if settings.construction == "pixel":
-            latents = [
-                encoder(v)
-                for v in stage_videos(batch, [t.factors for t in pyramid.transfers], settings.temporal_filter)
-            ]
+            latents = [encoder(v) for v in pixel_stages]
         else:
             full = encoder(batch)
             latents = [pyramid.down_to(full, s) for s in range(settings.num_stages)]
@@ -266,7 +281,17 @@ def _encode_chunk(dataset, chunk, settings, encoder, pyramid, tokenizer, text_en
         return {"prompt_embeds": torch.zeros(0)}, skipped
     tensors = {f"latents.{s}": torch.cat(x) for s, x in enumerate(per_stage)}
     tensors["prompt_embeds"] = torch.cat(embeds)
+    if settings.image_conditioning is not None:
+        tensors.update({f"conditions.{s}": torch.cat(x) for s, x in enumerate(conditions)})
+    if image_embeds:
+        tensors["image_embeds"] = torch.cat(image_embeds)
     return tensors, skipped
+
+
+def first_frames(videos: torch.Tensor) -> list[Image.Image]:
+    """The first frames of pixel videos (B, 3, F, H, W) in [-1, 1] as RGB images (what CLIP is given)."""
+    frames = ((videos[:, :, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (B, 3, H, W)
+    return [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in frames]
 
 
 class CachedLatents(torch.utils.data.Dataset):
@@ -287,6 +312,17 @@ class CachedLatents(torch.utils.data.Dataset):
             raise CheckpointError(f"{self.folder} holds no cached videos")
         self.latents = [torch.cat([s[f"latents.{i}"] for s in shards]) for i in range(self.num_stages)]
         self.prompt_embeds = torch.cat([s["prompt_embeds"] for s in shards])
+        # Image-to-video caches: per-stage first-frame conditions, CLIP tokens ("clip"), the mask's channels
+        self.image_conditioning = manifest["settings"].get("image_conditioning")
+        self.mask_channels = manifest.get("mask_channels")
+        self.conditions = None
+        if self.image_conditioning is not None:
+            self.conditions = [
+                torch.cat([s[f"conditions.{i}"] for s in shards]) for i in range(self.num_stages)
+            ]
+        self.image_embeds = (
+            torch.cat([s["image_embeds"] for s in shards]) if "image_embeds" in shards[0] else None
+        )
         self.empty_prompt = load_file(self.folder / EMPTY_PROMPT)["prompt_embeds"]
         # (L, D) and its text, or (None, None) for a cache made before negative prompts were cached
         self.negative_prompt, self.negative_prompt_text = read_negative_prompt(self.folder)
@@ -298,8 +334,14 @@ class CachedLatents(torch.utils.data.Dataset):
         return {"latents": [x[index] for x in self.latents], "prompt_embeds": self.prompt_embeds[index]}
 
     def batch(self, indices: torch.Tensor) -> dict:
-        """A batch by index tensor, without a DataLoader: float32 stage latents and embeddings."""
-        return {
+        """A batch by index tensor, without a DataLoader: float32 stage latents and embeddings, and for an
+        image-to-video cache the stage conditions and CLIP tokens (None where the cache has none)."""
+        batch = {
             "latents": [x[indices].float() for x in self.latents],
             "prompt_embeds": self.prompt_embeds[indices].float(),
         }
+        if self.conditions is not None:
+            batch["image_conditions"] = [x[indices].float() for x in self.conditions]
+            batch["image_embeds"] = None if self.image_embeds is None else self.image_embeds[indices].float()
+            batch["mask_channels"] = self.mask_channels
+        return batch

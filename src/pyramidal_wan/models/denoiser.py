@@ -2,8 +2,9 @@
 
 Samplers and training objectives see only these wrappers (house style rule 5): they never handle the text
 encoder, the VAE or Wan's timestep scale. `WanVelocity` is the one place where sigma in [0, 1] becomes
-the transformer's timestep 1000 * sigma; `CFGVelocity` adds classifier-free guidance in the standard form
-uncond + w (cond - uncond), with both branches in one batched transformer call.
+the transformer's timestep 1000 * sigma, and where an image-to-video model's conditioning joins its input;
+`CFGVelocity` adds classifier-free guidance in the standard form uncond + w (cond - uncond), with both
+branches in one batched transformer call.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from pyramidal_wan.models.conditioning import ImageCondition
 
 # Wan2.1 (and diffusers' FlowMatchEulerDiscreteScheduler) use num_train_timesteps = 1000: t = 1000 sigma.
 TIMESTEP_SCALE = 1000.0
@@ -51,6 +54,7 @@ class WanVelocity(nn.Module):
         sigma: float | torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         attention_kwargs: dict[str, Any] | None = None,
+        image_condition: ImageCondition | None = None,
     ) -> torch.Tensor:
         """Velocity at noise levels `sigma` (a float or one per sample).
 
@@ -59,6 +63,8 @@ class WanVelocity(nn.Module):
             sigma (`float` or `torch.Tensor`): noise level(s) in [0, 1], a scalar or shape (B,).
             encoder_hidden_states (`torch.Tensor`): text embeddings (B, N_txt, text_dim).
             attention_kwargs (`dict`, *optional*): passed to the transformer (e.g. `{"scale": s}` for LoRA).
+            image_condition ([`ImageCondition`], *optional*): an image-to-video model's conditioning; the
+                stage's is picked by the size of `x`.
 
         Returns:
             `torch.Tensor`: dx/dsigma, shaped and typed like `x`.
@@ -66,12 +72,19 @@ class WanVelocity(nn.Module):
         # Float32 timesteps, as WanPipeline passes them: Wan keeps its time embedder in float32.
         timestep = TIMESTEP_SCALE * per_sample(sigma, x.shape[0], x)  # (B,)
         dtype = self.transformer.dtype if self.dtype is None else self.dtype
+        hidden, image = x, {}
+        if image_condition is not None:
+            patch_size = tuple(self.transformer.config.patch_size)
+            hidden, timestep, embeds = image_condition.model_inputs(x, timestep, patch_size)
+            if embeds is not None:  # the CLIP tokens of Wan2.1-I2V
+                image["encoder_hidden_states_image"] = embeds.to(dtype)
         velocity = self.transformer(
-            hidden_states=x.to(dtype),
+            hidden_states=hidden.to(dtype),
             timestep=timestep,
             encoder_hidden_states=encoder_hidden_states.to(dtype),
             attention_kwargs=attention_kwargs,
             return_dict=False,
+            **image,
         )[0]
         return velocity.to(x.dtype)
 

@@ -348,6 +348,8 @@ def _check_component(folder: Path, cls: type) -> None:
         read_shapes(weight_files(folder, _TRANSFORMERS_WEIGHTS))
     elif issubclass(cls, SchedulerMixin):
         read_config_json(folder / "scheduler_config.json", "a scheduler_config.json")
+    elif issubclass(cls, transformers.ImageProcessingMixin):  # Wan2.1-I2V's CLIP image preprocessing
+        read_config_json(folder / "preprocessor_config.json", "an image processor's preprocessor_config.json")
     elif not (folder / "tokenizer_config.json").is_file():
         raise CheckpointError(f"{folder}: no tokenizer_config.json; expected a saved tokenizer")
 

@@ -19,11 +19,14 @@ import torch
 from torch import nn
 
 from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.conditioning import ImageCondition
 from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, per_sample
 
 # model_index.json keys of a two-expert folder: the second transformer and the switch level.
 EXPERT_COMPONENT = "transformer_2"
 BOUNDARY_KEY = "boundary_ratio"
+# Wan2.1-I2V's CLIP image encoder and its preprocessing, as `WanImageToVideoPipeline` names them.
+IMAGE_ENCODER_COMPONENTS = ("image_encoder", "image_processor")
 # Wan2.1-I2V's image embedding: the 257 tokens (16 x 16 patches + class) of CLIP ViT-H/14 at 224 px.
 CLIP_IMAGE_TOKENS = 257
 
@@ -111,9 +114,12 @@ class ExpertVelocity(nn.Module):
 
 
 def _rows(value: Any, rows: torch.Tensor, batch: int) -> Any:
-    """`value[rows]` for a tensor batched along its first axis; anything else unchanged."""
+    """`value[rows]` for a tensor batched along its first axis (or an image condition); anything else
+    unchanged."""
     if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == batch:
         return value[rows]
+    if isinstance(value, ImageCondition):
+        return value.rows(rows)
     return value
 
 
@@ -174,13 +180,51 @@ def expert_split(index: Mapping[str, Any], folder: str | os.PathLike) -> float |
     return None if ratio is None else float(ratio)
 
 
-def check_text_to_video(config: Mapping[str, Any], source: str | os.PathLike) -> None:
-    """Refuse a transformer that needs image conditioning (I2V: extra input channels or a CLIP branch)."""
-    if config["in_channels"] != config["out_channels"] or config.get("image_dim") is not None:
+def image_mode(config: Mapping[str, Any], expand_timesteps: bool = False) -> str | None:
+    """How a transformer with `config` takes a conditioning image (`WanVariant.image`): "clip" (a CLIP
+    branch, `image_dim`), "channels" (more input than output channels: mask and image latent), "first_frame"
+    (`expand_timesteps` with plain channels: Wan2.2-TI2V-5B, which also runs text-to-video) or None."""
+    if config.get("image_dim") is not None:
+        return "clip"
+    if config["in_channels"] != config["out_channels"]:
+        return "channels"
+    return "first_frame" if expand_timesteps else None
+
+
+def check_image_given(mode: str | None, given: bool, source: str | os.PathLike) -> None:
+    """An image-to-video model ("clip", "channels") needs an image; a text-to-video one (None) takes none."""
+    if mode in ("clip", "channels") and not given:
         raise InputError(
-            f"{source}: an image-to-video transformer (in_channels {config['in_channels']}, image_dim "
-            f"{config.get('image_dim')}); only text-to-video Wan models are supported by this pipeline yet"
+            f"{source}: an image-to-video model (image conditioning {mode!r}) needs a conditioning image; "
+            "pass one (generate --image PATH, or image= in Python)"
         )
+    if mode is None and given:
+        raise InputError(
+            f"{source}: a text-to-video model takes no conditioning image; drop the image (--image) or use "
+            "an image-to-video model"
+        )
+
+
+def check_image_model(
+    config: Mapping[str, Any], expand_timesteps: bool, vae_channels: int, vae_scale_temporal: int, source
+) -> str | None:
+    """The image mode of a transformer, checked against the VAE: "clip" and "channels" take the noisy latent,
+    the mask (one channel per pixel frame of a latent frame) and the image latent; "first_frame" cannot also
+    take extra channels. Returns `image_mode`."""
+    mode = image_mode(config, expand_timesteps)
+    expected = 2 * vae_channels + vae_scale_temporal
+    if mode in ("clip", "channels") and config["in_channels"] != expected:
+        raise InputError(
+            f"{source}: in_channels {config['in_channels']} of an image-to-video transformer must be "
+            f"{expected} ({vae_channels} latent + {vae_scale_temporal} mask + {vae_channels} image latent "
+            "channels of this VAE)"
+        )
+    if expand_timesteps and config["in_channels"] != config["out_channels"]:
+        raise InputError(
+            f"{source}: expand_timesteps (a clean first latent frame) with in_channels "
+            f"{config['in_channels']} != out_channels {config['out_channels']}; a model uses one or the other"
+        )
+    return mode
 
 
 def variant_video_settings(

@@ -1,9 +1,12 @@
-"""`PyramidalWanPipeline`: text-to-video with a Wan2.1 model, sampled through a resolution pyramid.
+"""`PyramidalWanPipeline`: text- and image-to-video with a Wan model, sampled through a resolution pyramid.
 
 The pipeline is a thin shell around the samplers of `pyramidal_wan.pyramid` (house style rule 6): it checks
 inputs, encodes the text once, draws the start noise, hands a velocity model (`WanVelocity` + `CFGVelocity`)
 to `sample_pyramid_euler` or `sample_pyramid_few_step`, and decodes with the VAE exactly as diffusers'
 `WanPipeline` does. Schedule "0-...-0-N" is plain Wan sampling (N Euler steps at full resolution, shift 3).
+An image-to-video model gets its conditioning image at every stage's size (`models.conditioning`), made
+once per call and passed to the velocity model with the text; at 0-...-0-N this is exactly diffusers'
+`WanImageToVideoPipeline`.
 
 Pipeline-level defaults live in the pipeline config (`register_to_config`, saved in model_index.json):
 the default video size and negative prompt. A Wan folder that lacks them gets Wan2.1's: 81x448x832 (the
@@ -18,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import (
@@ -31,6 +34,7 @@ from diffusers.loaders import WanLoraLoaderMixin
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.utils.torch_utils import get_module_execution_device
 from diffusers.video_processor import VideoProcessor
+from PIL import Image
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.caching import (
@@ -50,13 +54,26 @@ from pyramidal_wan.models.checkpoint import (
     pyramid_config_or_plain,
     save_pyramid_config,
 )
+from pyramidal_wan.models.conditioning import (
+    ImageCondition,
+    LatentEncoder,
+    encode_clip_image,
+    stage_image,
+    with_first_frame_mask,
+)
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity, batched_cfg_pays
 from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_components, read_model_index
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
 from pyramidal_wan.models.vae_speed import onednn_conv3d
-from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity, check_text_to_video
+from pyramidal_wan.models.wan_family import (
+    EXPERT_COMPONENT,
+    IMAGE_ENCODER_COMPONENTS,
+    ExpertVelocity,
+    check_image_given,
+    check_image_model,
+)
 from pyramidal_wan.pipelines.planning import (
     WAN21_SIZE,
     SamplingPlan,
@@ -80,6 +97,9 @@ from pyramidal_wan.pyramid import (
 )
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
 
+if TYPE_CHECKING:  # annotations only: importing CLIPImageProcessor warns without torchvision
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
 # Wan2.1's default negative prompt (`sample_neg_prompt` in the Wan2.1 repo's wan/configs/shared_config.py).
 WAN21_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
@@ -93,7 +113,7 @@ OUTPUT_TYPES = ("np", "pil", "pt", "latent")
 
 class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     r"""
-    Pipeline for pyramidal (and few-step) text-to-video generation with a Wan2.1 model.
+    Pipeline for pyramidal (and few-step) text- and image-to-video generation with a Wan2.1 / Wan2.2 model.
 
     Args:
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
@@ -113,9 +133,12 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         boundary_ratio (`float`, *optional*):
             Where the experts switch, as in diffusers' `WanPipeline`; needed with `transformer_2` only.
         expand_timesteps (`bool`, defaults to `False`):
-            Wan2.2-TI2V-5B's per-token timesteps (diffusers' `WanPipeline` argument), kept in the config so
-            a saved folder reads back as the same model. Text-to-video gives every token the same timestep,
-            so sampling is unchanged by it.
+            Wan2.2-TI2V-5B's per-token timesteps (diffusers' `WanPipeline` argument): with an `image`, the
+            first latent frame is the clean image latent and its tokens get timestep 0. Text-to-video gives
+            every token the same timestep, so sampling is unchanged by it.
+        image_encoder ([`~transformers.CLIPVisionModel`], *optional*), image_processor
+        ([`~transformers.CLIPImageProcessor`], *optional*):
+            Wan2.1-I2V's CLIP image encoder and its preprocessing, needed by a transformer with `image_dim`.
         scheduler ([`FlowMatchEulerDiscreteScheduler`], *optional*):
             Not used for sampling (the pyramid samplers walk their own grids); kept so that a saved folder is
             a complete `WanPipeline` layout. Defaults to flow-matching Euler with shift 3.
@@ -130,8 +153,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     LoRAs load as on diffusers' `WanPipeline` (`load_lora_weights`, `set_adapters`, `fuse_lora`).
     """
 
-    model_cpu_offload_seq = "text_encoder->transformer->transformer_2->vae"
-    _optional_components = ["scheduler", "transformer_2"]
+    model_cpu_offload_seq = "text_encoder->image_encoder->transformer->transformer_2->vae"
+    _optional_components = ["scheduler", "transformer_2", "image_encoder", "image_processor"]
 
     def __init__(
         self,
@@ -148,6 +171,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         transformer_2: WanTransformer3DModel | None = None,
         boundary_ratio: float | None = None,
         expand_timesteps: bool = False,
+        image_encoder: CLIPVisionModel | None = None,
+        image_processor: CLIPImageProcessor | None = None,
     ):
         super().__init__()
         if scheduler is None:
@@ -162,6 +187,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             transformer=transformer,
             scheduler=scheduler,
             transformer_2=transformer_2,
+            image_encoder=image_encoder,
+            image_processor=image_processor,
         )
         self.register_to_config(
             default_num_frames=default_num_frames,
@@ -172,14 +199,14 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             expand_timesteps=expand_timesteps,
         )
         self.pyramid_config = PLAIN_MODEL_CONFIG if pyramid_config is None else pyramid_config
-        self._check_ppf()
-        self._check_experts()
         onednn_conv3d(vae)  # the same decode within float32 rounding, several times faster on a CPU
         # MagCache magnitude ratios per stage index (`models.caching`), read from a folder's magcache.json.
         self.mag_ratios: dict[int, list[float]] | None = None
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
+        self._check_ppf()
+        self.image_mode = self._check_transformers()
 
     def _check_ppf(self) -> None:
         """A patch-pyramid config needs a PPFTransformer with the same stages, and vice versa."""
@@ -195,18 +222,39 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 "same layout (stages, factors, clean_ends, ...): pass its pyramid_config or .with_sampling()"
             )
 
-    def _check_experts(self) -> None:
-        """Every transformer is text-to-video; a second expert comes with its boundary and vice versa."""
-        for name in ("transformer", EXPERT_COMPONENT):
-            module = getattr(self, name)
-            if module is not None:
-                check_text_to_video(module.config, name)
+    def _check_transformers(self) -> str | None:
+        """The experts take the image alike and fit the VAE; a second expert comes with its boundary and
+        vice versa; a CLIP branch comes with its image encoder. Returns the image mode (`image_mode`)."""
+        modes = {
+            check_image_model(
+                module.config,
+                self.config.expand_timesteps,
+                self.vae.config.z_dim,
+                self.vae_scale_factor_temporal,
+                name,
+            )
+            for name in ("transformer", EXPERT_COMPONENT)
+            if (module := getattr(self, name)) is not None
+        }
+        if len(modes) > 1:
+            raise InputError(f"the two experts take the image differently ({sorted(map(str, modes))})")
+        mode = modes.pop()
+        if mode == "clip" and (self.image_encoder is None or self.image_processor is None):
+            raise InputError(
+                "a transformer with a CLIP image branch (image_dim) needs image_encoder and image_processor"
+            )
+        if mode is not None and self.ppf is not None:
+            raise InputError(
+                "a patch-pyramid (PPF) model is text-to-video only; image conditioning needs a "
+                "resolution pyramid"
+            )
         if (self.transformer_2 is None) != (self.config.boundary_ratio is None):
             raise InputError(
                 "transformer_2 (the low-noise expert) and boundary_ratio go together; pass both or neither"
             )
         if self.transformer_2 is not None and self.ppf is not None:
             raise InputError("a patch-pyramid (PPF) model has one transformer; drop transformer_2")
+        return mode
 
     # Loading and saving ------------------------------------------------------------------------------
 
@@ -241,6 +289,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         names = tuple(
             n for n in PIPELINE_COMPONENTS if n != "scheduler" or index.get(n) not in (None, [None, None])
         ) + ((EXPERT_COMPONENT,) if boundary_ratio is not None else ())
+        names += tuple(n for n in IMAGE_ENCODER_COMPONENTS if index.get(n) not in (None, [None, None]))
         components = load_pipeline_components(folder, names, torch_dtype)
         if config.kind == "patch":  # the PPF layers are saved beside the base transformer's weights
             ppf = PPFTransformer.from_pretrained(
@@ -310,6 +359,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         plan: SamplingPlan | None = None,
         solver: str | None = None,
         cache: str | None = None,
+        image: Image.Image | None = None,
     ) -> SamplingPlan:
         r"""
         Check every argument before any model work; raise a one-line `InputError` naming the problem and fix.
@@ -352,12 +402,17 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 f"got {len(generator)} generators for {total} videos; pass one per video or a single one"
             )
         # Sampling starts at the lowest stage (every entry of a pyramidal schedule is >= 1); PPF at full size.
-        expected = (total, self.transformer.config.in_channels, *plan.noise_latent)
+        expected = (total, self.transformer.config.out_channels, *plan.noise_latent)
         if latents is not None and tuple(latents.shape) != expected:
             raise InputError(
                 f"latents of shape {tuple(latents.shape)} do not fit; schedule {plan.schedule} "
                 f"starts from noise of shape {expected}"
             )
+        if image is not None and not isinstance(image, Image.Image):
+            raise InputError(
+                f"image must be a PIL image, got {type(image).__name__}; open files with PIL.Image"
+            )
+        check_image_given(self.image_mode, image is not None, "this pipeline")
         check_cache(cache, plan.sampler, plan.kind, plan.guidance_scale)
         if cache == "magcache":
             check_mag_ratios(self.mag_ratios, sampled_stages(plan.steps))
@@ -590,6 +645,41 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         latents = latents / latents_std + latents_mean
         return self.vae.decode(latents, return_dict=False)[0]
 
+    def encode_image(self, image: Image.Image, device: torch.device) -> torch.Tensor:
+        """CLIP image tokens (1, N, D): the image encoder's penultimate hidden states, as diffusers'
+        `WanImageToVideoPipeline.encode_image` makes them."""
+        return encode_clip_image(self.image_encoder, self.image_processor, image, device)
+
+    def prepare_image_condition(
+        self, image: Image.Image, plan: SamplingPlan, batch_size: int, device: torch.device
+    ) -> ImageCondition:
+        """The conditioning of `image` at every stage of `plan` (`models.conditioning`).
+
+        The image is resized to the video size by the `VideoProcessor`, as `WanImageToVideoPipeline` does,
+        then box-averaged to each stage's height and width (the stage videos' filter). Per stage, the video
+        [image, zeros, ...] of the stage's frame count (Wan2.2-TI2V: the image alone) is VAE-encoded (the
+        posterior mean) and normalised like the latents; Wan2.1/2.2-I2V put the first-frame mask in front.
+        """
+        height, width = plan.geometry[0].pixel[1:]
+        pixels = self.video_processor.preprocess(image, height=height, width=width)  # (1, 3, H, W)
+        pixels = pixels.to(device, torch.float32)
+        encode = LatentEncoder(self.vae)
+        latents = {}
+        for stage in plan.geometry:
+            frames, stage_height, stage_width = stage.pixel
+            video = stage_image(pixels, stage_height, stage_width)[:, :, None]  # (1, 3, 1, h, w)
+            if self.image_mode == "first_frame":
+                latent = encode(video)  # (1, C, 1, h', w')
+            else:
+                zeros = video.new_zeros(1, 3, frames - 1, stage_height, stage_width)
+                latent = encode(torch.cat([video, zeros], dim=2))  # (1, C, T, h', w')
+                latent = with_first_frame_mask(latent, self.vae_scale_factor_temporal)  # (1, mask + C, ...)
+            latents[stage.latent] = latent.to(device).repeat(batch_size, 1, 1, 1, 1)
+        embeds = None
+        if self.image_mode == "clip":
+            embeds = self.encode_image(image, device).repeat(batch_size, 1, 1)  # (B, N, D)
+        return ImageCondition(self.image_mode, latents, embeds)
+
     def _progress_disabled(self) -> bool:
         config = self._progress_bar_config if hasattr(self, "_progress_bar_config") else {}
         return bool(config.get("disable", False))
@@ -618,6 +708,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         plan: SamplingPlan | None = None,
         solver: str | None = None,
         cache: str | None = None,
+        image: Image.Image | None = None,
     ) -> WanPipelineOutput | tuple:
         r"""
         Generate videos from text, sampling through the model's resolution pyramid.
@@ -676,6 +767,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 `mag_ratios`: a folder's magcache.json, from `pyramidal-wan calibrate-magcache`) or
                 "fastercache" (runs CFG as one batched call on every device), fresh at every stage change;
                 none by default.
+            image (`PIL.Image.Image`, *optional*):
+                The conditioning image of an image-to-video model (needed by Wan2.1-I2V and Wan2.2-I2V, taken
+                by Wan2.2-TI2V-5B, refused by text-to-video models): the video's first frame. It is resized to
+                the video size as `WanImageToVideoPipeline` does, then box-averaged to each stage's size and
+                VAE-encoded there; the CLIP embedding (Wan2.1-I2V) is made once.
 
         Returns:
             [`WanPipelineOutput`] or `tuple`: the videos in `.frames` (or the first element of the tuple).
@@ -709,6 +805,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             plan,
             solver,
             cache,
+            image,
         )
 
         # 2. Define call parameters
@@ -727,6 +824,11 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             device,
         )
 
+        # 3b. Encode the conditioning image at every stage's size (the CLIP embedding once)
+        condition = None
+        if image is not None:
+            condition = self.prepare_image_condition(image, plan, prompt_embeds.shape[0], device)
+
         # 4. Prepare timesteps: the per-stage sigma grids
         pyramid = self.pyramid_config.pyramid()
         grid = self.get_grid(plan, pyramid)
@@ -734,7 +836,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # 5. Prepare latent variables (float32 state, as WanPipeline; the velocity model casts per call)
         latents = self.prepare_latents(
             prompt_embeds.shape[0],
-            self.transformer.config.in_channels,
+            self.transformer.config.out_channels,
             plan.noise_latent,
             torch.float32,
             device,
@@ -749,6 +851,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             "negative_encoder_hidden_states": negative_prompt_embeds,
             "attention_kwargs": attention_kwargs,
         }
+        if condition is not None:
+            extra_args["image_condition"] = condition
         try:
             latents = sample(
                 model,
@@ -762,6 +866,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         finally:
             if isinstance(model, StageCachedVelocity):  # it enabled each stage's cache; remove the last
                 model.disable()
+        if condition is not None:  # Wan2.2-TI2V: the first latent frame is the clean image's
+            latents = condition.with_clean_first_frame(latents)
 
         # 7. Decode
         if output_type == "latent":

@@ -17,11 +17,18 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLWan
 
-from pyramidal_wan.errors import InputError
+from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.checkpoint import pyramid_config_or_plain
 from pyramidal_wan.models.loading import read_model_index
 from pyramidal_wan.models.presets import get_transformer_config, read_config_json
-from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, check_text_to_video, expert_split
+from pyramidal_wan.models.wan_family import (
+    EXPERT_COMPONENT,
+    IMAGE_ENCODER_COMPONENTS,
+    check_image_given,
+    check_image_model,
+    expert_split,
+    image_mode,
+)
 from pyramidal_wan.pyramid import (
     PyramidConfig,
     StageGeometry,
@@ -31,6 +38,7 @@ from pyramidal_wan.pyramid import (
 )
 from pyramidal_wan.pyramid.config import SAMPLERS, check_solver
 
+_VAE_DEFAULTS = inspect.signature(AutoencoderKLWan.__init__).parameters
 # The paper's video size (frames, height, width): Wan2.1's 81 frames at 448x832, divisible for 3 stages.
 WAN21_SIZE = (81, 448, 832)
 
@@ -157,7 +165,7 @@ def video_settings(
     if folder is not None:
         index = read_model_index(Path(folder))
         vae = read_config_json(Path(folder) / "vae" / "config.json", "the AutoencoderKLWan config.json")
-    vae_defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
+    vae_defaults = _VAE_DEFAULTS
     defaults = dict(zip(("num_frames", "height", "width"), WAN21_SIZE))
     settings = {
         name: value if value is not None else index.get(f"default_{name}", defaults[name])
@@ -171,17 +179,36 @@ def video_settings(
     return settings
 
 
-def check_folder(folder: str | os.PathLike) -> float | None:
+def check_folder(folder: str | os.PathLike, image: bool | None = None) -> float | None:
     """Refuse a pipeline folder the pipeline cannot sample as its model was trained (from its JSON configs,
-    before any weights load): an incomplete expert split or an image-to-video transformer. Returns the
-    folder's boundary_ratio (None: one transformer)."""
+    before any weights load): an incomplete expert split, an image-to-video transformer that does not fit
+    its VAE or lacks its CLIP image encoder, and, when `image` says whether the call gives a conditioning
+    image, an image-to-video model without one or a text-to-video model with one. Returns the folder's
+    boundary_ratio (None: one transformer)."""
     folder = Path(folder)
-    boundary_ratio = expert_split(read_model_index(folder), folder)
+    index = read_model_index(folder)
+    boundary_ratio = expert_split(index, folder)
+    expand = bool(index.get("expand_timesteps", False))
     names = ("transformer",) + ((EXPERT_COMPONENT,) if boundary_ratio is not None else ())
     for name in names:
         config_path = folder / name / "config.json"
-        if config_path.is_file():  # a missing one is reported by the component loader
-            check_text_to_video(get_transformer_config(config_path), config_path)
+        if not config_path.is_file():  # reported by the component loader
+            continue
+        config = get_transformer_config(config_path)
+        mode = image_mode(config, expand)
+        if mode in ("clip", "channels"):  # the extra input channels must fit the VAE
+            vae = read_config_json(folder / "vae" / "config.json", "the AutoencoderKLWan config.json")
+            channels = vae.get("z_dim", _VAE_DEFAULTS["z_dim"].default)
+            temporal = vae.get("scale_factor_temporal", _VAE_DEFAULTS["scale_factor_temporal"].default)
+            check_image_model(config, expand, channels, temporal, config_path)
+        missing = [n for n in IMAGE_ENCODER_COMPONENTS if index.get(n) in (None, [None, None])]
+        if mode == "clip" and missing:
+            raise CheckpointError(
+                f"{folder / 'model_index.json'}: an image-to-video model with a CLIP image branch needs "
+                f"{' and '.join(missing)}; add them (a WanImageToVideoPipeline folder has both)"
+            )
+        if image is not None:
+            check_image_given(mode, image, folder)
     return boundary_ratio
 
 
@@ -194,11 +221,12 @@ def plan_from_folder(
     sampler: str | None = None,
     guidance_scale: float | tuple[float, ...] | None = None,
     solver: str | None = None,
+    image: bool = False,
 ) -> SamplingPlan:
     """Check a call's size and sampling settings against a saved pipeline folder's configs, without loading
-    weights; `None` takes the folder's defaults. Returns what the pipeline samples for that call (the size
-    is `plan.geometry[0].pixel`)."""
-    check_folder(folder)
+    weights; `None` takes the folder's defaults, and `image` says whether the call gives a conditioning
+    image. Returns what the pipeline samples for that call (the size is `plan.geometry[0].pixel`)."""
+    check_folder(folder, image)
     video = video_settings(folder, num_frames, height, width)
     return plan_sampling(
         pyramid_config_or_plain(folder),

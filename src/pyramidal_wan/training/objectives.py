@@ -22,7 +22,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 
+from pyramidal_wan.data.cache import CONDITIONED_MODES
 from pyramidal_wan.errors import InputError
+from pyramidal_wan.models.conditioning import training_condition
+from pyramidal_wan.models.wan_family import image_mode
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.training.networks import frozen, student_network
 from pyramidal_wan.utils.ranges import NonNegative, NonNegativeInt, Positive, Probability
@@ -140,10 +143,40 @@ def curriculum_groups(
     return groups
 
 
+def image_kwargs(batch: dict, stage: int, rows, frames: int | None = None) -> dict:
+    """{"image_condition": ...}, the model keyword of a group of an image-to-video batch (its cached stage
+    conditions, the first `frames` latent frames of them, and CLIP tokens), or {} for text-to-video."""
+    if "image_conditions" not in batch:
+        return {}
+    latent = batch["image_conditions"][stage][rows][:, :, :frames]  # (B, C, T, H, W)
+    embeds = batch["image_embeds"]
+    embeds = None if embeds is None else embeds[rows]
+    return {"image_condition": training_condition(latent, batch["mask_channels"], embeds)}
+
+
+def check_image_conditioning(objective, data) -> None:
+    """An image-to-video model trains on a cache holding its image conditions, with an objective that feeds
+    them (`takes_image_conditions`); a text-to-video model on a cache without. Raises a one-line error."""
+    mode = image_mode(objective.nets["generator"].transformer.config)
+    mode = mode if mode in CONDITIONED_MODES else None  # "first_frame" (TI2V) trains as text-to-video
+    cached = data.image_conditioning
+    if mode != cached:
+        raise InputError(
+            f"the model's image conditioning is {mode or 'none (text-to-video)'} but the cache {data.folder} "
+            f"holds {cached or 'none'}: run `pyramidal-wan prepare-data` with this model into a new --out"
+        )
+    if cached is not None and not objective.takes_image_conditions:
+        raise InputError(
+            f"{type(objective).__name__} does not train image-to-video models yet; use the pyramidal or "
+            "flow-matching objectives"
+        )
+
+
 class Objective:
     """Shared plumbing: the trained networks by group, and how the trainer hands back wrapped ones."""
 
     critic_ratio = 0
+    takes_image_conditions = False  # feeds an image-to-video cache's conditions to its networks
 
     def use(self, nets: dict) -> None:
         """Replace the networks by the trainer's wrapped (e.g. DDP) versions of the same modules."""
@@ -163,7 +196,10 @@ class FlowMatching(Objective):
     With stages (0,) this is ordinary (pre-)training; with all stages (multires-fm) it is the
     multi-resolution fine-tune that makes the DMD-OT teacher (METHOD.md 7.3); with a `stage_mix` curriculum
     it is Wan-style multi-resolution, multi-duration pretraining (pixel-space stage latents, single frames).
+    An image-to-video model gets each sample's first-frame condition at the group's stage.
     """
+
+    takes_image_conditions = True
 
     def __init__(self, config: Config, method):
         self.cfg = config.objective
@@ -193,7 +229,8 @@ class FlowMatching(Objective):
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             sigma = sample_sigmas(self.cfg, x0.shape[0], generator).to(x0)
             s = sigma.view(-1, 1, 1, 1, 1)
-            pred = model(((1 - s) * x0 + s * noise), sigma, batch["prompt_embeds"][rows])
+            image = image_kwargs(batch, stage, rows, x0.shape[2])
+            pred = model(((1 - s) * x0 + s * noise), sigma, batch["prompt_embeds"][rows], **image)
             loss = F.mse_loss(pred.float(), (noise - x0).float())
             total = total + loss * (x0.shape[0] / batch_size)
             logs[f"loss/stage{stage}{'-image' if is_image else ''}"] = loss.detach()
@@ -204,8 +241,11 @@ class PyramidalFlowMatching(Objective):
     """L_pyr + L_dist (METHOD.md 4.2-4.3): pyramidal targets per stage, anchored to the frozen original.
 
     L_dist = lambda sum_i w_i mean((P_i [F_theta(x) - F_orig(x)])^2): in the low band the pyramidal target
-    equals the plain velocity, so the original model's prediction is a valid target there.
+    equals the plain velocity, so the original model's prediction is a valid target there. An
+    image-to-video model (and its frozen original) gets each sample's first-frame condition at the stage.
     """
+
+    takes_image_conditions = True
 
     def __init__(self, config: Config, method):
         cfg = self.cfg = config.objective
@@ -241,13 +281,14 @@ class PyramidalFlowMatching(Objective):
             rho = torch.rand(x0.shape[0], generator=generator).to(x0)
             u = self._noisy_end(batch["latents"], stage, rows)
             x, sigma, target = self.pyramid.training_point(x0, u, noise, stage, rho)
-            pred = self.nets["generator"](x, sigma, embeds)
+            image = image_kwargs(batch, stage, rows)
+            pred = self.nets["generator"](x, sigma, embeds, **image)
             loss = F.mse_loss(pred.float(), target.float())
             logs[f"loss_pyr/stage{stage}"] = loss.detach()
             weight = self.cfg.dist_weight * self.dist_weights[stage]
             if weight > 0:
                 with torch.no_grad():
-                    ref = self.reference(x, sigma, embeds)
+                    ref = self.reference(x, sigma, embeds, **image)
                 low = self.pyramid.project((pred - ref).float(), stage)
                 dist = low.square().mean()
                 logs[f"loss_dist/stage{stage}"] = dist.detach()

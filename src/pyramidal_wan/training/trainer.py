@@ -22,6 +22,7 @@ from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import CheckpointError, TrainingDiverged
 from pyramidal_wan.training.config import Config, save_config
 from pyramidal_wan.training.methods import build_objective
+from pyramidal_wan.training.objectives import check_image_conditioning
 from pyramidal_wan.training.sharding import (
     FSDP2,
     check_sharding,
@@ -227,6 +228,7 @@ def _train(config: Config, accelerator: Accelerator, resume: bool, progress: boo
     # Build: data, the objective (it builds its networks), one optimiser per trained group.
     data = CachedLatents(config.data.cache)
     objective = build_objective(config)
+    check_image_conditioning(objective, data)
     record = {"cache": str(config.data.cache), **objective.run_record(data)}  # checks the data fits
     nets = objective.nets
     # FSDP2 shards the networks in place before the optimisers see their parameters; without sharding,
@@ -347,12 +349,18 @@ def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, gene
     batch = data.batch(indices)
     drop = torch.rand(batch_size, generator=generator) < text_dropout
     batch["prompt_embeds"][drop] = data.empty_prompt.float()
-    return {
+    out = {
         "latents": [x.to(device) for x in batch["latents"]],
         "prompt_embeds": batch["prompt_embeds"].to(device),
         "empty_prompt": data.empty_prompt.float().to(device),
         "negative_prompt": None if data.negative_prompt is None else data.negative_prompt.float().to(device),
     }
+    if "image_conditions" in batch:  # an image-to-video cache: the image stays (no image dropout)
+        embeds = batch["image_embeds"]
+        out["image_conditions"] = [x.to(device) for x in batch["image_conditions"]]
+        out["image_embeds"] = None if embeds is None else embeds.to(device)
+        out["mask_channels"] = batch["mask_channels"]
+    return out
 
 
 def export_model(config: Config, model, ema: EMA | None, pyramid_config, folder: Path) -> None:
