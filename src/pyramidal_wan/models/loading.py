@@ -272,8 +272,8 @@ def load_transformer(
     """Load the Wan transformer from a pipeline folder, a transformer folder or the original release layout.
 
     `config` is used only by the original layout (to override or supply its config.json). A two-expert
-    folder (Wan2.2 A14B) is refused: one transformer of it is half the model (load it with
-    `PyramidalWanPipeline.from_pretrained`, which runs both).
+    folder (Wan2.2 A14B) is refused: one transformer of it is half the model (load both with
+    `load_experts`, or sample with `PyramidalWanPipeline.from_pretrained`).
     """
     path = Path(path)
     layout = detect_layout(path)
@@ -283,7 +283,7 @@ def load_transformer(
         if expert_split(read_model_index(path), path) is not None:
             raise CheckpointError(
                 f"{path}: a two-expert model ({EXPERT_COMPONENT} and boundary_ratio); one transformer of it "
-                "cannot be trained or exported yet; sample it with PyramidalWanPipeline / generate"
+                "is half the model: this use takes a one-transformer model (training loads both experts)"
             )
         path = path / "transformer"
         if not (path / "config.json").is_file():
@@ -297,6 +297,26 @@ def load_transformer_for(init: str, seed: int = 0) -> WanTransformer3DModel:
         torch.manual_seed(seed)
         return WanTransformer3DModel(**get_transformer_config(init))
     return load_transformer(init)
+
+
+def folder_boundary_ratio(init: str | os.PathLike) -> float | None:
+    """The boundary_ratio of a two-expert (Wan2.2 A14B) pipeline folder; None for a preset or any other
+    model (reads JSON only)."""
+    if str(init) in PRESETS or not Path(init).is_dir() or detect_layout(init) != "pipeline":
+        return None
+    return expert_split(read_model_index(init), init)
+
+
+def load_experts(
+    folder: str | os.PathLike,
+) -> tuple[WanTransformer3DModel, WanTransformer3DModel, float]:
+    """(high-noise `transformer`, low-noise `transformer_2`, boundary_ratio) of a two-expert folder."""
+    folder = Path(folder)
+    ratio = folder_boundary_ratio(folder)
+    if ratio is None:
+        raise CheckpointError(f"{folder}: not a two-expert model folder (no {EXPERT_COMPONENT})")
+    high, low = (load_diffusers_transformer(folder / name) for name in ("transformer", EXPERT_COMPONENT))
+    return high, low, ratio
 
 
 def quiet_loading() -> None:

@@ -48,6 +48,9 @@ class ModelConfig:
     lora_rank: NonNegativeInt = 0  # > 0 trains a peft LoRA of this rank instead of all parameters
     lora_alpha: Positive | None = None  # None: equal to the rank
     gradient_checkpointing: bool = False
+    # A two-expert (Wan2.2 A14B) model.init: the experts that train, "high" (`transformer`, sigma >=
+    # boundary_ratio), "low" (`transformer_2`) or both; each sample's sigma picks its expert as in sampling.
+    expert: Literal["both", "high", "low"] = "both"
 
 
 @dataclass

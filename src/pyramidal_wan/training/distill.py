@@ -45,6 +45,7 @@ from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import load_transformer_for
 from pyramidal_wan.models.ppf import load_ppf_or_wan
 from pyramidal_wan.models.presets import PRESETS
+from pyramidal_wan.models.wan_family import ExpertVelocity
 from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule, parse_schedule, randn
 from pyramidal_wan.pyramid.distillation import (
     choose_grid_point,
@@ -55,7 +56,7 @@ from pyramidal_wan.pyramid.distillation import (
     simulated_input,
     student_process,
 )
-from pyramidal_wan.training.networks import student_network
+from pyramidal_wan.training.networks import student_network, transformer_paths, velocity_network
 from pyramidal_wan.training.objectives import Objective, ObjectiveOptions, check_noisy_end_signal
 from pyramidal_wan.training.ppf import check_ppf_init, ppf_network
 from pyramidal_wan.utils.ranges import NonNegative, PositiveInt, Probability
@@ -123,21 +124,28 @@ def cast_frozen(transformer: torch.nn.Module, precision: str) -> torch.nn.Module
 
 def frozen_network(
     init: str, seed: int, precision: str, checkpointing: bool = False, load=load_transformer_for
-) -> WanVelocity:
+) -> WanVelocity | ExpertVelocity:
     """A frozen velocity model from a folder or preset (a preset is built from `seed`, like the student);
-    `load(init, seed)` builds the transformer (PPF-DMD: `load_ppf_or_wan`)."""
-    transformer = cast_frozen(load(init, seed).requires_grad_(False).eval(), precision)
-    if checkpointing:  # gradients flow through it into the student's sample (adversarial backbone)
-        transformer.enable_gradient_checkpointing()
-    return WanVelocity(transformer)
+    `load(init, seed)` builds the transformer (PPF-DMD: `load_ppf_or_wan`); a two-expert folder gives both
+    experts."""
+    net = velocity_network(init, seed, load).requires_grad_(False).eval()
+    for path in transformer_paths(net).values():
+        transformer = cast_frozen(net.get_submodule(path), precision)
+        if checkpointing:  # gradients flow through it into the student's sample (adversarial backbone)
+            transformer.enable_gradient_checkpointing()
+    return net
 
 
-def trainable_network(init: str, seed: int, checkpointing: bool, load=load_transformer_for) -> WanVelocity:
-    """A full-parameter velocity model (the fake score), optionally with gradient checkpointing."""
-    transformer = load(init, seed)
+def trainable_network(
+    init: str, seed: int, checkpointing: bool, load=load_transformer_for
+) -> WanVelocity | ExpertVelocity:
+    """A full-parameter velocity model (the fake score; both experts of a two-expert folder), optionally with
+    gradient checkpointing."""
+    net = velocity_network(init, seed, load)
     if checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return WanVelocity(transformer).train()
+        for path in transformer_paths(net).values():
+            net.get_submodule(path).enable_gradient_checkpointing()
+    return net.train()
 
 
 @contextmanager

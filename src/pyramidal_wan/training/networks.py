@@ -1,6 +1,9 @@
 """The networks objectives train or read, from a run's model settings: the student, frozen copies, LoRA.
 
 Loading a transformer (a preset or a folder) is `models.loading`'s; this module decides what a run trains.
+A two-expert (Wan2.2 A14B) folder becomes an `ExpertVelocity` of both experts, each training sample's sigma
+picking the expert that predicts it as in sampling; `model.expert` says which experts train, the other one
+stays frozen and is exported unchanged.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ import copy
 
 import torch
 
+from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import WanVelocity
-from pyramidal_wan.models.loading import load_transformer_for
+from pyramidal_wan.models.loading import folder_boundary_ratio, load_experts, load_transformer_for
+from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity
 
 # LoRA targets (METHOD.md 7.2): attention projections of both attention layers and the FFN.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
@@ -30,12 +35,67 @@ def add_lora(transformer, rank: int, alpha: float | None = None):
     return transformer
 
 
-def student_network(model_config, seed: int) -> WanVelocity:
-    """The network a run trains (`model.init`, optionally LoRA, optionally gradient checkpointing)."""
-    transformer = load_transformer_for(model_config.init, seed)
+# `model.expert` of a two-expert folder: the model folder component of each expert.
+EXPERTS = {"high": "transformer", "low": EXPERT_COMPONENT}
+
+
+def velocity_network(init: str, seed: int, load=load_transformer_for) -> WanVelocity | ExpertVelocity:
+    """The velocity model of `init`: one transformer (`load(init, seed)`), or both experts of a two-expert
+    folder switched at its boundary_ratio."""
+    if folder_boundary_ratio(init) is None:
+        return WanVelocity(load(init, seed))
+    high, low, ratio = load_experts(init)
+    return ExpertVelocity(WanVelocity(high), WanVelocity(low), ratio)
+
+
+def transformer_paths(net: torch.nn.Module) -> dict[str, str]:
+    """Where each transformer of a velocity model sits in it, by model folder component: {"transformer":
+    "transformer"}, or {"transformer": "high.transformer", "transformer_2": "low.transformer"}."""
+    net = getattr(net, "module", net)  # unwrap DDP
+    if isinstance(net, ExpertVelocity):
+        return {"transformer": "high.transformer", EXPERT_COMPONENT: "low.transformer"}
+    return {"transformer": "transformer"}
+
+
+def trained_experts(model_config, two_experts: bool) -> tuple[str, ...]:
+    """The experts `model.expert` trains (("high", "low") for "both"); raises for a setting the model does
+    not have: a single expert of a one-transformer model, or LoRA on two experts."""
+    if not two_experts:
+        if model_config.expert != "both":
+            raise InputError(
+                f"model.expert={model_config.expert} needs a two-expert (Wan2.2 A14B) model.init; "
+                f"{model_config.init} has one transformer: unset model.expert"
+            )
+        return ()
+    if model_config.lora_rank > 0:
+        raise InputError(
+            "LoRA on a two-expert model is not supported yet; set model.lora_rank=0 (full-parameter training)"
+        )
+    return tuple(EXPERTS) if model_config.expert == "both" else (model_config.expert,)
+
+
+def student_network(model_config, seed: int) -> WanVelocity | ExpertVelocity:
+    """The network a run trains (`model.init`, optionally LoRA, optionally gradient checkpointing); of a
+    two-expert folder, the experts `model.expert` names train and the other is frozen."""
+    net = velocity_network(model_config.init, seed)
+    paths = transformer_paths(net)
+    trained = trained_experts(model_config, len(paths) == 2)
+    for expert in set(EXPERTS) - set(trained) if trained else ():
+        net.get_submodule(paths[EXPERTS[expert]]).requires_grad_(False)
     if model_config.lora_rank > 0:
         torch.manual_seed(seed)  # peft draws LoRA A from the global generator: same seed, same adapter
-        add_lora(transformer, model_config.lora_rank, model_config.lora_alpha)
+        add_lora(net.transformer, model_config.lora_rank, model_config.lora_alpha)
     if model_config.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    return WanVelocity(transformer).train()
+        for path in paths.values():
+            net.get_submodule(path).enable_gradient_checkpointing()
+    return net.train()
+
+
+def check_experts_trainable(net: torch.nn.Module, processes: int, sharding: str) -> None:
+    """A two-expert model trains in one process for now: with several, a step whose samples all fall to one
+    expert leaves the other's gradients unreduced (DDP) and FSDP2 export of two experts is untested."""
+    if len(transformer_paths(net)) == 2 and (processes > 1 or sharding != "none"):
+        raise InputError(
+            "a two-expert model trains in one process without sharding for now; launch one process and "
+            "set train.sharding=none"
+        )

@@ -27,7 +27,7 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.conditioning import training_condition
 from pyramidal_wan.models.wan_family import image_mode
 from pyramidal_wan.pyramid import PyramidConfig
-from pyramidal_wan.training.networks import frozen, student_network
+from pyramidal_wan.training.networks import frozen, student_network, transformer_paths
 from pyramidal_wan.utils.ranges import NonNegative, NonNegativeInt, Positive, Probability
 
 if TYPE_CHECKING:  # annotations only: the config module reads the registry, which imports this module
@@ -157,7 +157,8 @@ def image_kwargs(batch: dict, stage: int, rows, frames: int | None = None) -> di
 def check_image_conditioning(objective, data) -> None:
     """An image-to-video model trains on a cache holding its image conditions, with an objective that feeds
     them (`takes_image_conditions`); a text-to-video model on a cache without. Raises a one-line error."""
-    mode = image_mode(objective.nets["generator"].transformer.config)
+    generator = objective.nets["generator"]
+    mode = image_mode(generator.get_submodule(transformer_paths(generator)["transformer"]).config)
     mode = mode if mode in CONDITIONED_MODES else None  # "first_frame" (TI2V) trains as text-to-video
     cached = data.image_conditioning
     if mode != cached:

@@ -22,6 +22,7 @@ from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import CheckpointError, TrainingDiverged
 from pyramidal_wan.training.config import Config, save_config
 from pyramidal_wan.training.methods import build_objective
+from pyramidal_wan.training.networks import check_experts_trainable, transformer_paths
 from pyramidal_wan.training.objectives import check_image_conditioning
 from pyramidal_wan.training.sharding import (
     FSDP2,
@@ -229,6 +230,7 @@ def _train(config: Config, accelerator: Accelerator, resume: bool, progress: boo
     data = CachedLatents(config.data.cache)
     objective = build_objective(config)
     check_image_conditioning(objective, data)
+    check_experts_trainable(objective.nets["generator"], world, tc.sharding)
     record = {"cache": str(config.data.cache), **objective.run_record(data)}  # checks the data fits
     nets = objective.nets
     # FSDP2 shards the networks in place before the optimisers see their parameters; without sharding,
@@ -304,7 +306,10 @@ def _train(config: Config, accelerator: Accelerator, resume: bool, progress: boo
             # The optimiser's parameters: during FSDP2's forward/backward, a root unit's module attributes
             # are its gathered copies, which receive no gradient.
             params = [p for param_group in optimizers[group].param_groups for p in param_group["params"]]
-            accelerator.backward(loss)
+            # A loss without gradient: every sample fell to a frozen expert (`model.expert`); the step then
+            # leaves the weights unchanged (AdamW skips parameters without .grad).
+            if loss.requires_grad:
+                accelerator.backward(loss)
             if tc.grad_clip > 0:
                 accelerator.clip_grad_norm_(params, tc.grad_clip)
             optimizers[group].step()
@@ -364,30 +369,35 @@ def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, gene
 
 
 def export_model(config: Config, model, ema: EMA | None, pyramid_config, folder: Path) -> None:
-    """Write a diffusers Wan folder: the trained transformer (EMA weights if kept) beside the base
-    pipeline's tokenizer, text encoder, VAE and scheduler, plus `pyramid_config.json` for pyramidal models."""
+    """Write a diffusers Wan folder: the trained transformer (EMA weights if kept; both experts of a
+    two-expert model) beside the base pipeline's tokenizer, text encoder, VAE and scheduler, plus
+    `pyramid_config.json` for pyramidal models."""
     from pyramidal_wan.models.checkpoint import save_pyramid_config
 
     model = getattr(model, "module", model)  # unwrap DDP
-    transformer = copy.deepcopy(model.transformer)
+    paths = transformer_paths(model)  # a two-expert model: both experts, the frozen one as loaded
+    transformers = {name: copy.deepcopy(model.get_submodule(path)) for name, path in paths.items()}
     if ema is not None:
         with torch.no_grad():
-            for name, param in transformer.named_parameters():
-                key = f"transformer.{name}"
-                if key in ema.shadow:
-                    param.copy_(ema.shadow[key])
+            for component, transformer in transformers.items():
+                for name, param in transformer.named_parameters():
+                    key = f"{paths[component]}.{name}"
+                    if key in ema.shadow:
+                        param.copy_(ema.shadow[key])
     base = config.model.pipeline or config.model.init
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         if config.model.lora_rank > 0:  # the small adapter alone, then the full fused transformer
+            transformer = transformers["transformer"]
             transformer.save_lora_adapter(tmp / "lora")
             transformer.fuse_lora()
             transformer.unload_lora()
         if Path(base, "model_index.json").is_file():
             for item in Path(base).iterdir():
-                if item.name not in ("transformer", "pyramid_config.json"):
+                if item.name not in (*transformers, "pyramid_config.json"):
                     copy_fn = shutil.copytree if item.is_dir() else shutil.copy2
                     copy_fn(item, tmp / item.name)
-        transformer.save_pretrained(tmp / "transformer")
+        for component, transformer in transformers.items():
+            transformer.save_pretrained(tmp / component)
         if pyramid_config is not None:
             save_pyramid_config(tmp, pyramid_config)

@@ -1,0 +1,149 @@
+"""Training a two-expert (Wan2.2 A14B) model on tiny random experts: each sample's sigma picks the expert that
+predicts it, only the experts `model.expert` names change, and the exported folder holds both and samples."""
+
+import json
+
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+from helpers import build_components, tiny_train_config
+
+from pyramidal_wan.cli import main
+from pyramidal_wan.data.cache import CachedLatents
+from pyramidal_wan.models.loading import load_diffusers_transformer
+from pyramidal_wan.models.wan_family import ExpertVelocity
+from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.training.methods import build_objective
+from pyramidal_wan.training.trainer import sample_batch, train
+
+BOUNDARY = 0.875  # Wan2.2-T2V-A14B's
+
+
+@pytest.fixture(scope="module")
+def a14b_dir(tmp_path_factory):
+    """A two-expert folder in diffusers' Wan2.2-T2V-A14B layout (written by WanPipeline)."""
+    folder = tmp_path_factory.mktemp("a14b")
+    WanPipeline(
+        **build_components(0),
+        transformer_2=build_components(1)["transformer"],
+        boundary_ratio=BOUNDARY,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    ).save_pretrained(folder)
+    return folder
+
+
+def expert_weights(folder):
+    return {
+        name: load_diffusers_transformer(folder / name).state_dict()
+        for name in ("transformer", "transformer_2")
+    }
+
+
+def changed(before: dict, after: dict) -> bool:
+    return any(not torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_each_sample_trains_the_expert_of_its_sigma(a14b_dir, tiny_cache, tmp_path):
+    config = tiny_train_config(
+        tiny_cache, tmp_path / "run", f"model.init={a14b_dir}", "objective.name=pyramidal", "model.expert=low"
+    )
+    objective = build_objective(config)
+    student = objective.nets["generator"]
+    assert isinstance(student, ExpertVelocity) and student.boundary_ratio == BOUNDARY
+    timesteps = {"high": [], "low": []}
+    hooks = [
+        getattr(student, name).transformer.register_forward_pre_hook(
+            lambda m, a, kw, name=name: timesteps[name].append(kw["timestep"]), with_kwargs=True
+        )
+        for name in ("high", "low")
+    ]
+    batch = sample_batch(
+        CachedLatents(tiny_cache), 12, 0.0, torch.Generator().manual_seed(0), torch.device("cpu")
+    )
+    try:
+        loss, _ = objective.generator_loss(batch, torch.Generator().manual_seed(0))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    loss.backward()
+    high, low = torch.cat(timesteps["high"]), torch.cat(timesteps["low"])
+    # 4 samples at the lowest stage (sigma in [0.667, 1]): some reach the high-noise expert.
+    assert len(high) > 0 and (high >= 1000 * BOUNDARY).all() and (low < 1000 * BOUNDARY).all()
+    assert all(p.grad is None for p in student.high.parameters())  # frozen: computes, does not train
+    assert all(p.grad is not None for p in student.low.parameters())
+
+
+@pytest.mark.parametrize(
+    "expert, overrides",
+    [
+        ("low", ["objective.name=pyramidal"]),
+        # Noise levels near 1 (logit-normal around sigmoid(5)): the high-noise expert's range.
+        ("high", ["objective.timestep_sampling=logit-normal", "objective.logit_mean=5.0"]),
+    ],
+)
+def test_training_changes_only_the_chosen_expert_and_exports_both(
+    a14b_dir, tiny_cache, tmp_path, expert, overrides
+):
+    config = tiny_train_config(
+        tiny_cache, tmp_path / "run", f"model.init={a14b_dir}", f"model.expert={expert}", *overrides
+    )
+    out = train(config, progress=False)
+    model = out / "model"
+    before, after = expert_weights(a14b_dir), expert_weights(model)
+    trained = "transformer" if expert == "high" else "transformer_2"
+    frozen = "transformer_2" if expert == "high" else "transformer"
+    assert changed(before[trained], after[trained])
+    assert not changed(before[frozen], after[frozen])  # exported exactly as loaded
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["boundary_ratio"] == BOUNDARY and index["transformer_2"][1] == "WanTransformer3DModel"
+    pipe = PyramidalWanPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    calls = {"transformer": 0, "transformer_2": 0}
+    for name in calls:
+        getattr(pipe, name).register_forward_pre_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    size = {"num_frames": 17, "height": 64, "width": 64}
+    for schedule, sampler in (("2-2-1", "fewstep"), ("2-2-2", "multistep")):
+        video = pipe(
+            "a prompt", schedule=schedule, sampler=sampler, guidance_scale=1.0, output_type="latent", **size
+        )
+        assert torch.isfinite(video.frames).all()
+    assert calls["transformer"] > 0 and calls["transformer_2"] > 0  # both experts sample
+
+
+def test_distilling_a_two_expert_model_trains_its_student_and_fake_score_experts(
+    a14b_dir, tiny_cache, tmp_path
+):
+    config = tiny_train_config(
+        tiny_cache,
+        tmp_path / "run",
+        f"model.init={a14b_dir}",
+        "objective.name=dmd-ot",
+        f"objective.teacher={a14b_dir}",
+        "objective.critic_ratio=1",
+        "objective.teacher_uncond=empty",
+    )
+    objective = build_objective(config)
+    assert all(isinstance(objective.nets[g], ExpertVelocity) for g in ("generator", "critic"))
+    assert isinstance(objective.teacher, ExpertVelocity)
+    out = train(config, progress=False)
+    before, after = expert_weights(a14b_dir), expert_weights(out / "model")
+    assert changed(before["transformer_2"], after["transformer_2"])  # 2-2-1: the low expert serves 4 of 5
+
+
+@pytest.mark.parametrize(
+    "command, overrides, message",
+    [
+        (["finetune"], ["model.init=toy-wan", "model.expert=high"], "model.expert=high needs a two-expert"),
+        (["finetune"], ["model.lora_rank=4"], "LoRA on a two-expert model is not supported"),
+        (["distill", "--method", "adv-p"], [], "adv-p reads one backbone's features but model.init"),
+    ],
+)
+def test_unsupported_two_expert_settings_are_one_line_errors(
+    a14b_dir, tiny_cache, tmp_path, capsys, command, overrides, message
+):
+    out = tmp_path / "run"
+    args = [f"data.cache={tiny_cache}", f"train.out={out}", f"model.init={a14b_dir}", *overrides]
+    assert main([*command, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out.glob("*")] in ([], ["run.lock"])  # no config, checkpoint or model
