@@ -4,8 +4,8 @@ cached with its per-stage first-frame conditions and CLIP tokens and trained on 
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
-from helpers import TI2V_CHANNELS, build_i2v_components, build_ti2v_components
+from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanTransformer3DModel
+from helpers import TI2V_CHANNELS, build_i2v_components, build_ti2v_components, tiny_train_config
 from safetensors.torch import load_file
 
 from pyramidal_wan.cli import main
@@ -192,3 +192,88 @@ def test_prepare_data_caches_the_conditions_of_an_i2v_folder(i2v_cache, tmp_path
     cached, reference = CachedLatents(tmp_path / "cache"), CachedLatents(root / "cache")
     for ours, theirs in zip(cached.conditions, reference.conditions):
         torch.testing.assert_close(ours.float(), theirs, atol=1e-2, rtol=1e-2)  # float16 storage
+
+
+def _transformers(objective) -> list:
+    """Every transformer an objective runs: the student, teacher, fake score, backbone."""
+    nets = [
+        *objective.nets.values(),
+        *(getattr(objective, n, None) for n in ("teacher", "rec_teacher", "backbone")),
+    ]
+    found = {
+        id(m): m
+        for net in nets
+        if net is not None
+        for m in net.modules()
+        if isinstance(m, WanTransformer3DModel)
+    }
+    return list(found.values())
+
+
+@pytest.mark.parametrize(
+    "method, overrides",
+    [
+        (
+            "dmd-ot",
+            ["objective.schedule=2-2-1", "objective.student_input=backward", "objective.teach_weight=0"],
+        ),
+        ("dmd", ["objective.schedule=0-0-2"]),
+        ("adv-p", ["objective.schedule=2-2-1", "objective.rec_steps=2"]),
+    ],
+)
+def test_an_i2v_model_is_distilled_on_its_conditions(i2v_cache, tmp_path, method, overrides):
+    """Student, teacher and critic calls all get the mask and the cached condition of the stage they run at
+    (CFG's doubled batch too), and a few steps train."""
+    root, _ = i2v_cache
+    init = root / "init"
+    config = tiny_train_config(
+        root / "cache",
+        tmp_path / "run",
+        f"model.init={init}",
+        f"objective.name={method}",
+        f"objective.teacher={init}",
+        "objective.teacher_uncond=empty",
+        "objective.critic_ratio=1",
+        *overrides,
+    )
+    objective = build_objective(config)
+    data = CachedLatents(root / "cache")
+    batch = sample_batch(data, 3, 0.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    calls = {}
+    hooks = [
+        t.register_forward_pre_hook(lambda m, a, kw: calls.setdefault(id(m), []).append(kw), with_kwargs=True)
+        for t in _transformers(objective)
+    ]
+    try:
+        for loss_fn in (objective.generator_loss, objective.critic_loss):
+            loss, _ = loss_fn(batch, torch.Generator().manual_seed(0))
+            assert torch.isfinite(loss)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(calls) == len(_transformers(objective))  # every network ran
+    by_size = {tuple(c.shape[2:]): c for c in batch["image_conditions"]}  # the sampled rows' cached ones
+    for kwargs in (kw for per_model in calls.values() for kw in per_model):
+        hidden = kwargs["hidden_states"]
+        repeats = hidden.shape[0] // 3  # CFG runs [uncond; cond] as one call
+        assert (hidden[:, 16:20, 0] == 1).all() and (hidden[:, 16:20, 1:] == 0).all()
+        assert torch.equal(hidden[:, 20:], by_size[tuple(hidden.shape[2:])].repeat(repeats, 1, 1, 1, 1))
+        assert torch.equal(kwargs["encoder_hidden_states_image"], batch["image_embeds"].repeat(repeats, 1, 1))
+    if method == "dmd-ot":  # end to end: the run trains and exports the I2V student
+        out = train(config, progress=False)
+        trained = load_transformer(out / "model" / "transformer")
+        before = load_transformer(init).state_dict()
+        assert any(not torch.equal(v, before[k]) for k, v in trained.state_dict().items())
+
+
+def test_distilling_an_i2v_model_from_a_text_to_video_teacher_is_refused(i2v_cache, tmp_path):
+    root, _ = i2v_cache
+    config = tiny_train_config(
+        root / "cache",
+        tmp_path / "run",
+        f"model.init={root / 'init'}",
+        "objective.name=dmd-ot",
+        "objective.teacher=toy-wan",
+    )
+    with pytest.raises(InputError, match="image conditioning differs .*objective.teacher text-to-video"):
+        build_objective(config)

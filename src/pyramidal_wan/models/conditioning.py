@@ -154,11 +154,10 @@ class ImageCondition:
 
 
 def training_condition(
-    latent: torch.Tensor, mask_channels: int, image_embeds: torch.Tensor | None = None
+    latents: list[torch.Tensor], mask_channels: int, image_embeds: torch.Tensor | None = None
 ) -> ImageCondition:
-    """The condition of one training group: its cached image latents (B, C, T, H, W) at the group's stage
-    with the mask in front, and its CLIP tokens ("clip") or none ("channels")."""
+    """The condition of a training batch: its cached image latents (B, C, T, H, W) at one or more stages,
+    each with the mask in front, and its CLIP tokens ("clip") or none ("channels")."""
     mode = "channels" if image_embeds is None else "clip"
-    return ImageCondition(
-        mode, {tuple(latent.shape[2:]): with_first_frame_mask(latent, mask_channels)}, image_embeds
-    )
+    by_size = {tuple(latent.shape[2:]): with_first_frame_mask(latent, mask_channels) for latent in latents}
+    return ImageCondition(mode, by_size, image_embeds)

@@ -33,8 +33,11 @@ class _StopForward(Exception):
     """Raised by the hook after the last hooked block: the rest of the backbone is not run."""
 
 
-def block_features(model, x: torch.Tensor, sigma, encoder_hidden_states, blocks) -> list[torch.Tensor]:
-    """Hidden states (B, N, d) after each block in `blocks` (0-based) of a velocity model's transformer.
+def block_features(
+    model, x: torch.Tensor, sigma, encoder_hidden_states, blocks, **kwargs
+) -> list[torch.Tensor]:
+    """Hidden states (B, N, d) after each block in `blocks` (0-based) of a velocity model's transformer;
+    `kwargs` go to the model (an image-to-video model's `image_condition`).
 
     The state after block j is read as the input of the module that consumes it (block j+1, or the output
     norm after the last block), by a forward pre-hook: that tensor is the block's grad-connected output
@@ -61,7 +64,7 @@ def block_features(model, x: torch.Tensor, sigma, encoder_hidden_states, blocks)
         consumer = transformer.blocks[b + 1] if b + 1 < num_layers else transformer.norm_out
         handles.append(consumer.register_forward_pre_hook(make_hook(b)))
     try:
-        model(x, sigma, encoder_hidden_states)
+        model(x, sigma, encoder_hidden_states, **kwargs)
     except _StopForward:
         pass
     finally:

@@ -30,6 +30,7 @@ from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import randn, sample_euler
 from pyramidal_wan.pyramid.distillation import next_sigma
 from pyramidal_wan.training.distill import FewStepObjective, FewStepOptions, frozen_network, unwrap
+from pyramidal_wan.training.objectives import image_kwargs
 from pyramidal_wan.utils.ranges import NonNegative, NonNegativeInt, PositiveInt
 
 if TYPE_CHECKING:
@@ -114,9 +115,9 @@ class AdversarialDistillation(FewStepObjective):
                 f"rec_steps and head_channels must be >= 1, got {cfg.rec_steps}, {cfg.head_channels}"
             )
 
-    def logits(self, heads, x_tau: torch.Tensor, tau, embeds) -> torch.Tensor:
+    def logits(self, heads, x_tau: torch.Tensor, tau, embeds, **image) -> torch.Tensor:
         """D(x_tau): (B, blocks, 2, T', H', W') logits of the heads on the backbone's hooked blocks."""
-        features = block_features(self.backbone, x_tau, tau, embeds, unwrap(heads).blocks)
+        features = block_features(self.backbone, x_tau, tau, embeds, unwrap(heads).blocks, **image)
         return heads(features, token_grid(x_tau, self.patch_size))
 
     @torch.no_grad()
@@ -124,11 +125,12 @@ class AdversarialDistillation(FewStepObjective):
         """rec_steps guided Euler steps of PyramidalWan from x_s to sigma_next, uniform in sigma."""
         m = self.cfg.rec_steps
         sigmas = [sigma + (sigma_next - sigma) * j / m for j in range(m + 1)]
-        text = {
+        conditions = {
             "encoder_hidden_states": batch["prompt_embeds"],
             "negative_encoder_hidden_states": self.unconditional_text(batch),
+            **image_kwargs(batch),
         }
-        return sample_euler(self.teacher_guidance(self.rec_teacher), x_s, sigmas, text, disable=True)
+        return sample_euler(self.teacher_guidance(self.rec_teacher), x_s, sigmas, conditions, disable=True)
 
     def renoised_pair(self, batch: dict, n: int, x_hat: torch.Tensor, generator):
         """(real_tau, fake_tau, tau): the stage-i data latent and x_hat re-noised with one tau and one eps."""
@@ -142,13 +144,13 @@ class AdversarialDistillation(FewStepObjective):
     def generator_loss(self, batch: dict, generator: torch.Generator):
         """L_G = adv_weight * (-mean D(fake)) + rec_weight * Rec (METHOD.md 8)."""
         n, k = self.grid_point(batch, generator)
-        embeds = batch["prompt_embeds"]
+        embeds, image = batch["prompt_embeds"], image_kwargs(batch)
         x_s = self.student_input(batch, n, k, generator)
-        velocity, x_hat = self.predict(x_s, n, k, embeds)
+        velocity, x_hat = self.predict(x_s, n, k, embeds, **image)
         _, fake_tau, tau = self.renoised_pair(batch, n, x_hat, generator)
         heads = unwrap(self.nets["critic"])  # not the DDP wrapper: this forward has no critic backward
         with parameters_frozen(heads):
-            adv = hinge_generator_loss(self.logits(heads, fake_tau, tau, embeds))
+            adv = hinge_generator_loss(self.logits(heads, fake_tau, tau, embeds, **image))
         sigma, sigma_next = self.grid[n].sigmas[k], next_sigma(self.grid, n, k)
         x_student = x_s + (sigma_next - sigma) * velocity
         rec = F.mse_loss(x_student.float(), self.reconstruction_target(x_s, sigma, sigma_next, batch).float())
@@ -172,6 +174,7 @@ class AdversarialDistillation(FewStepObjective):
                 tau.repeat(2),
                 embeds.repeat(2, 1, 1),
                 unwrap(heads).blocks,
+                **image_kwargs(batch),  # repeated to the doubled batch by the condition itself
             )
         real, fake = heads(features, token_grid(real_tau, self.patch_size)).chunk(2)
         loss = hinge_discriminator_loss(real, fake)

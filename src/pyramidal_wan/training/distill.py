@@ -44,8 +44,8 @@ from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
 from pyramidal_wan.models.loading import load_transformer_for
 from pyramidal_wan.models.ppf import load_ppf_or_wan
-from pyramidal_wan.models.presets import PRESETS
-from pyramidal_wan.models.wan_family import ExpertVelocity
+from pyramidal_wan.models.presets import PRESETS, get_transformer_config
+from pyramidal_wan.models.wan_family import ExpertVelocity, image_mode
 from pyramidal_wan.pyramid import PyramidConfig, is_baseline_schedule, parse_schedule, randn
 from pyramidal_wan.pyramid.distillation import (
     choose_grid_point,
@@ -57,7 +57,12 @@ from pyramidal_wan.pyramid.distillation import (
     student_process,
 )
 from pyramidal_wan.training.networks import student_network, transformer_paths, velocity_network
-from pyramidal_wan.training.objectives import Objective, ObjectiveOptions, check_noisy_end_signal
+from pyramidal_wan.training.objectives import (
+    Objective,
+    ObjectiveOptions,
+    check_noisy_end_signal,
+    image_kwargs,
+)
 from pyramidal_wan.training.ppf import check_ppf_init, ppf_network
 from pyramidal_wan.utils.ranges import NonNegative, PositiveInt, Probability
 
@@ -186,6 +191,15 @@ def check_student_pyramid(init: str, pyramid: PyramidConfig) -> None:
         )
 
 
+def check_same_conditioning(sources: dict[str, str | None]) -> None:
+    """Student, teacher and fake score take the same conditioning image input (none, CLIP or channels):
+    an image-to-video student is distilled from an image-to-video teacher (reads config.json files only)."""
+    modes = {key: image_mode(get_transformer_config(v)) for key, v in sources.items() if v is not None}
+    if len(set(modes.values())) > 1:
+        described = ", ".join(f"{key} {mode or 'text-to-video'}" for key, mode in modes.items())
+        raise InputError(f"the models' image conditioning differs ({described}); give models of one kind")
+
+
 def synchronised(values: list[int], device) -> list[int]:
     """Rank 0's integers on every rank (the stage and step choice of METHOD.md 7.2, step 1)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
@@ -215,6 +229,7 @@ class FewStepObjective(Objective):
         self.process = student_process(config.pyramid, steps, self.roles.renoising == "pyramidal")
         self.pyramid, self.grid = self.process.pyramid, self.process.grid
         patch = config.pyramid.kind == "patch"
+        self.takes_image_conditions = not patch  # a patch pyramid (PPF) is text-to-video only
         # Teacher and fake-score folders: a PPF folder loads with its stage kernels, anything else plainly.
         self.load_transformer = load_ppf_or_wan if patch else load_transformer_for
         if patch:
@@ -259,8 +274,10 @@ class FewStepObjective(Objective):
             check_model_source(key, value)
         if config.pyramid.kind == "patch":
             check_ppf_init(config.model, config.pyramid)
-        elif roles.grid == "pyramidal":
-            check_student_pyramid(config.model.init, config.pyramid)
+        else:
+            check_same_conditioning(sources)
+            if roles.grid == "pyramidal":
+                check_student_pyramid(config.model.init, config.pyramid)
         if roles.teacher == "required" and cfg.teacher is None:
             raise InputError(f"{name} needs objective.teacher: {roles.teacher_role}")
         if roles.teacher == "lora-base":
@@ -329,14 +346,15 @@ class FewStepObjective(Objective):
             return data_noised_input(self.pyramid, segment, x0, u, randn(x0.shape, x0, generator), sigma)
         start = self.data_latent(batch, 0)
         noise = randn(start.shape, start, generator)
-        text = {"encoder_hidden_states": batch["prompt_embeds"]}
+        conditions = {"encoder_hidden_states": batch["prompt_embeds"], **image_kwargs(batch)}
         sampler = self.process.sampler
-        return simulated_input(self.nets["generator"], noise, sampler, self.grid, n, k, text, generator)
+        return simulated_input(self.nets["generator"], noise, sampler, self.grid, n, k, conditions, generator)
 
-    def predict(self, x: torch.Tensor, n: int, k: int, embeds: torch.Tensor):
-        """(velocity, x_hat): the student's velocity and its clean estimate X0_hat (METHOD.md 6.1)."""
+    def predict(self, x: torch.Tensor, n: int, k: int, embeds: torch.Tensor, **image):
+        """(velocity, x_hat): the student's velocity and its clean estimate X0_hat (METHOD.md 6.1); `image`:
+        an image-to-video batch's `image_kwargs`."""
         sigma = self.grid[n].sigmas[k]
-        velocity = self.nets["generator"](x, sigma, embeds)
+        velocity = self.nets["generator"](x, sigma, embeds, **image)
         return velocity, self.process.to_x0(x, sigma, velocity, n)
 
     @torch.no_grad()
@@ -344,7 +362,7 @@ class FewStepObjective(Objective):
         """(n, x_hat): a grid stage and the student's clean estimate there, without graph (critic updates)."""
         n, k = self.grid_point(batch, generator)
         x_s = self.student_input(batch, n, k, generator)
-        _, x_hat = self.predict(x_s, n, k, batch["prompt_embeds"])
+        _, x_hat = self.predict(x_s, n, k, batch["prompt_embeds"], **image_kwargs(batch))
         return n, x_hat
 
     def draw_tau(self, n: int, batch_size: int, like: torch.Tensor, generator):
@@ -402,25 +420,25 @@ class DistributionMatching(FewStepObjective):
         return self.cfg.pt_form if self.roles.detail == "pt_form" else "one"
 
     @torch.no_grad()
-    def teacher_velocity(self, x, tau, embeds, negative) -> torch.Tensor:
+    def teacher_velocity(self, x, tau, embeds, negative, **image) -> torch.Tensor:
         """F_T: the guided teacher velocity at (x_tau, 1000 tau)."""
         if self.teacher is not None:
-            return self.teacher_guidance(self.teacher)(x, tau, embeds, negative)
+            return self.teacher_guidance(self.teacher)(x, tau, embeds, negative, **image)
         student = self.nets["generator"]
         with adapters_disabled(unwrap(student).transformer):
-            return self.teacher_guidance(student)(x, tau, embeds, negative)
+            return self.teacher_guidance(student)(x, tau, embeds, negative, **image)
 
     def generator_loss(self, batch: dict, generator: torch.Generator):
         """L_G = L_DMD + teach_weight * mean((x_hat - x0^(i))^2) (METHOD.md 7.2)."""
         n, k = self.grid_point(batch, generator)
-        segment, embeds = self.process_segment(n), batch["prompt_embeds"]
+        segment, embeds, image = self.process_segment(n), batch["prompt_embeds"], image_kwargs(batch)
         x_s = self.student_input(batch, n, k, generator)
-        _, x_hat = self.predict(x_s, n, k, embeds)
+        _, x_hat = self.predict(x_s, n, k, embeds, **image)
         with torch.no_grad():
             rho, tau = self.draw_tau(n, x_hat.shape[0], x_hat, generator)
             x_tau, v_true = self.renoise(n, x_hat.detach(), randn(x_hat.shape, x_hat, generator), rho, tau)
-            v_teacher = self.teacher_velocity(x_tau, tau, embeds, self.unconditional_text(batch))
-            v_fake = self.nets["critic"](x_tau, tau, embeds)
+            v_teacher = self.teacher_velocity(x_tau, tau, embeds, self.unconditional_text(batch), **image)
+            v_fake = self.nets["critic"](x_tau, tau, embeds, **image)
             w_q = detail_weight(segment, tau, self.detail_form())
             grad = dmd_gradient(self.pyramid, segment, v_teacher, v_fake, v_true, w_q)
         loss = dmd_loss(x_hat, grad)
@@ -442,6 +460,6 @@ class DistributionMatching(FewStepObjective):
         with torch.no_grad():
             rho, tau = self.draw_tau(n, x_hat.shape[0], x_hat, generator)
             x_tau, v_true = self.renoise(n, x_hat, randn(x_hat.shape, x_hat, generator), rho, tau)
-        pred = self.nets["critic"](x_tau, tau, embeds)
+        pred = self.nets["critic"](x_tau, tau, embeds, **image_kwargs(batch))
         loss = F.mse_loss(pred.float(), v_true.float())
         return loss, {"loss_fake": loss.detach()}

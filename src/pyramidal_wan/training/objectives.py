@@ -143,15 +143,18 @@ def curriculum_groups(
     return groups
 
 
-def image_kwargs(batch: dict, stage: int, rows, frames: int | None = None) -> dict:
-    """{"image_condition": ...}, the model keyword of a group of an image-to-video batch (its cached stage
-    conditions, the first `frames` latent frames of them, and CLIP tokens), or {} for text-to-video."""
+def image_kwargs(batch: dict, stages=None, rows=slice(None), frames: int | None = None) -> dict:
+    """{"image_condition": ...}, the model keyword of an image-to-video batch: the `rows`' cached conditions
+    at `stages` (default: every stage, the model picking the one of its latents' size), the first `frames`
+    latent frames of them, and CLIP tokens; {} for text-to-video."""
     if "image_conditions" not in batch:
         return {}
-    latent = batch["image_conditions"][stage][rows][:, :, :frames]  # (B, C, T, H, W)
+    conditions = batch["image_conditions"]
+    stages = range(len(conditions)) if stages is None else stages
+    latents = [conditions[stage][rows][:, :, :frames] for stage in stages]  # (B, C, T, H, W) each
     embeds = batch["image_embeds"]
     embeds = None if embeds is None else embeds[rows]
-    return {"image_condition": training_condition(latent, batch["mask_channels"], embeds)}
+    return {"image_condition": training_condition(latents, batch["mask_channels"], embeds)}
 
 
 def check_image_conditioning(objective, data) -> None:
@@ -168,8 +171,8 @@ def check_image_conditioning(objective, data) -> None:
         )
     if cached is not None and not objective.takes_image_conditions:
         raise InputError(
-            f"{type(objective).__name__} does not train image-to-video models yet; use the pyramidal or "
-            "flow-matching objectives"
+            f"{type(objective).__name__} does not train image-to-video models (a patch pyramid is "
+            "text-to-video only); use a resolution-pyramid objective"
         )
 
 
@@ -230,7 +233,7 @@ class FlowMatching(Objective):
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             sigma = sample_sigmas(self.cfg, x0.shape[0], generator).to(x0)
             s = sigma.view(-1, 1, 1, 1, 1)
-            image = image_kwargs(batch, stage, rows, x0.shape[2])
+            image = image_kwargs(batch, (stage,), rows, x0.shape[2])
             pred = model(((1 - s) * x0 + s * noise), sigma, batch["prompt_embeds"][rows], **image)
             loss = F.mse_loss(pred.float(), (noise - x0).float())
             total = total + loss * (x0.shape[0] / batch_size)
@@ -282,7 +285,7 @@ class PyramidalFlowMatching(Objective):
             rho = torch.rand(x0.shape[0], generator=generator).to(x0)
             u = self._noisy_end(batch["latents"], stage, rows)
             x, sigma, target = self.pyramid.training_point(x0, u, noise, stage, rho)
-            image = image_kwargs(batch, stage, rows)
+            image = image_kwargs(batch, (stage,), rows)
             pred = self.nets["generator"](x, sigma, embeds, **image)
             loss = F.mse_loss(pred.float(), target.float())
             logs[f"loss_pyr/stage{stage}"] = loss.detach()
