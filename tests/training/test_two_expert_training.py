@@ -5,14 +5,20 @@ import json
 
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
-from helpers import build_components, tiny_train_config
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    WanImageToVideoPipeline,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from helpers import TINY_TRANSFORMER, build_components, conditioning_image, tiny_train_config
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.models.loading import load_diffusers_transformer
 from pyramidal_wan.models.wan_family import ExpertVelocity
 from pyramidal_wan.pipelines import PyramidalWanPipeline
+from pyramidal_wan.toy.dataset import make_dataset
 from pyramidal_wan.training.methods import build_objective
 from pyramidal_wan.training.trainer import sample_batch, train
 
@@ -147,3 +153,56 @@ def test_unsupported_two_expert_settings_are_one_line_errors(
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in out.glob("*")] in ([], ["run.lock"])  # no config, checkpoint or model
+
+
+def test_a_wan22_i2v_a14b_shaped_model_is_pyramidized_distilled_and_sampled(tmp_path):
+    """Two 36-channel experts without CLIP (boundary 0.9): prepare-data caches the per-stage conditions, a
+    pyramidal fine-tune and then a DMD-OT distillation train on them, and the result samples with an image."""
+    parts = build_components(0)
+    for name, seed in (("transformer", 0), ("transformer_2", 1)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            parts[name] = WanTransformer3DModel.from_config({**TINY_TRANSFORMER, "in_channels": 36})
+    folder = tmp_path / "i2v-a14b"
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    WanImageToVideoPipeline(**parts, boundary_ratio=0.9, scheduler=scheduler).save_pretrained(folder)
+    make_dataset(tmp_path / "data", n=3, progress=False)
+    size = ["--num-frames", "17", "--height", "64", "--width", "64"]
+    cache = tmp_path / "cache"
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--data",
+                str(tmp_path / "data"),
+                "--model",
+                str(folder),
+                "--out",
+                str(cache),
+                *size,
+            ]
+        )
+        == 0
+    )
+    assert CachedLatents(cache).image_conditioning == "channels"
+    pyramidal = train(
+        tiny_train_config(cache, tmp_path / "pyr", f"model.init={folder}", "objective.name=pyramidal"),
+        progress=False,
+    )
+    distill = [f"model.init={pyramidal / 'model'}", "objective.name=dmd-ot", f"objective.teacher={folder}"]
+    distilled = train(
+        tiny_train_config(
+            cache, tmp_path / "dmd", *distill, "objective.critic_ratio=1", "objective.teacher_uncond=empty"
+        ),
+        progress=False,
+    )
+    for before, after in ((folder, pyramidal / "model"), (pyramidal / "model", distilled / "model")):
+        weights = expert_weights(before), expert_weights(after)
+        assert changed(weights[0]["transformer_2"], weights[1]["transformer_2"])
+    pipe = PyramidalWanPipeline.from_pretrained(distilled / "model")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.image_mode == "channels" and pipe.config.boundary_ratio == 0.9
+    video = pipe(
+        "a prompt", image=conditioning_image(), output_type="latent", num_frames=17, height=64, width=64
+    )
+    assert torch.isfinite(video.frames).all()  # the exported few-step defaults (2-2-1, no CFG)
