@@ -15,6 +15,7 @@ from helpers import TINY_TRANSFORMER, build_components, conditioning_image, tiny
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.cache import CachedLatents
+from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.loading import load_diffusers_transformer
 from pyramidal_wan.models.wan_family import ExpertVelocity
 from pyramidal_wan.pipelines import PyramidalWanPipeline
@@ -153,6 +154,18 @@ def test_unsupported_two_expert_settings_are_one_line_errors(
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert [p.name for p in out.glob("*")] in ([], ["run.lock"])  # no config, checkpoint or model
+
+
+def test_a_one_transformer_pipeline_for_two_experts_is_refused(a14b_dir, tiny_cache, tmp_path):
+    """The export copies model.pipeline's model_index.json: one without transformer_2 would hide an expert."""
+    WanPipeline(**build_components(0), scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(
+        tmp_path / "one"
+    )
+    config = tiny_train_config(
+        tiny_cache, tmp_path / "run", f"model.init={a14b_dir}", f"model.pipeline={tmp_path / 'one'}"
+    )
+    with pytest.raises(InputError, match="has one transformer but model.init .* two experts"):
+        build_objective(config)
 
 
 def test_a_wan22_i2v_a14b_shaped_model_is_pyramidized_distilled_and_sampled(tmp_path):

@@ -59,7 +59,8 @@ def transformer_paths(net: torch.nn.Module) -> dict[str, str]:
 
 def trained_experts(model_config, two_experts: bool) -> tuple[str, ...]:
     """The experts `model.expert` trains (("high", "low") for "both"); raises for a setting the model does
-    not have: a single expert of a one-transformer model, or LoRA on two experts."""
+    not have: a single expert of a one-transformer model, LoRA on two experts, or a one-transformer
+    `model.pipeline` (the export's model_index.json) for two experts."""
     if not two_experts:
         if model_config.expert != "both":
             raise InputError(
@@ -70,6 +71,12 @@ def trained_experts(model_config, two_experts: bool) -> tuple[str, ...]:
     if model_config.lora_rank > 0:
         raise InputError(
             "LoRA on a two-expert model is not supported yet; set model.lora_rank=0 (full-parameter training)"
+        )
+    base = model_config.pipeline
+    if base is not None and base != model_config.init and folder_boundary_ratio(base) is None:
+        raise InputError(
+            f"model.pipeline {base} has one transformer but model.init {model_config.init} two experts: the "
+            "exported folder would drop one; unset model.pipeline"
         )
     return tuple(EXPERTS) if model_config.expert == "both" else (model_config.expert,)
 
