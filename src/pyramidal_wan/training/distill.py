@@ -193,8 +193,10 @@ def check_student_pyramid(init: str, pyramid: PyramidConfig) -> None:
 
 def check_same_conditioning(sources: dict[str, str | None]) -> None:
     """Student, teacher and fake score take the same conditioning image input (none, CLIP or channels):
-    an image-to-video student is distilled from an image-to-video teacher (reads config.json files only)."""
-    modes = {key: image_mode(get_transformer_config(v)) for key, v in sources.items() if v is not None}
+    an image-to-video student is distilled from an image-to-video teacher (reads config.json files only;
+    a missing folder is `check_model_source`'s error)."""
+    given = {key: v for key, v in sources.items() if v is not None and (v in PRESETS or Path(v).exists())}
+    modes = {key: image_mode(get_transformer_config(v)) for key, v in given.items()}
     if len(set(modes.values())) > 1:
         described = ", ".join(f"{key} {mode or 'text-to-video'}" for key, mode in modes.items())
         raise InputError(f"the models' image conditioning differs ({described}); give models of one kind")
