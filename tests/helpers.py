@@ -1,15 +1,18 @@
 """Helpers shared by tests of several areas; tests import it as `helpers` (tests/conftest.py puts tests/
 on sys.path)."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from PIL import Image
+from safetensors.torch import save_file
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
 from pyramidal_wan.models.presets import get_transformer_config
@@ -192,3 +195,89 @@ def tiny_train_config(cache, out, *overrides):
             *overrides,
         ],
     )
+
+
+# ---- the original (non-diffusers) Wan release layout ----------------------------------------------------
+
+# diffusers -> original Wan names: the inverse of diffusers' convert_wan_transformer_to_diffusers, written out
+# here so the tests do not reuse the code under test. Applied in order.
+TO_ORIGINAL = [
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("attn1", "self_attn"),
+    ("attn2", "cross_attn"),
+    (".to_out.0.", ".o."),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    ("ffn.net.0.proj", "ffn.0"),
+    ("ffn.net.2", "ffn.2"),
+    ("norm2", "norm3"),  # the original calls the cross-attention norm norm3
+    ("proj_out", "head.head"),
+]
+
+
+def to_original_names(state_dict):
+    """`state_dict` in the original Wan names (contiguous copies, as safetensors stores them)."""
+    out = {}
+    for key, value in state_dict.items():
+        name = (
+            "head.modulation"
+            if key == "scale_shift_table"
+            else key.replace("scale_shift_table", "modulation")
+        )
+        for new, old in TO_ORIGINAL:
+            name = name.replace(new, old)
+        out[name] = value.clone().contiguous()
+    return out
+
+
+def original_config(transformer, model_type: str = "t2v") -> dict:
+    """The config.json the original Wan release writes for `transformer` (its `WanModel` keys), written out
+    by hand from the diffusers config (no image branch: Wan2.2's experts and TI2V-5B have none)."""
+    c = transformer.config
+    return {
+        "_class_name": "WanModel",
+        "_diffusers_version": "0.33.0",
+        "model_type": model_type,
+        "dim": c.num_attention_heads * c.attention_head_dim,
+        "ffn_dim": c.ffn_dim,
+        "freq_dim": c.freq_dim,
+        "in_dim": c.in_channels,
+        "out_dim": c.out_channels,
+        "num_heads": c.num_attention_heads,
+        "num_layers": c.num_layers,
+        "text_dim": c.text_dim,
+        "eps": c.eps,
+        "text_len": 512,
+    }
+
+
+def save_original(transformer, folder, model_type: str = "t2v", shards: int = 2) -> Path:
+    """Write `transformer` in the original Wan release layout: config.json and the weights in original names,
+    split into `shards` index-listed safetensors files as the releases ship them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = to_original_names(transformer.state_dict())
+    names = sorted(state)
+    weight_map = {}
+    for i in range(shards):
+        file = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: state[k] for k in names[i::shards]}, folder / file)
+        weight_map.update(dict.fromkeys(names[i::shards], file))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "config.json").write_text(json.dumps(original_config(transformer, model_type)))
+    return folder
+
+
+def save_original_experts(high, low, folder, model_type: str = "t2v") -> Path:
+    """An original Wan2.2 A14B release folder: `high_noise_model/` and `low_noise_model/`, each a transformer
+    in the original layout (the VAE, T5 and tokenizer files of the release are not needed to load it)."""
+    folder = Path(folder)
+    save_original(high, folder / "high_noise_model", model_type)
+    save_original(low, folder / "low_noise_model", model_type)
+    return folder

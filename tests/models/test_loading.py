@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+from helpers import to_original_names
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -39,39 +40,6 @@ TINY_ORIGINAL_CONFIG = {
     "eps": 1e-6,
     "text_len": 512,
 }
-# diffusers -> original Wan2.1 names: the inverse of diffusers' convert_wan_transformer_to_diffusers,
-# written out here so the test does not reuse the code under test. Applied in order.
-TO_ORIGINAL = [
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("attn1", "self_attn"),
-    ("attn2", "cross_attn"),
-    (".to_out.0.", ".o."),
-    (".to_q.", ".q."),
-    (".to_k.", ".k."),
-    (".to_v.", ".v."),
-    ("ffn.net.0.proj", "ffn.0"),
-    ("ffn.net.2", "ffn.2"),
-    ("norm2", "norm3"),  # the original calls the cross-attention norm norm3
-    ("proj_out", "head.head"),
-]
-
-
-def to_original_names(state_dict):
-    out = {}
-    for key, value in state_dict.items():
-        name = (
-            "head.modulation"
-            if key == "scale_shift_table"
-            else key.replace("scale_shift_table", "modulation")
-        )
-        for new, old in TO_ORIGINAL:
-            name = name.replace(new, old)
-        out[name] = value.clone().contiguous()
-    return out
 
 
 def forward(model, seed=1):

@@ -1,5 +1,6 @@
-"""Loading Wan2.1 checkpoints: diffusers pipeline folders, transformer folders, the original release layout,
-and LoRA adapters on top of a base transformer.
+"""Loading Wan checkpoints: diffusers pipeline folders, transformer folders, the original release layouts
+(Wan2.1, Wan2.2 TI2V-5B's transformer and Wan2.2 A14B's two expert folders), and LoRA adapters on top of a
+base transformer.
 
 Everything is local (`local_files_only=True`); nothing is downloaded. Every path is checked before any model
 is built: a missing file, a wrong layout, a truncated or corrupt safetensors file, or weights that do not fit
@@ -28,16 +29,18 @@ from safetensors.torch import load_file
 
 from pyramidal_wan.errors import CheckpointError
 from pyramidal_wan.models.presets import (
+    ORIGINAL_EXPERT_FOLDERS,
     PRESETS,
     build_on_meta,
     config_from_json,
     get_transformer_config,
     is_original_wan_config,
     read_config_json,
+    read_transformer_config,
 )
 from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, expert_split
 
-Layout = Literal["pipeline", "transformer", "original"]
+Layout = Literal["pipeline", "transformer", "original", "original-experts"]
 
 # The components of a Wan2.1 text-to-video pipeline folder (diffusers' `WanPipeline` layout).
 PIPELINE_COMPONENTS = ("tokenizer", "text_encoder", "vae", "transformer", "scheduler")
@@ -53,6 +56,10 @@ _MAX_HEADER_BYTES = 100_000_000  # the safetensors format's own limit on the JSO
 # Prefixes other tools put in front of the transformer's module names in adapter files.
 _ADAPTER_PREFIXES = ("base_model.model.", "transformer.")
 _ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers' save_lora_adapter stores the LoraConfig
+_HALF_MODEL = (
+    "{path}: a two-expert model ({what}); one transformer of it is half the model: this use takes a "
+    "one-transformer model (training loads both experts)"
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -174,11 +181,12 @@ def check_weights_match(
 
 def detect_layout(path: str | os.PathLike) -> Layout:
     """Which checkpoint layout `path` is: a diffusers pipeline folder (model_index.json), a diffusers
-    transformer folder (config.json of WanTransformer3DModel), or the original Wan2.1 release (a WanModel
-    config.json, or a bare .safetensors file)."""
+    transformer folder (config.json of WanTransformer3DModel), the original release of one transformer (a
+    WanModel config.json, or a bare .safetensors file), or the original Wan2.2 A14B release of two experts
+    (`high_noise_model/` and `low_noise_model/`)."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: not found; expected a Wan2.1 model folder or .safetensors file")
+        raise CheckpointError(f"{path}: not found; expected a Wan model folder or .safetensors file")
     if path.is_file():
         if path.suffix != ".safetensors":
             raise CheckpointError(
@@ -187,13 +195,32 @@ def detect_layout(path: str | os.PathLike) -> Layout:
         return "original"
     if (path / "model_index.json").is_file():
         return "pipeline"
+    if original_expert_folders(path) is not None:
+        return "original-experts"
     if (path / "config.json").is_file():
         config = read_config_json(path / "config.json")
         return "original" if is_original_wan_config(config) else "transformer"
     raise CheckpointError(
-        f"{path}: neither model_index.json (diffusers pipeline) nor config.json (transformer or original "
-        "Wan2.1 release) found; expected a Wan2.1 model folder"
+        f"{path}: no model_index.json (diffusers pipeline), config.json (transformer or original release) "
+        f"or {' and '.join(f'{n}/' for n in ORIGINAL_EXPERT_FOLDERS)} (original Wan2.2 A14B release) found; "
+        "expected a Wan model folder"
     )
+
+
+def original_expert_folders(folder: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(high_noise_model, low_noise_model) of an original Wan2.2 A14B release folder; None for a folder with
+    neither. One without the other is refused: half of a two-expert model must never pass silently."""
+    folder = Path(folder)
+    present = [folder / name for name in ORIGINAL_EXPERT_FOLDERS if (folder / name).is_dir()]
+    if not present:
+        return None
+    if len(present) == 1:
+        (missing,) = set(ORIGINAL_EXPERT_FOLDERS) - {present[0].name}
+        raise CheckpointError(
+            f"{folder}: has {present[0].name}/ but no {missing}/; expected both experts of a Wan2.2 A14B "
+            "release"
+        )
+    return present[0], present[1]
 
 
 def _model_files(path: Path, config) -> tuple[list[Path], dict[str, Any]]:
@@ -216,7 +243,7 @@ def _model_files(path: Path, config) -> tuple[list[Path], dict[str, Any]]:
             f"{path}: no config.json beside the weights; pass a config (a preset such as wan2.1-1.3b or a "
             "config.json)"
         )
-    return files, config_from_json(read_config_json(config_path), str(config_path))
+    return files, read_transformer_config(config_path)
 
 
 def load_original_transformer(
@@ -224,16 +251,20 @@ def load_original_transformer(
     config: str | os.PathLike | Mapping[str, Any] | None = None,
     torch_dtype: torch.dtype | None = None,
 ) -> WanTransformer3DModel:
-    """Load a transformer in the original Wan2.1 release layout through diffusers' own conversion.
+    """Load a transformer in the original Wan release layout through diffusers' own conversion.
 
     `path` is a .safetensors file or a folder with `diffusion_pytorch_model*.safetensors` (one file or
-    index-listed shards) and the release config.json (`WanModel`: dim, num_heads, ...). `config` overrides
+    index-listed shards) and the release config.json (`WanModel`: dim, num_heads, ...): Wan2.1's, Wan2.2
+    TI2V-5B's, or one expert folder of Wan2.2 A14B (`load_experts` loads both). `config` overrides
     that config.json (preset name, config path or dict). Keys are renamed by diffusers'
     `convert_wan_transformer_to_diffusers`, checked against the config, and loaded with
     `WanTransformer3DModel.from_single_file` given a local config, so nothing is fetched.
     """
     path = Path(path)
-    if detect_layout(path) != "original":
+    layout = detect_layout(path)
+    if layout == "original-experts":
+        raise CheckpointError(_HALF_MODEL.format(path=path, what=" and ".join(ORIGINAL_EXPERT_FOLDERS)))
+    if layout != "original":
         raise CheckpointError(
             f"{path}: a diffusers-format folder, not the original layout; use load_transformer"
         )
@@ -272,18 +303,17 @@ def load_transformer(
     """Load the Wan transformer from a pipeline folder, a transformer folder or the original release layout.
 
     `config` is used only by the original layout (to override or supply its config.json). A two-expert
-    folder (Wan2.2 A14B) is refused: one transformer of it is half the model (load both with
-    `load_experts`, or sample with `PyramidalWanPipeline.from_pretrained`).
+    folder (Wan2.2 A14B, diffusers or original layout) is refused: one transformer of it is half the model
+    (load both with `load_experts`, or sample with `PyramidalWanPipeline.from_pretrained`).
     """
     path = Path(path)
     layout = detect_layout(path)
-    if layout == "original":
+    if layout in ("original", "original-experts"):
         return load_original_transformer(path, config, torch_dtype)
     if layout == "pipeline":
         if expert_split(read_model_index(path), path) is not None:
             raise CheckpointError(
-                f"{path}: a two-expert model ({EXPERT_COMPONENT} and boundary_ratio); one transformer of it "
-                "is half the model: this use takes a one-transformer model (training loads both experts)"
+                _HALF_MODEL.format(path=path, what=f"{EXPERT_COMPONENT} and boundary_ratio")
             )
         path = path / "transformer"
         if not (path / "config.json").is_file():
@@ -300,21 +330,76 @@ def load_transformer_for(init: str, seed: int = 0) -> WanTransformer3DModel:
 
 
 def folder_boundary_ratio(init: str | os.PathLike) -> float | None:
-    """The boundary_ratio of a two-expert (Wan2.2 A14B) pipeline folder; None for a preset or any other
-    model (reads JSON only)."""
+    """The boundary_ratio of a two-expert (Wan2.2 A14B) diffusers pipeline folder; None for a preset or any
+    other model, including the original A14B release, which does not record it (reads JSON only)."""
     if str(init) in PRESETS or not Path(init).is_dir() or detect_layout(init) != "pipeline":
         return None
     return expert_split(read_model_index(init), init)
 
 
-def load_experts(
-    folder: str | os.PathLike,
-) -> tuple[WanTransformer3DModel, WanTransformer3DModel, float]:
-    """(high-noise `transformer`, low-noise `transformer_2`, boundary_ratio) of a two-expert folder."""
+def is_two_expert(init: str | os.PathLike) -> bool:
+    """True for a two-expert (Wan2.2 A14B) model: a diffusers folder with `transformer_2` and
+    boundary_ratio, or the original release's `high_noise_model/` and `low_noise_model/` (reads JSON and
+    folder names only)."""
+    if str(init) in PRESETS or not Path(init).is_dir():
+        return False
+    return original_expert_folders(init) is not None or folder_boundary_ratio(init) is not None
+
+
+def check_expert_configs(folder: str | os.PathLike) -> dict[str, Any]:
+    """The transformer config both experts of an original Wan2.2 A14B folder share (config.json files only):
+    two experts of different architectures are not one model."""
     folder = Path(folder)
+    experts = original_expert_folders(folder)
+    if experts is None:
+        raise CheckpointError(
+            f"{folder}: no {' or '.join(f'{n}/' for n in ORIGINAL_EXPERT_FOLDERS)}; expected an original "
+            "Wan2.2 A14B release folder"
+        )
+    high, low = (read_transformer_config(expert / "config.json") for expert in experts)
+    differing = [key for key in high if high[key] != low[key]]
+    if differing:
+        key = differing[0]
+        raise CheckpointError(
+            f"{folder}: the experts differ in {key} ({high[key]} in {experts[0].name}, {low[key]} in "
+            f"{experts[1].name}); expected the two experts of one Wan2.2 A14B model"
+        )
+    return high
+
+
+def load_experts(
+    folder: str | os.PathLike, boundary_ratio: float | None = None
+) -> tuple[WanTransformer3DModel, WanTransformer3DModel, float]:
+    """(high-noise, low-noise, boundary_ratio) of a two-expert (Wan2.2 A14B) folder.
+
+    A diffusers folder gives `transformer`, `transformer_2` and its model_index.json's boundary_ratio
+    (`boundary_ratio`, if given, must equal it). The original release gives `high_noise_model/` and
+    `low_noise_model/` (original layout, converted by diffusers as in `load_original_transformer`) but does
+    not record the boundary: the Wan2.2 code sets it per task in `wan/configs/` (T2V-A14B 0.875, I2V-A14B
+    0.900; diffusers' scripts/convert_wan_to_diffusers.py writes the same), so it must be passed as
+    `boundary_ratio` rather than guessed from a folder name.
+    """
+    folder = Path(folder)
+    if detect_layout(folder) == "original-experts":
+        if boundary_ratio is None:
+            raise CheckpointError(
+                f"{folder}: the original Wan2.2 A14B release does not record where the low-noise expert "
+                "takes over; pass boundary_ratio (T2V-A14B: 0.875, I2V-A14B: 0.9)"
+            )
+        check_expert_configs(folder)  # before any weights load
+        high, low = (load_transformer(expert) for expert in original_expert_folders(folder))
+        return high, low, float(boundary_ratio)
     ratio = folder_boundary_ratio(folder)
     if ratio is None:
-        raise CheckpointError(f"{folder}: not a two-expert model folder (no {EXPERT_COMPONENT})")
+        raise CheckpointError(
+            f"{folder}: not a two-expert model folder (no {EXPERT_COMPONENT}, or "
+            f"{' and '.join(f'{n}/' for n in ORIGINAL_EXPERT_FOLDERS)})"
+        )
+    if boundary_ratio is not None and boundary_ratio != ratio:
+        raise CheckpointError(
+            f"{folder}: its model_index.json sets boundary_ratio {ratio}, not {boundary_ratio}; drop "
+            "boundary_ratio to use the folder's"
+        )
     high, low = (load_diffusers_transformer(folder / name) for name in ("transformer", EXPERT_COMPONENT))
     return high, low, ratio
 

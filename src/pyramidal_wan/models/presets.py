@@ -100,8 +100,17 @@ _ORIGINAL_DEFAULTS: dict[str, Any] = {
 }
 _ORIGINAL_REQUIRED = ("dim", "ffn_dim", "num_heads", "num_layers")
 _ORIGINAL_IGNORED = {"text_len", "window_size"}  # prompt length and the unused local-attention window
-# The I2V variant adds a CLIP-image branch (image width 1280) with its own key/value projections.
+# Wan2.1's I2V variant adds a CLIP-image branch (image width 1280) with its own key/value projections.
 _I2V_IMAGE_DIM = 1280
+# WanModel's model_type: Wan2.1 has t2v and i2v; Wan2.2 adds ti2v (TI2V-5B: text and first-frame image in one
+# 48-channel transformer, no image branch).
+_ORIGINAL_MODEL_TYPES = ("t2v", "i2v", "ti2v")
+# The original Wan2.2 A14B release keeps each expert in its own folder of the original layout, named as the
+# Wan2.2 code loads them (`wan/configs/wan_t2v_A14B.py`: high_noise_checkpoint, low_noise_checkpoint);
+# diffusers' scripts/convert_wan_to_diffusers.py makes high_noise_model `transformer` and low_noise_model
+# `transformer_2`. Wan2.2's WanModel has no CLIP branch: its I2V experts (model_type i2v, in_dim 36) take
+# the image as latent channels only, while the same config.json keys describe Wan2.1-I2V with CLIP.
+ORIGINAL_EXPERT_FOLDERS = ("high_noise_model", "low_noise_model")
 
 
 def _init_defaults() -> dict[str, Any]:
@@ -128,12 +137,15 @@ def is_original_wan_config(config: Mapping[str, Any]) -> bool:
     return config.get("_class_name") == "WanModel" or ("dim" in config and "num_heads" in config)
 
 
-def original_to_diffusers_config(original: Mapping[str, Any], source: str = "config") -> dict[str, Any]:
-    """Translate an original Wan2.1 `WanModel` config to a complete `WanTransformer3DModel` config.
+def original_to_diffusers_config(
+    original: Mapping[str, Any], source: str = "config", clip_branch: bool = True
+) -> dict[str, Any]:
+    """Translate an original Wan2.1 / Wan2.2 `WanModel` config to a complete `WanTransformer3DModel` config.
 
     Mirrors diffusers' scripts/convert_wan_to_diffusers.py: `dim = num_heads * attention_head_dim`,
-    `in_dim/out_dim -> in/out_channels`, `qk_norm=True -> "rms_norm_across_heads"`, and for `i2v` an image
-    branch of width 1280 with key/value projections of width `dim`.
+    `in_dim/out_dim -> in/out_channels`, `qk_norm=True -> "rms_norm_across_heads"`, and for Wan2.1's `i2v`
+    an image branch of width 1280 with key/value projections of width `dim`. `clip_branch=False` reads the
+    config of a Wan2.2 expert, whose `i2v` has no image branch (Wan2.2-I2V-A14B).
     """
     cfg = {**_ORIGINAL_DEFAULTS, **{k: v for k, v in original.items() if not k.startswith("_")}}
     missing = [k for k in _ORIGINAL_REQUIRED if k not in cfg]
@@ -145,11 +157,12 @@ def original_to_diffusers_config(original: Mapping[str, Any], source: str = "con
         raise CheckpointError(f"{source}: unknown keys {unknown} in an original Wan config.json")
     if cfg["dim"] % cfg["num_heads"]:
         raise CheckpointError(f"{source}: dim={cfg['dim']} is not a multiple of num_heads={cfg['num_heads']}")
-    if cfg["model_type"] not in ("t2v", "i2v"):
+    if cfg["model_type"] not in _ORIGINAL_MODEL_TYPES:
         raise CheckpointError(
-            f"{source}: model_type {cfg['model_type']!r} is not supported; expected t2v or i2v"
+            f"{source}: model_type {cfg['model_type']!r} is not supported; expected one of "
+            f"{', '.join(_ORIGINAL_MODEL_TYPES)}"
         )
-    i2v = cfg["model_type"] == "i2v"
+    i2v = cfg["model_type"] == "i2v" and clip_branch
     return _complete(
         {
             "patch_size": cfg["patch_size"],
@@ -188,24 +201,37 @@ def read_config_json(path: str | os.PathLike, what: str = "a transformer config.
     return data
 
 
-def config_from_json(data: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """A complete `WanTransformer3DModel` config from a diffusers or an original-release config dict."""
+def config_from_json(data: Mapping[str, Any], source: str, clip_branch: bool = True) -> dict[str, Any]:
+    """A complete `WanTransformer3DModel` config from a diffusers or an original-release config dict
+    (`clip_branch`: see `original_to_diffusers_config`)."""
     if is_original_wan_config(data):
-        return original_to_diffusers_config(data, source)
+        return original_to_diffusers_config(data, source, clip_branch)
     class_name = data.get("_class_name", "WanTransformer3DModel")
     if class_name != "WanTransformer3DModel":
         raise CheckpointError(f"{source}: config is for {class_name}; expected WanTransformer3DModel")
     return _complete(data, source)
 
 
+def read_transformer_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A complete `WanTransformer3DModel` config from a config.json file (diffusers or original release); an
+    original config inside a Wan2.2 expert folder (`ORIGINAL_EXPERT_FOLDERS`) is read as Wan2.2's WanModel."""
+    path = Path(path)
+    wan22_expert = path.parent.name in ORIGINAL_EXPERT_FOLDERS
+    return config_from_json(read_config_json(path), str(path), clip_branch=not wan22_expert)
+
+
 def find_transformer_config(folder: str | os.PathLike) -> Path:
-    """The transformer config.json inside `folder`: `transformer/config.json` (pipeline) or `config.json`."""
+    """The transformer config.json inside `folder`: `transformer/config.json` (pipeline), `config.json`, or
+    `high_noise_model/config.json` (the original Wan2.2 A14B release; both experts share one architecture,
+    which loading checks)."""
     folder = Path(folder)
-    for candidate in (folder / "transformer" / "config.json", folder / "config.json"):
+    candidates = ("transformer", ".", ORIGINAL_EXPERT_FOLDERS[0])
+    for candidate in (folder / name / "config.json" for name in candidates):
         if candidate.is_file():
             return candidate
     raise CheckpointError(
-        f"{folder}: no transformer/config.json or config.json; expected a Wan pipeline or transformer folder"
+        f"{folder}: no transformer/config.json, config.json or {ORIGINAL_EXPERT_FOLDERS[0]}/config.json; "
+        "expected a Wan pipeline, transformer or original release folder"
     )
 
 
@@ -218,10 +244,9 @@ def get_transformer_config(name_or_path: str | os.PathLike | Mapping[str, Any]) 
         return _complete(PRESETS[text], text)
     path = Path(text)
     if path.is_dir():
-        config_path = find_transformer_config(path)
-        return config_from_json(read_config_json(config_path), str(config_path))
+        return read_transformer_config(find_transformer_config(path))
     if path.is_file():
-        return config_from_json(read_config_json(path), str(path))
+        return read_transformer_config(path)
     raise InputError(
         f"unknown model {text!r}: not a preset ({', '.join(PRESETS)}), a config.json or a model folder"
     )
