@@ -11,7 +11,13 @@ from diffusers import (
     WanPipeline,
     WanTransformer3DModel,
 )
-from helpers import TINY_TRANSFORMER, build_components, conditioning_image, tiny_train_config
+from helpers import (
+    TINY_TRANSFORMER,
+    build_components,
+    conditioning_image,
+    save_original_experts,
+    tiny_train_config,
+)
 
 from pyramidal_wan.cli import main
 from pyramidal_wan.data.cache import CachedLatents
@@ -219,3 +225,80 @@ def test_a_wan22_i2v_a14b_shaped_model_is_pyramidized_distilled_and_sampled(tmp_
         "a prompt", image=conditioning_image(), output_type="latent", num_frames=17, height=64, width=64
     )
     assert torch.isfinite(video.frames).all()  # the exported few-step defaults (2-2-1, no CFG)
+
+
+# ---- the original (non-diffusers) Wan2.2 A14B release ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def a14b_release(tmp_path_factory):
+    """The original release layout (high_noise_model/, low_noise_model/) of experts other than a14b_dir's
+    (seeds 2 and 3), so a test can tell which folder's weights were loaded."""
+    high, low = (build_components(seed)["transformer"] for seed in (2, 3))
+    return save_original_experts(high, low, tmp_path_factory.mktemp("release") / "Wan2.2-T2V-A14B")
+
+
+def release_weights(folder):
+    from pyramidal_wan.models.loading import load_experts
+
+    high, low, _ = load_experts(folder, boundary_ratio=BOUNDARY)
+    return {"transformer": high.state_dict(), "transformer_2": low.state_dict()}
+
+
+def test_the_original_release_trains_at_the_boundary_of_model_pipeline(
+    a14b_release, a14b_dir, tiny_cache, tmp_path
+):
+    """model.init is the release, model.pipeline the same model's diffusers folder: the experts come from the
+    release, the boundary and the exported components from model.pipeline."""
+    overrides = [f"model.init={a14b_release}", f"model.pipeline={a14b_dir}", "objective.name=pyramidal"]
+    config = tiny_train_config(tiny_cache, tmp_path / "run", *overrides, "model.expert=low")
+    out = train(config, progress=False)
+    before, after = release_weights(a14b_release), expert_weights(out / "model")
+    assert changed(before["transformer_2"], after["transformer_2"])
+    assert not changed(before["transformer"], after["transformer"])  # the release's frozen expert, exported
+    assert changed(expert_weights(a14b_dir)["transformer"], after["transformer"])  # not model.pipeline's
+    index = json.loads((out / "model" / "model_index.json").read_text())
+    assert index["boundary_ratio"] == BOUNDARY and index["transformer_2"][1] == "WanTransformer3DModel"
+    # The boundary is model.pipeline's, whatever it is; DMD's teacher and fake score take it too.
+    other = tmp_path / "boundary-0.8"
+    parts = {**build_components(0), "transformer_2": build_components(1)["transformer"]}
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    WanPipeline(**parts, boundary_ratio=0.8, scheduler=scheduler).save_pretrained(other)
+    distill = [f"objective.teacher={a14b_release}", "objective.name=dmd-ot", "objective.critic_ratio=1"]
+    models = [f"model.init={a14b_release}", f"model.pipeline={other}"]
+    config = tiny_train_config(tiny_cache, tmp_path / "dmd", *models, *distill)
+    objective = build_objective(config)
+    for net in (objective.nets["generator"], objective.nets["critic"], objective.teacher):
+        assert isinstance(net, ExpertVelocity) and net.boundary_ratio == 0.8
+
+
+@pytest.mark.parametrize(
+    "command, pipeline, message",
+    [
+        (["finetune"], None, "model.init {release} is the original Wan2.2 A14B release, which does not"),
+        (["finetune"], "one", "does not record where the low-noise expert takes over; set model.pipeline"),
+        (["finetune"], "i2v", "is another model than model.init {release} (in_channels 36 vs 16)"),
+        (["distill", "--method", "dmd-ot"], None, "objective.teacher {release} is the original Wan2.2 A14B"),
+    ],
+)
+def test_a_release_without_its_boundary_is_a_one_line_error(
+    a14b_release, a14b_dir, tiny_cache, tmp_path, capsys, command, pipeline, message
+):
+    init = a14b_dir if command[0] == "distill" else a14b_release  # distill: the teacher is the release
+    args = [f"data.cache={tiny_cache}", f"train.out={tmp_path / 'run'}", f"model.init={init}"]
+    if command[0] == "distill":
+        args.append(f"objective.teacher={a14b_release}")
+    if pipeline is not None:
+        parts = build_components(0)
+        if pipeline == "i2v":  # two experts of Wan2.2-I2V-A14B's shape: its boundary (0.9) is not T2V's
+            for name, seed in (("transformer", 0), ("transformer_2", 1)):
+                torch.manual_seed(seed)
+                parts[name] = WanTransformer3DModel.from_config({**TINY_TRANSFORMER, "in_channels": 36})
+            parts["boundary_ratio"] = 0.9
+        WanPipeline(**parts, scheduler=FlowMatchEulerDiscreteScheduler()).save_pretrained(tmp_path / pipeline)
+        args.append(f"model.pipeline={tmp_path / pipeline}")
+    capsys.readouterr()  # saving's progress bars
+    assert main([*command, *args]) == 2
+    err = capsys.readouterr().err
+    assert message.format(release=a14b_release) in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "run").glob("*")] in ([], ["run.lock"])  # nothing written

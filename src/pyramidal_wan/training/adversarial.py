@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.discriminator import Discriminator, block_features, default_blocks, token_grid
-from pyramidal_wan.models.loading import folder_boundary_ratio
+from pyramidal_wan.models.loading import is_two_expert
 from pyramidal_wan.models.presets import get_transformer_config
 from pyramidal_wan.pyramid import randn, sample_euler
 from pyramidal_wan.pyramid.distillation import next_sigma
@@ -100,7 +100,7 @@ class AdversarialDistillation(FewStepObjective):
         super().check(config, method)
         cfg = config.objective
         for key, source in (("model.init", config.model.init), ("objective.teacher", cfg.teacher)):
-            if source is not None and folder_boundary_ratio(source) is not None:
+            if source is not None and is_two_expert(source):
                 raise InputError(
                     f"{method.name} reads one backbone's features but {key} {source} has two experts; "
                     "distil a two-expert model with dmd or dmd-ot"

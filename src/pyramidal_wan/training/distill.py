@@ -56,7 +56,12 @@ from pyramidal_wan.pyramid.distillation import (
     simulated_input,
     student_process,
 )
-from pyramidal_wan.training.networks import student_network, transformer_paths, velocity_network
+from pyramidal_wan.training.networks import (
+    original_experts_boundary,
+    student_network,
+    transformer_paths,
+    velocity_network,
+)
 from pyramidal_wan.training.objectives import (
     Objective,
     ObjectiveOptions,
@@ -128,12 +133,17 @@ def cast_frozen(transformer: torch.nn.Module, precision: str) -> torch.nn.Module
 
 
 def frozen_network(
-    init: str, seed: int, precision: str, checkpointing: bool = False, load=load_transformer_for
+    init: str,
+    seed: int,
+    precision: str,
+    checkpointing: bool = False,
+    load=load_transformer_for,
+    pipeline: str | None = None,
 ) -> WanVelocity | ExpertVelocity:
     """A frozen velocity model from a folder or preset (a preset is built from `seed`, like the student);
     `load(init, seed)` builds the transformer (PPF-DMD: `load_ppf_or_wan`); a two-expert folder gives both
-    experts."""
-    net = velocity_network(init, seed, load).requires_grad_(False).eval()
+    experts (an original-layout one switched at `pipeline`'s boundary_ratio)."""
+    net = velocity_network(init, seed, load, pipeline).requires_grad_(False).eval()
     for path in transformer_paths(net).values():
         transformer = cast_frozen(net.get_submodule(path), precision)
         if checkpointing:  # gradients flow through it into the student's sample (adversarial backbone)
@@ -142,11 +152,11 @@ def frozen_network(
 
 
 def trainable_network(
-    init: str, seed: int, checkpointing: bool, load=load_transformer_for
+    init: str, seed: int, checkpointing: bool, load=load_transformer_for, pipeline: str | None = None
 ) -> WanVelocity | ExpertVelocity:
-    """A full-parameter velocity model (the fake score; both experts of a two-expert folder), optionally with
-    gradient checkpointing."""
-    net = velocity_network(init, seed, load)
+    """A full-parameter velocity model (the fake score; both experts of a two-expert folder, an
+    original-layout one switched at `pipeline`'s boundary_ratio), optionally with gradient checkpointing."""
+    net = velocity_network(init, seed, load, pipeline)
     if checkpointing:
         for path in transformer_paths(net).values():
             net.get_submodule(path).enable_gradient_checkpointing()
@@ -274,6 +284,8 @@ class FewStepObjective(Objective):
             sources["objective.fake"] = cfg.fake
         for key, value in sources.items():
             check_model_source(key, value)
+            if value is not None:  # an original-layout A14B release takes its boundary from model.pipeline
+                original_experts_boundary(value, config.model.pipeline, key)
         if config.pyramid.kind == "patch":
             check_ppf_init(config.model, config.pyramid)
         else:
@@ -399,10 +411,12 @@ class DistributionMatching(FewStepObjective):
         self.teacher = None
         if self.roles.teacher != "lora-base":
             teacher = cfg.teacher or model.init
-            self.teacher = frozen_network(teacher, self.seed, self.precision, load=self.load_transformer)
+            self.teacher = frozen_network(
+                teacher, self.seed, self.precision, load=self.load_transformer, pipeline=model.pipeline
+            )
         fake = cfg.fake or cfg.teacher or model.init
         self.nets["critic"] = trainable_network(
-            fake, self.seed, model.gradient_checkpointing, self.load_transformer
+            fake, self.seed, model.gradient_checkpointing, self.load_transformer, model.pipeline
         )
 
     @classmethod

@@ -3,18 +3,28 @@
 Loading a transformer (a preset or a folder) is `models.loading`'s; this module decides what a run trains.
 A two-expert (Wan2.2 A14B) folder becomes an `ExpertVelocity` of both experts, each training sample's sigma
 picking the expert that predicts it as in sampling; `model.expert` says which experts train, the other one
-stays frozen and is exported unchanged.
+stays frozen and is exported unchanged. The original A14B release (`high_noise_model/`, `low_noise_model/`)
+switches at the boundary_ratio of `model.pipeline`, the same model's diffusers folder, which the release
+itself does not record.
 """
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import torch
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import WanVelocity
-from pyramidal_wan.models.loading import folder_boundary_ratio, load_experts, load_transformer_for
+from pyramidal_wan.models.loading import (
+    check_expert_configs,
+    folder_boundary_ratio,
+    load_experts,
+    load_transformer_for,
+    original_expert_folders,
+)
+from pyramidal_wan.models.presets import PRESETS, get_transformer_config
 from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity
 
 # LoRA targets (METHOD.md 7.2): attention projections of both attention layers and the FFN.
@@ -39,12 +49,46 @@ def add_lora(transformer, rank: int, alpha: float | None = None):
 EXPERTS = {"high": "transformer", "low": EXPERT_COMPONENT}
 
 
-def velocity_network(init: str, seed: int, load=load_transformer_for) -> WanVelocity | ExpertVelocity:
+def original_experts_boundary(init: str, pipeline: str | None, key: str = "model.init") -> float | None:
+    """The boundary_ratio an original Wan2.2 A14B release `init` switches at: that of `pipeline`
+    (model.pipeline), the same model's two-expert diffusers folder, whose components the run also exports
+    with. None for any other `init` (a diffusers two-expert folder records its own). Reads JSON only.
+
+    The release does not record the boundary (the Wan2.2 code sets it per task), so it is never guessed: a
+    missing or one-transformer model.pipeline, or one whose experts are another architecture (I2V's 0.9 for
+    a T2V model), is refused.
+    """
+    if init in PRESETS or not Path(init).is_dir() or original_expert_folders(init) is None:
+        return None
+    ratio = None if pipeline is None else folder_boundary_ratio(pipeline)
+    if ratio is None:
+        raise InputError(
+            f"{key} {init} is the original Wan2.2 A14B release, which does not record where the low-noise "
+            "expert takes over; set model.pipeline to the two-expert diffusers folder of the same model "
+            "(e.g. Wan2.2-T2V-A14B-Diffusers), whose boundary_ratio it uses"
+        )
+    ours, theirs = check_expert_configs(init), get_transformer_config(pipeline)
+    differing = [k for k in ours if ours[k] != theirs.get(k)]
+    if differing:
+        k = differing[0]
+        raise InputError(
+            f"model.pipeline {pipeline} is another model than {key} {init} ({k} {theirs.get(k)} vs "
+            f"{ours[k]}), so its boundary_ratio may not be this model's; give the same model's diffusers "
+            "folder"
+        )
+    return ratio
+
+
+def velocity_network(
+    init: str, seed: int, load=load_transformer_for, pipeline: str | None = None
+) -> WanVelocity | ExpertVelocity:
     """The velocity model of `init`: one transformer (`load(init, seed)`), or both experts of a two-expert
-    folder switched at its boundary_ratio."""
-    if folder_boundary_ratio(init) is None:
+    folder switched at its boundary_ratio (an original-layout release: at `pipeline`'s, see
+    `original_experts_boundary`)."""
+    boundary = original_experts_boundary(init, pipeline)
+    if boundary is None and folder_boundary_ratio(init) is None:
         return WanVelocity(load(init, seed))
-    high, low, ratio = load_experts(init)
+    high, low, ratio = load_experts(init, boundary)
     return ExpertVelocity(WanVelocity(high), WanVelocity(low), ratio)
 
 
@@ -84,7 +128,7 @@ def trained_experts(model_config, two_experts: bool) -> tuple[str, ...]:
 def student_network(model_config, seed: int) -> WanVelocity | ExpertVelocity:
     """The network a run trains (`model.init`, optionally LoRA, optionally gradient checkpointing); of a
     two-expert folder, the experts `model.expert` names train and the other is frozen."""
-    net = velocity_network(model_config.init, seed)
+    net = velocity_network(model_config.init, seed, pipeline=model_config.pipeline)
     paths = transformer_paths(net)
     trained = trained_experts(model_config, len(paths) == 2)
     for expert in set(EXPERTS) - set(trained) if trained else ():
