@@ -184,3 +184,28 @@ def test_stage_timer_splits_a_call_into_parts_and_transformer_time():
     assert list(timer.transformer) == ["stage 2", "stage 1", "stage 0"]
     for part, seconds in timer.transformer.items():
         assert 0 < seconds <= parts[part]
+
+
+def test_bench_compile_row_times_every_schedule_compiled_without_recompiles():
+    """--compile: after the eager rows, every schedule again with the blocks compiled; the first video of
+    each schedule compiles one graph per stage shape and the timed ones recompile nothing ("eager" traces
+    with dynamo like inductor, without its C++ compile)."""
+    pipe = build_pipeline(PyramidConfig())
+    report = compute_bench(
+        pipe, bench_args("--schedule", "0-0-2", "2-2-1", "--compile", "eager"), pipe.device
+    )
+    compiled = report["compiled"]
+    assert compiled["backend"] == "eager"
+    assert compiled["graphs"] == 3  # the three stage shapes; 0-0-2's is 2-2-1's full-resolution one
+    assert compiled["recompiles_after_first_videos"] == 0
+    for row in report["schedules"]:
+        assert row["compiled_seconds"] > 0
+        assert row["compile_speedup"] == pytest.approx(row["seconds"] / row["compiled_seconds"])
+    text = format_bench(report)
+    assert "compiled/eager" in text and "recompiles after them: 0" in text
+
+
+def test_bench_compile_backend_is_checked_before_any_work(capsys):
+    assert main(["bench", *SMALL, "--transformer", "toy-wan", "--compile", "no-such-backend"]) == 2
+    err = capsys.readouterr().err
+    assert "--compile no-such-backend: not a torch.compile backend" in err and "inductor" in err

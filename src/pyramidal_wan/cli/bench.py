@@ -138,6 +138,15 @@ def register(subparsers) -> None:
         default=1,
         help="torch CPU threads (default 1: steady on a shared machine)",
     )
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="also time every schedule with the transformer's repeated blocks compiled by torch.compile "
+        "(BACKEND, default inductor), after one untimed video per schedule compiles each stage's graph",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
 
@@ -324,6 +333,13 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
             }
         )
     ours_s, theirs_s = _median([a for a, _ in pairs]), _median([b for _, b in pairs])
+    compiled = None
+    if args.compile:  # last: compiling changes the blocks WanPipeline's anchor shares
+        compiled = time_compiled(pipe, [(row["schedule"], ours(row["plan"])) for row in rows], args, device)
+        for row in report_rows:
+            seconds = compiled["seconds"][row["schedule"]]
+            row["compiled_seconds"] = seconds
+            row["compile_speedup"] = row["seconds"] / seconds
     transformer_config = get_transformer_config(dict(pipe.transformer.config))
     return {
         "model": args.model or "random weights",
@@ -351,6 +367,44 @@ def compute_bench(pipe: PyramidalWanPipeline, args: argparse.Namespace, device: 
             "ratio": _median([a / b for a, b in pairs]),
             "ratios": [a / b for a, b in pairs],
         },
+        "compiled": compiled,
+    }
+
+
+def time_compiled(
+    pipe: PyramidalWanPipeline,
+    calls: list[tuple[str, Callable[[], object]]],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict:
+    """Sampling seconds of each (schedule, call) with the transformer's repeated blocks compiled.
+
+    The first call of each schedule is untimed: it compiles one graph per stage shape it meets (its
+    seconds are reported as the compile cost). The timed calls then count dynamo's recompiles, which
+    must stay 0: a recompile in steady state would mean a graph per call rather than per stage shape.
+    """
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    pipe.compile_blocks(backend=args.compile)
+    warm_up_start = time.perf_counter()
+    for _, call in calls:
+        call()
+    synchronize(device)
+    compile_seconds = time.perf_counter() - warm_up_start
+    graphs = counters["stats"]["unique_graphs"]
+    recompiles_before = sum(counters["recompiles"].values())
+    seconds = {
+        schedule: _median([time_seconds(call, device) for _ in range(args.repeats)])
+        for schedule, call in calls
+    }
+    return {
+        "backend": args.compile,
+        "seconds": seconds,
+        "first_videos_seconds": compile_seconds,
+        "graphs": graphs,
+        "recompiles_after_first_videos": sum(counters["recompiles"].values()) - recompiles_before,
     }
 
 
@@ -419,6 +473,10 @@ def format_bench(report: dict) -> str:
         ]
         for r in report["schedules"]
     ]
+    compiled = report.get("compiled")
+    if compiled:
+        for row, cells in zip(report["schedules"], schedule_rows):
+            cells += [f"{row['compiled_seconds']:.2f}", f"{row['compile_speedup']:.2f}x"]
     parts_header, parts_rows = parts_table(
         [{**r, "name": [r["schedule"]], "stage_seconds": r["parts"]} for r in report["schedules"]], digits=2
     )
@@ -440,6 +498,7 @@ def format_bench(report: dict) -> str:
                 "FLOPs-predicted",
                 "measured/predicted",
                 "end-to-end",
+                *(["compiled s", "compiled/eager"] if compiled else []),
             ],
             schedule_rows,
         ),
@@ -456,6 +515,13 @@ def format_bench(report: dict) -> str:
         f"{wan['wan_pipeline_seconds']:.2f} s (medians); ours / WanPipeline = {wan['ratio']:.3f} "
         f"(median of {len(wan['ratios'])} interleaved pairs: {', '.join(f'{r:.3f}' for r in wan['ratios'])})",
     ]
+    if compiled:
+        lines.append(
+            f"torch.compile of the repeated blocks (backend {compiled['backend']}): {compiled['graphs']} "
+            f"graphs compiled by the first video of each schedule ({compiled['first_videos_seconds']:.1f} s "
+            f"for those videos); recompiles after them: {compiled['recompiles_after_first_videos']}; "
+            "compiled s: sampling seconds compiled, compiled/eager: the speed-up over the eager column"
+        )
     for row in report["schedules"]:
         if row["pyramidal"] and row["sampler"] == "multistep":
             met = "met" if row["efficiency"] >= TARGET_EFFICIENCY else "NOT met"
@@ -473,6 +539,12 @@ def run(args: argparse.Namespace) -> int:
     for name in ("repeats", "forward_repeats", "wan_steps", "wan_repeats", "threads"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.compile is not None:
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile not in backends:
+            raise InputError(
+                f"--compile {args.compile}: not a torch.compile backend; use one of {', '.join(backends)}"
+            )
     if args.model is not None and args.transformer is not None:
         raise InputError("--transformer builds random components; it cannot be combined with --model")
     if args.model is not None and args.kind is not None and Path(args.model).is_dir():
