@@ -54,3 +54,32 @@ def test_a_two_expert_split_takes_each_samples_condition():
             )
             alone = expert(x[row : row + 1], sigma[row : row + 1], text[row : row + 1], image_condition=one)
             torch.testing.assert_close(split[row : row + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_first_frame_rows_take_the_clean_latent_at_timestep_zero_and_the_others_stay_text_to_video():
+    """A clean-first-frame condition with `image_rows`: those rows get the clean latent on frame 0 and
+    timestep 0 on its tokens, the others keep their latents and one timestep for every token; CFG's doubled
+    batch repeats the rows and a subset keeps its own."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 3, 4, 4, generator=generator)  # (B, C, T, H, W)
+    clean = torch.randn(3, 4, 1, 4, 4, generator=generator)
+    rows = torch.tensor([True, False, True])
+    condition = ImageCondition("first_frame", {(3, 4, 4): clean}, image_rows=rows)
+    timestep = torch.tensor([500.0, 600.0, 700.0])
+    hidden, per_token, embeds = condition.model_inputs(x, timestep, (1, 2, 2))
+    first = 4  # tokens of latent frame 0: (4 / 2) x (4 / 2)
+    assert embeds is None and per_token.shape == (3, 3 * first)
+    assert (per_token[rows, :first] == 0).all()
+    assert torch.equal(per_token[rows, first:], timestep[rows, None].expand(2, 2 * first))
+    assert torch.equal(per_token[1], torch.full((3 * first,), 600.0))
+    assert torch.equal(hidden[rows, :, :1], clean[rows]) and torch.equal(hidden[1], x[1])
+    assert torch.equal(hidden[:, :, 1:], x[:, :, 1:])
+    assert torch.equal(condition.with_clean_first_frame(x), hidden)
+    doubled = condition.model_inputs(torch.cat([x, x]), timestep.repeat(2), (1, 2, 2))
+    assert torch.equal(doubled[0], torch.cat([hidden, hidden]))
+    assert torch.equal(doubled[1], torch.cat([per_token, per_token]))
+    subset = condition.rows(torch.tensor([False, True, True]))
+    picked = subset.model_inputs(x[1:], timestep[1:], (1, 2, 2))
+    assert torch.equal(picked[0], hidden[1:]) and torch.equal(picked[1], per_token[1:])
+    every = ImageCondition("first_frame", {(3, 4, 4): clean})  # the pipeline's: every row
+    assert (every.model_inputs(x, timestep, (1, 2, 2))[1][:, :first] == 0).all()

@@ -165,6 +165,37 @@ def test_gradient_dtype_shape_floor_and_nan(pyramid):
     assert dmd_loss(x_hat, g).dtype == torch.float32
 
 
+@pytest.mark.parametrize("stage, form", [(0, "one"), (1, "eps"), (2, "one")])
+def test_a_given_first_frame_gets_no_gradient_and_stays_out_of_the_normaliser(pyramid, stage, form):
+    """Rows 0 and 2 are image-to-video (their frame 0 is given): g is 0 there and the normaliser averages the
+    generated frames only, so whatever the networks say on that frame leaves g unchanged; row 1 keeps the
+    plain gradient."""
+    seg = pyramid.segments[stage]
+    x_hat, noise, f_t, f_phi = stage_tensors(pyramid, stage, seed=2, dtype=torch.float32)
+    rho = torch.tensor([0.2, 0.5, 0.8])
+    _, v_true = renoise_pyramidal(pyramid, seg, x_hat, noise, rho)
+    w_q = detail_weight(seg, seg.sigma(rho), form)
+    frames = x_hat.shape[2]
+    generated = torch.ones(3, 1, frames, 1, 1)
+    generated[[0, 2], :, 0] = 0.0
+    g = dmd_gradient(pyramid, seg, f_t, f_phi, v_true, w_q, generated)
+    assert (g[[0, 2], :, 0] == 0).all() and (g[[0, 2], :, 1:] != 0).any()
+    torch.testing.assert_close(g[1], dmd_gradient(pyramid, seg, f_t, f_phi, v_true, w_q)[1], rtol=0, atol=0)
+    moved = [t.clone() for t in (f_t, f_phi, v_true)]
+    for t in moved:
+        t[:, :, 0] += 100.0 * torch.randn(t[:, :, 0].shape, generator=torch.Generator().manual_seed(3))
+    again = dmd_gradient(pyramid, seg, *moved, w_q, generated)
+    torch.testing.assert_close(again[[0, 2]], g[[0, 2]], rtol=0, atol=0)
+    assert not torch.equal(again[1], g[1])
+    # The normaliser: with frame 0 made silent (no difference, no error) the plain formula averages it in
+    # as zeros, a mean over T frames instead of the T - 1 generated ones.
+    silent = [t.clone() for t in (f_t, f_phi, v_true)]
+    for t in silent:
+        t[:, :, 0] = v_true[:, :, 0]
+    plain = dmd_gradient(pyramid, seg, *silent, w_q)
+    torch.testing.assert_close(g[[0, 2]], plain[[0, 2]] * (frames - 1) / frames, rtol=1e-5, atol=1e-6)
+
+
 def test_data_noised_input_lands_on_the_grid_level(pyramid):
     grid = get_fewstep_grid(pyramid, (2, 2, 1))
     x0_full, noise_full, _, _ = stage_tensors(pyramid, 0)

@@ -94,18 +94,23 @@ class ImageCondition:
     `latents` maps a latent size (T, H, W) to the stage's condition: for "clip" and "channels" the mask and
     image-latent channels (B, mask + C, T, H, W), concatenated after the noisy latents; for "first_frame"
     the clean image latent (B, C, 1, H, W), which replaces latent frame 0. `image_embeds` (B, N, D) are the
-    CLIP tokens ("clip" only).
+    CLIP tokens ("clip" only). `image_rows` (B,) bool ("first_frame" only; None: every row) are the rows that
+    take the image: a clean-first-frame model also runs text-to-video, and training mixes both in one batch,
+    the other rows keeping their noisy frame 0 and one timestep for every token.
     """
 
     mode: str
     latents: Mapping[tuple[int, int, int], torch.Tensor]
     image_embeds: torch.Tensor | None = None
+    image_rows: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.mode not in IMAGE_MODES:
             raise ValueError(f"unknown image mode {self.mode!r}; choose one of {', '.join(IMAGE_MODES)}")
         if (self.image_embeds is not None) != (self.mode == "clip"):
             raise ValueError("image_embeds go with mode 'clip' and only with it")
+        if self.image_rows is not None and self.mode != "first_frame":
+            raise ValueError("image_rows go with mode 'first_frame' only (other modes always take the image)")
 
     def at(self, x: torch.Tensor) -> torch.Tensor:
         """The condition of the stage whose latents `x` (B, C, T, H, W) are, with x's batch size."""
@@ -128,29 +133,35 @@ class ImageCondition:
         embeds = None if self.image_embeds is None else _repeat_batch(self.image_embeds, x.shape[0])
         if self.mode != "first_frame":
             return torch.cat([x, condition], dim=1), timestep, embeds  # (B, C + mask + C, T, H, W)
-        hidden = torch.cat([condition, x[:, :, 1:]], dim=2)  # (B, C, T, H, W), frame 0 clean
         frames, height, width = (n // p for n, p in zip(x.shape[2:], patch_size))
         per_token = timestep[:, None].repeat(1, frames * height * width)  # (B, tokens)
         per_token[:, : height * width] = 0.0
-        return hidden, per_token, embeds
+        per_token = torch.where(self._takes_image(x)[:, None], per_token, timestep[:, None])
+        return self.with_clean_first_frame(x), per_token, embeds
+
+    def _takes_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the rows of `x`'s batch that take the image ("first_frame")."""
+        if self.image_rows is None:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        return _repeat_batch(self.image_rows, x.shape[0]).to(x.device)
 
     def with_clean_first_frame(self, latents: torch.Tensor) -> torch.Tensor:
-        """ "first_frame": `latents` with frame 0 set to the clean image latent (the sampler's frame 0 is
-        never used by the model); other modes: `latents` unchanged."""
+        """ "first_frame": `latents` with frame 0 set to the clean image latent in the rows that take the
+        image (the sampler's frame 0 is never used by the model there); other modes: `latents` unchanged."""
         if self.mode != "first_frame":
             return latents
-        return torch.cat([self.at(latents), latents[:, :, 1:]], dim=2)
+        clean = torch.cat([self.at(latents), latents[:, :, 1:]], dim=2)  # (B, C, T, H, W)
+        return torch.where(self._takes_image(latents).view(-1, 1, 1, 1, 1), clean, latents)
 
     def rows(self, rows: torch.Tensor) -> ImageCondition:
         """The condition of a subset of a batch (`rows`: a boolean (B,) mask over the calling batch)."""
         batch = rows.shape[0]
 
-        def pick(value: torch.Tensor) -> torch.Tensor:
-            return _repeat_batch(value, batch)[rows.to(value.device)]
+        def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+            return None if value is None else _repeat_batch(value, batch)[rows.to(value.device)]
 
         latents = {size: pick(value) for size, value in self.latents.items()}
-        embeds = None if self.image_embeds is None else pick(self.image_embeds)
-        return ImageCondition(self.mode, latents, embeds)
+        return ImageCondition(self.mode, latents, pick(self.image_embeds), pick(self.image_rows))
 
 
 def training_condition(
@@ -161,3 +172,16 @@ def training_condition(
     mode = "channels" if image_embeds is None else "clip"
     by_size = {tuple(latent.shape[2:]): with_first_frame_mask(latent, mask_channels) for latent in latents}
     return ImageCondition(mode, by_size, image_embeds)
+
+
+def first_frame_training_condition(latents: list[torch.Tensor], image_rows: torch.Tensor) -> ImageCondition:
+    """The condition of a clean-first-frame (Wan2.2-TI2V) training batch: the first latent frame of its stage
+    latents (B, C, T, H, W) at one or more stages, for the rows `image_rows` (B,) bool.
+
+    A stage latent made in pixel space (`data.stages`) is the VAE encoding of the stage video, whose frame 0
+    is the first frame box-averaged to the stage size; the causal VAE encodes latent frame 0 from pixel frame
+    0 alone, so that latent frame is the image latent the pipeline conditions the stage on
+    (`PyramidalWanPipeline.prepare_image_condition`: the image box-averaged to the stage size, encoded).
+    """
+    by_size = {tuple(latent.shape[2:]): latent[:, :, :1] for latent in latents}
+    return ImageCondition("first_frame", by_size, image_rows=image_rows)

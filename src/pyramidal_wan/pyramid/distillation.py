@@ -152,12 +152,15 @@ def dmd_gradient(
     v_fake: torch.Tensor,
     v_true: torch.Tensor,
     w_q=1.0,
+    generated: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """g = (P_i + w_Q Q_i)(F_T - F_phi) / mean|F_T - v_true|, per sample, in float32 (METHOD.md 7.2).
 
     Equals Delta x0_hat / eta with Delta x0_hat = tau (P + w_Q Q)(F_T - F_phi) (the fake-minus-teacher x0
     estimates for the plain process) and eta = tau mean|F_T - v_true| (= mean|x_hat - x0_hat_real| for the
     plain process, the DMD2 normaliser). Velocities (B, C, T, H, W); w_Q a float or (B,) tensor.
+    `generated` (B, 1, T, 1, 1), optional: 1 on generated frames, 0 on given ones (an image-to-video clean
+    first frame), which get g = 0 and are left out of eta's mean.
     Descending 0.5 mean((x_hat - sg(x_hat - g))^2) moves x_hat along -g: toward the teacher's estimate.
     """
     diff = (v_teacher.float() - v_fake.float()).detach()
@@ -166,7 +169,13 @@ def dmd_gradient(
         low = pyramid.project(diff, segment.stage)
         diff = low + _per_sample(w_q, diff) * (diff - low)
     dims = tuple(range(1, diff.ndim))
-    eta = (v_teacher.float() - v_true.float()).abs().mean(dim=dims).clamp_min(NORMALISER_FLOOR)  # (B,)
+    error = (v_teacher.float() - v_true.float()).abs()
+    if generated is None:
+        eta = error.mean(dim=dims)
+    else:  # P keeps frame 0 apart (`operators`: block-diagonal), so masking after it drops only that frame
+        kept = generated.expand_as(error)
+        diff, eta = diff * generated, (error * kept).sum(dim=dims) / kept.sum(dim=dims)
+    eta = eta.clamp_min(NORMALISER_FLOOR)  # (B,)
     return torch.nan_to_num(diff / _per_sample(eta, diff))
 
 
