@@ -196,7 +196,8 @@ def run_prepare(args) -> int:
     index = read_model_index(args.model)
     check_folder(args.model)  # an image-to-video folder must fit its VAE and have its CLIP encoder
     mode = image_mode(get_transformer_config(args.model), bool(index.get("expand_timesteps", False)))
-    conditioning = mode if mode in CONDITIONED_MODES else None  # TI2V-5B ("first_frame") trains as T2V
+    # TI2V-5B ("first_frame") caches no conditions: its pixel-space stage latents begin with the image latents
+    conditioning = mode if mode in CONDITIONED_MODES else None
     settings = CacheSettings(
         args.num_frames,
         args.height,
@@ -236,6 +237,13 @@ def run_prepare(args) -> int:
     )
     if conditioning is not None:
         print(f"  with each video's first frame as image conditioning per stage ({conditioning!r})")
+    if mode == "first_frame" and args.construction == "pixel":
+        print("  each stage latent's first frame is the clean image latent of image-to-video training")
+    elif mode == "first_frame":
+        print(
+            "  note: latent-construction stages do not begin with the stage image latents; image-to-video "
+            "training (data.image_to_video) needs --construction pixel"
+        )
     return 0
 
 

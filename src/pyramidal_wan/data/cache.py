@@ -36,7 +36,9 @@ MANIFEST = "manifest.json"
 EMPTY_PROMPT = "empty_prompt.safetensors"
 NEGATIVE_PROMPT = "negative_prompt.safetensors"
 CONSTRUCTIONS = ("pixel", "latent")
-# Image modes whose conditions a cache stores (`models.conditioning`); "first_frame" (TI2V) trains as T2V.
+# Image modes whose conditions a cache stores (`models.conditioning`). "first_frame" (TI2V) needs none: the
+# first latent frame of a pixel-construction stage latent is that stage's image latent, as the pipeline makes
+# it (`models.conditioning.first_frame_training_condition`).
 CONDITIONED_MODES = ("clip", "channels")
 
 

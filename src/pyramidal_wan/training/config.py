@@ -59,6 +59,12 @@ class DataConfig:
     text_dropout: Probability = (
         0.1  # probability of replacing the prompt by the empty prompt (trains the CFG branch)
     )
+    # Probability that a sample of a clean-first-frame model (Wan2.2-TI2V-5B, expand_timesteps) trains
+    # image-to-video: latent frame 0 is the clean first-frame latent at timestep 0 and gets no loss; the
+    # other samples train text-to-video. TI2V is one model of both tasks (Wan2.2 trains it on both), so the
+    # task is drawn per sample like text dropout, for every objective, rather than fixed by the method or
+    # the cache (whose pixel-space stage latents already begin with the image latents: nothing extra cached).
+    image_to_video: Probability = 0.0
 
 
 @dataclass

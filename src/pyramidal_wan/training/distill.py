@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.models.denoiser import CFGVelocity, WanVelocity
@@ -58,6 +57,7 @@ from pyramidal_wan.pyramid.distillation import (
 )
 from pyramidal_wan.training.networks import (
     original_experts_boundary,
+    sets_expand_timesteps,
     student_network,
     transformer_paths,
     velocity_network,
@@ -66,6 +66,8 @@ from pyramidal_wan.training.objectives import (
     Objective,
     ObjectiveOptions,
     check_noisy_end_signal,
+    frame_mse,
+    generated_frames,
     image_kwargs,
 )
 from pyramidal_wan.training.ppf import check_ppf_init, ppf_network
@@ -201,12 +203,21 @@ def check_student_pyramid(init: str, pyramid: PyramidConfig) -> None:
         )
 
 
-def check_same_conditioning(sources: dict[str, str | None]) -> None:
+def check_same_conditioning(
+    sources: dict[str, str | None], pipeline: str | None = None, first_frame: bool = False
+) -> None:
     """Student, teacher and fake score take the same conditioning image input (none, CLIP or channels):
-    an image-to-video student is distilled from an image-to-video teacher (reads config.json files only;
-    a missing folder is `check_model_source`'s error)."""
+    an image-to-video student is distilled from an image-to-video teacher (reads JSON files only; a missing
+    folder is `check_model_source`'s error). With `first_frame` (clean-first-frame image-to-video training,
+    `data.image_to_video`) each must also run with expand_timesteps: its own model_index.json's, else that of
+    `pipeline` (model.pipeline)."""
     given = {key: v for key, v in sources.items() if v is not None and (v in PRESETS or Path(v).exists())}
-    modes = {key: image_mode(get_transformer_config(v)) for key, v in given.items()}
+
+    def expands(source: str) -> bool:
+        own = source not in PRESETS and Path(source, "model_index.json").is_file()
+        return first_frame and sets_expand_timesteps(source if own else pipeline)
+
+    modes = {key: image_mode(get_transformer_config(v), expands(v)) for key, v in given.items()}
     if len(set(modes.values())) > 1:
         described = ", ".join(f"{key} {mode or 'text-to-video'}" for key, mode in modes.items())
         raise InputError(f"the models' image conditioning differs ({described}); give models of one kind")
@@ -289,7 +300,7 @@ class FewStepObjective(Objective):
         if config.pyramid.kind == "patch":
             check_ppf_init(config.model, config.pyramid)
         else:
-            check_same_conditioning(sources)
+            check_same_conditioning(sources, config.model.pipeline, config.data.image_to_video > 0)
             if roles.grid == "pyramidal":
                 check_student_pyramid(config.model.init, config.pyramid)
         if roles.teacher == "required" and cfg.teacher is None:
@@ -402,7 +413,14 @@ class FewStepObjective(Objective):
 
 # DMD ----------------------------------------------------------------------------------------------------
 class DistributionMatching(FewStepObjective):
-    """DMD with a fake-score critic (METHOD.md 7.2); the method's roles fix those of METHOD.md 7.1."""
+    """DMD with a fake-score critic (METHOD.md 7.2); the method's roles fix those of METHOD.md 7.1.
+
+    A clean-first-frame model's image-to-video rows: every network call gets the stage's clean first frame
+    at timestep 0 (`image_kwargs`), and the given frame is left out of the DMD gradient, its normaliser,
+    L_teach and the fake score's loss: the model's output there is never used in sampling.
+    """
+
+    trains_clean_first_frame = True
 
     def __init__(self, config: Config, method):
         super().__init__(config, method)
@@ -450,13 +468,14 @@ class DistributionMatching(FewStepObjective):
         segment, embeds, image = self.process_segment(n), batch["prompt_embeds"], image_kwargs(batch)
         x_s = self.student_input(batch, n, k, generator)
         _, x_hat = self.predict(x_s, n, k, embeds, **image)
+        frames = generated_frames(batch, x_hat)  # None, or 0 on image-to-video rows' given first frame
         with torch.no_grad():
             rho, tau = self.draw_tau(n, x_hat.shape[0], x_hat, generator)
             x_tau, v_true = self.renoise(n, x_hat.detach(), randn(x_hat.shape, x_hat, generator), rho, tau)
             v_teacher = self.teacher_velocity(x_tau, tau, embeds, self.unconditional_text(batch), **image)
             v_fake = self.nets["critic"](x_tau, tau, embeds, **image)
             w_q = detail_weight(segment, tau, self.detail_form())
-            grad = dmd_gradient(self.pyramid, segment, v_teacher, v_fake, v_true, w_q)
+            grad = dmd_gradient(self.pyramid, segment, v_teacher, v_fake, v_true, w_q, frames)
         loss = dmd_loss(x_hat, grad)
         logs = {
             "loss_dmd": loss.detach(),
@@ -464,7 +483,7 @@ class DistributionMatching(FewStepObjective):
             "stage": torch.tensor(self.grid[n].segment.stage),
         }
         if self.cfg.teach_weight > 0:
-            teach = F.mse_loss(x_hat.float(), self.data_latent(batch, n).float())
+            teach = frame_mse(x_hat, self.data_latent(batch, n), frames)
             logs["loss_teach"] = teach.detach()
             loss = loss + self.cfg.teach_weight * teach
         return loss, logs
@@ -477,5 +496,5 @@ class DistributionMatching(FewStepObjective):
             rho, tau = self.draw_tau(n, x_hat.shape[0], x_hat, generator)
             x_tau, v_true = self.renoise(n, x_hat, randn(x_hat.shape, x_hat, generator), rho, tau)
         pred = self.nets["critic"](x_tau, tau, embeds, **image_kwargs(batch))
-        loss = F.mse_loss(pred.float(), v_true.float())
+        loss = frame_mse(pred, v_true, generated_frames(batch, pred))
         return loss, {"loss_fake": loss.detach()}

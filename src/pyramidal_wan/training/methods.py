@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from pyramidal_wan.errors import InputError
 from pyramidal_wan.training.adversarial import AdversarialDistillation, AdversarialOptions
 from pyramidal_wan.training.distill import DistributionMatching, DMDOptions, DMDPTOptions
+from pyramidal_wan.training.networks import exported_image_mode
 from pyramidal_wan.training.objectives import (
     FlowMatching,
     FlowMatchingOptions,
@@ -126,3 +127,47 @@ def build_objective(config: Config):
             f"pyramid.kind={method.kind}"
         )
     return method.objective(config, method)
+
+
+def check_image_to_video(config: Config, data) -> None:
+    """`data.image_to_video` trains a clean-first-frame model (Wan2.2-TI2V-5B) image-to-video: the exported
+    model must be one (model_index.json's expand_timesteps), the method must feed the first frame
+    (`trains_clean_first_frame`, a resolution pyramid), and the cache's stage latents must begin with the
+    image latents the pipeline conditions each stage on, which pixel-space stages do and latent-space ones
+    (R_down of the full latent) do not. One-line errors, from JSON and the manifest, before any weights
+    load."""
+    share = config.data.image_to_video
+    if share == 0:
+        return
+    base = config.model.pipeline or config.model.init
+    mode = exported_image_mode(config.model)
+    if mode in ("clip", "channels"):
+        raise InputError(
+            f"data.image_to_video is for clean-first-frame models (Wan2.2-TI2V-5B); {base} is an "
+            f"image-to-video model (image conditioning {mode}) that always trains on its image: unset "
+            "data.image_to_video"
+        )
+    if mode != "first_frame":
+        raise InputError(
+            f"data.image_to_video={share} trains a clean-first-frame model (Wan2.2-TI2V-5B) image-to-video, "
+            f"but {base} has no model_index.json setting expand_timesteps: set model.pipeline to the TI2V-5B "
+            "diffusers folder (the export copies it), or set data.image_to_video=0"
+        )
+    method = METHODS[config.objective.name]
+    if method.kind != "resolution" or not method.objective.trains_clean_first_frame:
+        able = ", ".join(
+            name
+            for name, m in METHODS.items()
+            if m.kind == "resolution" and m.objective.trains_clean_first_frame
+        )
+        raise InputError(
+            f"{method.name} does not train clean-first-frame image-to-video; use one of {able}, or set "
+            "data.image_to_video=0"
+        )
+    construction = data.manifest["settings"]["construction"]
+    if construction != "pixel":
+        raise InputError(
+            f"data.image_to_video needs a pixel-construction cache, whose stage latents begin with the stage "
+            f"images the pipeline conditions on; {data.folder} is {construction}-construction: prepare one "
+            "with --construction pixel"
+        )

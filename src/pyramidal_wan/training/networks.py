@@ -23,9 +23,10 @@ from pyramidal_wan.models.loading import (
     load_experts,
     load_transformer_for,
     original_expert_folders,
+    read_model_index,
 )
 from pyramidal_wan.models.presets import PRESETS, get_transformer_config
-from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity
+from pyramidal_wan.models.wan_family import EXPERT_COMPONENT, ExpertVelocity, image_mode
 
 # LoRA targets (METHOD.md 7.2): attention projections of both attention layers and the FFN.
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"]
@@ -77,6 +78,23 @@ def original_experts_boundary(init: str, pipeline: str | None, key: str = "model
             "folder"
         )
     return ratio
+
+
+def sets_expand_timesteps(folder: str | None) -> bool:
+    """Whether `folder` is a diffusers pipeline folder whose model_index.json sets expand_timesteps (the
+    clean first latent frame of Wan2.2-TI2V-5B's image-to-video); reads JSON only."""
+    if folder is None or folder in PRESETS or not Path(folder, "model_index.json").is_file():
+        return False
+    return bool(read_model_index(folder).get("expand_timesteps", False))
+
+
+def exported_image_mode(model_config) -> str | None:
+    """How the model a run exports takes an image (`wan_family.image_mode`): model.init's transformer config
+    with the expand_timesteps of the model_index.json the export copies (model.pipeline, else model.init).
+    A TI2V-5B transformer folder or preset alone records no expand_timesteps: its export samples
+    text-to-video only. Reads JSON only."""
+    base = model_config.pipeline or model_config.init
+    return image_mode(get_transformer_config(model_config.init), sets_expand_timesteps(base))
 
 
 def velocity_network(

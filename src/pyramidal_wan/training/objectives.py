@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from pyramidal_wan.data.cache import CONDITIONED_MODES
 from pyramidal_wan.errors import InputError
-from pyramidal_wan.models.conditioning import training_condition
+from pyramidal_wan.models.conditioning import first_frame_training_condition, training_condition
 from pyramidal_wan.models.wan_family import image_mode
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.training.networks import frozen, student_network, transformer_paths
@@ -143,10 +143,58 @@ def curriculum_groups(
     return groups
 
 
+def image_rows(batch: dict, rows=slice(None), frames: int | None = None) -> torch.Tensor | None:
+    """Of the batch's `rows`, those (bool (b,)) a clean-first-frame model trains image-to-video
+    (`data.image_to_video`); None where there are none, and for single-frame samples (`frames` 1), whose
+    only frame would be the image: they train text-to-image."""
+    if "image_rows" not in batch or frames == 1:
+        return None
+    picked = batch["image_rows"][rows]
+    return picked if bool(picked.any()) else None
+
+
+def generated_frames(batch: dict, like: torch.Tensor, rows=slice(None)) -> torch.Tensor | None:
+    """Loss weights (b, 1, T, 1, 1) for latents `like` (b, C, T, H, W) of the batch's `rows`: 0 on the given
+    clean first frame of image-to-video rows, 1 on every generated frame; None where all are generated."""
+    picked = image_rows(batch, rows, like.shape[2])
+    if picked is None:
+        return None
+    weight = torch.ones(like.shape[0], 1, like.shape[2], 1, 1, device=like.device)
+    weight[picked.to(like.device), :, 0] = 0.0
+    return weight
+
+
+def frame_mean(values: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of `values` (B, C, T, H, W) over the elements `weight` (B, 1, T, 1, 1) keeps (all of them
+    without it), in float32."""
+    if weight is None:
+        return values.float().mean()
+    weight = weight.expand_as(values)
+    return (values.float() * weight).sum() / weight.sum()
+
+
+def frame_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE in float32 over the frames `weight` keeps (`generated_frames`); the plain MSE without it."""
+    if weight is None:
+        return F.mse_loss(pred.float(), target.float())
+    return frame_mean((pred.float() - target.float()).square(), weight)
+
+
 def image_kwargs(batch: dict, stages=None, rows=slice(None), frames: int | None = None) -> dict:
     """{"image_condition": ...}, the model keyword of an image-to-video batch: the `rows`' cached conditions
     at `stages` (default: every stage, the model picking the one of its latents' size), the first `frames`
-    latent frames of them, and CLIP tokens; {} for text-to-video."""
+    latent frames of them, and CLIP tokens; {} for text-to-video.
+
+    A clean-first-frame (TI2V) batch's condition is its stage latents' own first frames, for its
+    image-to-video rows (`image_rows`): the pixel-space stage latents begin with the image latents.
+    """
+    if "image_rows" in batch:
+        picked = image_rows(batch, rows, frames)
+        if picked is None:
+            return {}
+        stages = range(len(batch["latents"])) if stages is None else stages
+        latents = [batch["latents"][stage][rows][:, :, :frames] for stage in stages]
+        return {"image_condition": first_frame_training_condition(latents, picked)}
     if "image_conditions" not in batch:
         return {}
     conditions = batch["image_conditions"]
@@ -162,7 +210,10 @@ def check_image_conditioning(objective, data) -> None:
     them (`takes_image_conditions`); a text-to-video model on a cache without. Raises a one-line error."""
     generator = objective.nets["generator"]
     mode = image_mode(generator.get_submodule(transformer_paths(generator)["transformer"]).config)
-    mode = mode if mode in CONDITIONED_MODES else None  # "first_frame" (TI2V) trains as text-to-video
+    # A transformer config alone never says "first_frame" (expand_timesteps is a pipeline setting): TI2V's
+    # cache holds no conditions, its image-to-video rows take the stage latents' first frames
+    # (`methods.check_image_to_video`).
+    mode = mode if mode in CONDITIONED_MODES else None
     cached = data.image_conditioning
     if mode != cached:
         raise InputError(
@@ -181,6 +232,8 @@ class Objective:
 
     critic_ratio = 0
     takes_image_conditions = False  # feeds an image-to-video cache's conditions to its networks
+    # gives a clean-first-frame model's image-to-video rows their first frame and leaves it out of its losses
+    trains_clean_first_frame = False
 
     def use(self, nets: dict) -> None:
         """Replace the networks by the trainer's wrapped (e.g. DDP) versions of the same modules."""
@@ -200,10 +253,12 @@ class FlowMatching(Objective):
     With stages (0,) this is ordinary (pre-)training; with all stages (multires-fm) it is the
     multi-resolution fine-tune that makes the DMD-OT teacher (METHOD.md 7.3); with a `stage_mix` curriculum
     it is Wan-style multi-resolution, multi-duration pretraining (pixel-space stage latents, single frames).
-    An image-to-video model gets each sample's first-frame condition at the group's stage.
+    An image-to-video model gets each sample's first-frame condition at the group's stage; a clean-first-frame
+    model's image-to-video rows are not scored on their given first frame.
     """
 
     takes_image_conditions = True
+    trains_clean_first_frame = True
 
     def __init__(self, config: Config, method):
         self.cfg = config.objective
@@ -235,7 +290,7 @@ class FlowMatching(Objective):
             s = sigma.view(-1, 1, 1, 1, 1)
             image = image_kwargs(batch, (stage,), rows, x0.shape[2])
             pred = model(((1 - s) * x0 + s * noise), sigma, batch["prompt_embeds"][rows], **image)
-            loss = F.mse_loss(pred.float(), (noise - x0).float())
+            loss = frame_mse(pred, noise - x0, generated_frames(batch, x0, rows))
             total = total + loss * (x0.shape[0] / batch_size)
             logs[f"loss/stage{stage}{'-image' if is_image else ''}"] = loss.detach()
         return total, logs
@@ -246,10 +301,12 @@ class PyramidalFlowMatching(Objective):
 
     L_dist = lambda sum_i w_i mean((P_i [F_theta(x) - F_orig(x)])^2): in the low band the pyramidal target
     equals the plain velocity, so the original model's prediction is a valid target there. An
-    image-to-video model (and its frozen original) gets each sample's first-frame condition at the stage.
+    image-to-video model (and its frozen original) gets each sample's first-frame condition at the stage; a
+    clean-first-frame model's image-to-video rows are scored (L_pyr, L_dist) on their generated frames only.
     """
 
     takes_image_conditions = True
+    trains_clean_first_frame = True
 
     def __init__(self, config: Config, method):
         cfg = self.cfg = config.objective
@@ -285,16 +342,18 @@ class PyramidalFlowMatching(Objective):
             rho = torch.rand(x0.shape[0], generator=generator).to(x0)
             u = self._noisy_end(batch["latents"], stage, rows)
             x, sigma, target = self.pyramid.training_point(x0, u, noise, stage, rho)
-            image = image_kwargs(batch, (stage,), rows)
+            image, frames = image_kwargs(batch, (stage,), rows), generated_frames(batch, x0, rows)
             pred = self.nets["generator"](x, sigma, embeds, **image)
-            loss = F.mse_loss(pred.float(), target.float())
+            loss = frame_mse(pred, target, frames)
             logs[f"loss_pyr/stage{stage}"] = loss.detach()
             weight = self.cfg.dist_weight * self.dist_weights[stage]
             if weight > 0:
                 with torch.no_grad():
                     ref = self.reference(x, sigma, embeds, **image)
-                low = self.pyramid.project((pred - ref).float(), stage)
-                dist = low.square().mean()
+                difference = (pred - ref).float()
+                if frames is not None:  # P keeps frame 0 apart (block-diagonal): zero the given frame first
+                    difference = difference * frames
+                dist = frame_mean(self.pyramid.project(difference, stage).square(), frames)
                 logs[f"loss_dist/stage{stage}"] = dist.detach()
                 loss = loss + weight * dist
             total = total + loss * (x0.shape[0] / batch_size)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from pyramidal_wan.data.cache import CachedLatents
 from pyramidal_wan.errors import CheckpointError, TrainingDiverged
 from pyramidal_wan.training.config import Config, save_config
-from pyramidal_wan.training.methods import build_objective
+from pyramidal_wan.training.methods import build_objective, check_image_to_video
 from pyramidal_wan.training.networks import check_experts_trainable, transformer_paths
 from pyramidal_wan.training.objectives import check_image_conditioning
 from pyramidal_wan.training.sharding import (
@@ -228,6 +228,7 @@ def _train(config: Config, accelerator: Accelerator, resume: bool, progress: boo
 
     # Build: data, the objective (it builds its networks), one optimiser per trained group.
     data = CachedLatents(config.data.cache)
+    check_image_to_video(config, data)
     objective = build_objective(config)
     check_image_conditioning(objective, data)
     check_experts_trainable(objective.nets["generator"], world, tc.sharding)
@@ -291,7 +292,12 @@ def _train(config: Config, accelerator: Accelerator, resume: bool, progress: boo
         updates += ["critic"] if objective.critic_ratio > 0 else []
         for group in updates:
             batch = sample_batch(
-                data, tc.batch_size, config.data.text_dropout, generators["data"], accelerator.device
+                data,
+                tc.batch_size,
+                config.data.text_dropout,
+                generators["data"],
+                accelerator.device,
+                config.data.image_to_video,
             )
             batch["step"] = step  # what a curriculum (multi-resolution pretraining) keys on
             loss_fn = objective.generator_loss if group == "generator" else objective.critic_loss
@@ -345,11 +351,16 @@ def _train(config: Config, accelerator: Accelerator, resume: bool, progress: boo
         export_model(config, generator, ema, objective.export_config(), out / "model")
 
 
-def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, generator, device) -> dict:
+def sample_batch(
+    data: CachedLatents, batch_size: int, text_dropout: float, generator, device, image_to_video: float = 0.0
+) -> dict:
     """Random cached videos; text dropout swaps prompts for the empty prompt (trains the CFG branch).
 
     `empty_prompt` and `negative_prompt` (L, D; None for an older cache) are the cache's embeddings of the
-    empty prompt and of the model's negative prompt: the candidates for the teachers' unconditional text."""
+    empty prompt and of the model's negative prompt: the candidates for the teachers' unconditional text.
+    With `image_to_video` > 0 (a clean-first-frame model), `image_rows` (B,) bool marks the samples drawn to
+    train image-to-video, each with that probability (drawn after text dropout, so runs without it keep
+    their random stream)."""
     indices = torch.randint(len(data), (batch_size,), generator=generator)
     batch = data.batch(indices)
     drop = torch.rand(batch_size, generator=generator) < text_dropout
@@ -360,6 +371,8 @@ def sample_batch(data: CachedLatents, batch_size: int, text_dropout: float, gene
         "empty_prompt": data.empty_prompt.float().to(device),
         "negative_prompt": None if data.negative_prompt is None else data.negative_prompt.float().to(device),
     }
+    if image_to_video > 0:
+        out["image_rows"] = (torch.rand(batch_size, generator=generator) < image_to_video).to(device)
     if "image_conditions" in batch:  # an image-to-video cache: the image stays (no image dropout)
         embeds = batch["image_embeds"]
         out["image_conditions"] = [x.to(device) for x in batch["image_conditions"]]
