@@ -35,6 +35,8 @@ row runs/toy/base-training-free 20-20-10 2-2-1
 # Pyramidization after 500, 1000, 2000 and 4000 fine-tuning steps.
 for step in 500 1000 2000; do row runs/toy/pyramidal/model-step$step 20-20-10 10-10-5; done
 row runs/toy/pyramidal/model 20-20-10 10-10-5 2-2-1   # 2-2-1: what the students start from
+# The control: the base trained 2000 more steps with its own objective (is the gain the pyramid's?).
+row runs/toy/base-more/model 0-0-50 0-0-13
 # Ablations (1000-step fine-tunes; compare with model-step1000), run when trained.
 row runs/toy/pyramidal-no-dist/model 20-20-10
 row runs/toy/pyramidal-latent/model 20-20-10
