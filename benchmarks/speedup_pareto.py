@@ -1,9 +1,10 @@
 """ToyBench quality against cost for solvers x caches x schedules: the speed-up Pareto table of issue 17.
 
 Runs `pyramidal-wan evaluate` (resumable JSON-lines records) for every configuration below on the toy
-family (base, pyramidal, few-step), then prints one row per run: ToyBench total ± se, its difference to
-base 0-0-50, TFLOPs and FLOPs speed-up, CPU seconds per video end to end (text, stages, decode) and that
-speed-up, then the issue's targets: the cheapest multi-step configuration within 2 points of base 0-0-50,
+family (base, pyramidal, few-step), then prints the table that `pyramidal-wan report --speedups` puts in
+docs/results.md (`eval.report.speedup_table`): per run, ToyBench total ± se, its difference to base
+0-0-50, TFLOPs and FLOPs speed-up, CPU seconds per video end to end (text, stages, decode) and that
+speed-up; then the issue's targets: the cheapest multi-step configuration within 2 points of base 0-0-50,
 and the best few-step end-to-end speed-up over it. A MagCache row first calibrates the model's ratios
 (`pyramidal-wan calibrate-magcache`, written to the model folder's magcache.json) unless they are there.
 
@@ -18,7 +19,7 @@ import io
 from pathlib import Path
 
 from pyramidal_wan.cli import main
-from pyramidal_wan.eval.report import toy_runs
+from pyramidal_wan.eval.report import markdown_table, speedup_findings, speedup_runs, speedup_table, toy_runs
 from pyramidal_wan.eval.toybench import read_records
 from pyramidal_wan.models.caching import MAG_RATIOS_FILE
 
@@ -35,7 +36,6 @@ CONFIGS = (
     ("pyramidal", None, "fastercache", ("20-20-10",)),
     ("few-step", None, None, ("2-2-1", "1-1-1")),
 )
-QUALITY_TOLERANCE = 2.0  # ToyBench points below base 0-0-50 that still count as "as good"
 
 
 def run_config(models: Path, model, solver, cache, schedules, args) -> None:
@@ -61,39 +61,6 @@ def run_config(models: Path, model, solver, cache, schedules, args) -> None:
             raise SystemExit(f"evaluate failed: {' '.join(command)}")
 
 
-def print_pareto(records: list[dict]) -> None:
-    runs = toy_runs(records)
-    base = next(r for r in runs if r["model"] == "base" and r["schedule"] == "0-0-50")
-    print(
-        f"{'model':10} {'run':26} {'total ± se':>12} {'Δ base':>7} {'TFLOPs':>8} {'FLOPs x':>8} "
-        f"{'s/video':>8} {'time x':>7}  n"
-    )
-    for r in runs:
-        flops_x, time_x = base["tflops"] / r["tflops"], base["seconds"] / r["seconds"]
-        r.update(flops_x=flops_x, time_x=time_x, delta=r["total"] - base["total"])
-        print(
-            f"{r['model']:10} {r['schedule']:26} {r['total']:6.1f} ± {r['total_se']:3.1f} {r['delta']:+7.1f} "
-            f"{r['tflops']:8.4f} {flops_x:8.2f} {r['seconds']:8.2f} {time_x:7.2f}  {r['n']}"
-        )
-    multistep = [r for r in runs if r["model"] != "few-step" and r is not base]
-    good = [r for r in multistep if r["delta"] >= -QUALITY_TOLERANCE]
-    if good:
-        best = max(good, key=lambda r: r["flops_x"])
-        print(
-            f"cheapest multi-step within {QUALITY_TOLERANCE:g} points of base 0-0-50: {best['model']} "
-            f"{best['schedule']}, {best['flops_x']:.2f}x FLOPs, {best['time_x']:.2f}x CPU time"
-        )
-    else:
-        print(f"no multi-step run within {QUALITY_TOLERANCE:g} points of base 0-0-50")
-    few = [r for r in runs if r["model"] == "few-step"]
-    if few:
-        best = max(few, key=lambda r: r["time_x"])
-        print(
-            f"best few-step end-to-end speed-up (text + stages + decode): {best['schedule']}, "
-            f"{best['time_x']:.2f}x ({best['delta']:+.1f} points)"
-        )
-
-
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -106,7 +73,9 @@ def main_cli() -> None:
     args = parser.parse_args()
     for model, solver, cache, schedules in CONFIGS:
         run_config(Path(args.models), model, solver, cache, schedules, args)
-    print_pareto(read_records(args.out))
+    runs = speedup_runs(toy_runs(read_records(args.out)))
+    print(markdown_table(*speedup_table(runs)))
+    print("\n".join(speedup_findings(runs)))
 
 
 if __name__ == "__main__":

@@ -54,4 +54,10 @@ row runs/toy/distill-adv-p/model 2-2-1
 row runs/toy/ppf/model 20-20-10
 row runs/toy/ppf-dmd/model 2-2-1
 
-"$PW" report --results "$RECORDS" --out report --markdown docs/results.md --screenshot docs/report.png
+# Speed-ups (issue 17): solvers x caches x schedules on the bundled family (models/toy), 36 training-caption
+# prompts, one seed, every row timed in this one run.
+SPEEDUPS=${SPEEDUPS:-runs/eval/pareto.jsonl}
+OMP_NUM_THREADS=$THREADS .venv/bin/python benchmarks/speedup_pareto.py --threads "$THREADS" --out "$SPEEDUPS"
+
+"$PW" report --results "$RECORDS" --speedups "$SPEEDUPS" --out report --markdown docs/results.md \
+    --screenshot docs/report.png

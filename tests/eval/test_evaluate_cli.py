@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from pyramidal_wan.cli import main
+from pyramidal_wan.pipelines import plan_from_folder
 from pyramidal_wan.pyramid import PyramidConfig
 from pyramidal_wan.toy.family import assemble_toy_pipeline
 from pyramidal_wan.utils.video import read_video
@@ -52,6 +53,7 @@ def test_evaluate_writes_records_and_resumes(tmp_path, capsys):
         stages = sum(s for part, s in record["stage_seconds"].items() if part.startswith("stage"))
         assert 0 < record["transformer_seconds"] <= stages
         assert record["device"] == "cpu" and record["batch_size"] == 8
+        assert record["sampler"] == plan_from_folder(model, schedule=record["schedule"]).sampler
         # GIFs of the first two prompts (seed 0) beside the records, for the report.
         if record["prompt_index"] < 2:
             sample = tmp_path / record["sample"]

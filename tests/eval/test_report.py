@@ -18,7 +18,14 @@ from pyramidal_wan.eval.pyramid_view import (
     radial_power_spectrum,
     stage_nyquist,
 )
-from pyramidal_wan.eval.report import load_records, markdown_report, toy_runs, vbench_runs
+from pyramidal_wan.eval.report import (
+    load_records,
+    markdown_report,
+    speedup_findings,
+    speedup_runs,
+    toy_runs,
+    vbench_runs,
+)
 from pyramidal_wan.eval.toybench import evaluate_videos
 from pyramidal_wan.pipelines import PyramidalWanPipeline, plan_from_folder
 from pyramidal_wan.pyramid import PyramidConfig
@@ -219,3 +226,49 @@ def test_report_refuses_bad_records_in_one_line(tmp_path, capsys, content, probl
     err = capsys.readouterr().err
     assert problem in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "report").exists()
+
+
+def test_speedup_table_measures_every_run_against_base_0_0_50(tmp_path):
+    parts = {"text": 0.05, "stage 0": 0.9, "decode": 0.3}
+    records = fake_run("base", "0-0-50", 0.1, 2.0, parts, tmp_path, samples=0)
+    records += fake_run("pyramidal", "10-10-5:dpm2m", 0.01, 0.25, parts, tmp_path, samples=0)
+    records += fake_run("few-step", "2-2-1", 0.002, 0.05, parts, tmp_path, samples=0)
+    for record in records:
+        record["sampler"] = "fewstep" if record["model"] == "few-step" else "multistep"
+    path = tmp_path / "speedups.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = tmp_path / "report"
+    assert (
+        main(["report", "--results", str(path), "--speedups", str(path), "--out", str(out), "--no-pyramid"])
+        == 0
+    )
+    text = (out / "results.md").read_text()
+    assert "## Speed-ups: quality against cost" in text
+    assert "| pyramidal | 10-10-5:dpm2m | 100.0 ± 0.0 | +0.0 | 0.01 | 10.00 | 0.25 | 8.00 | 4 |" in text
+    assert "| few-step | 2-2-1 | 100.0 ± 0.0 | +0.0 | 0.002 | 50.00 | 0.05 | 40.00 | 4 |" in text
+    assert "within 2 points of base 0-0-50: pyramidal 10-10-5:dpm2m, 10.00x fewer FLOPs" in text
+    assert "few-step end-to-end speed-up (text + stages + decode): few-step 2-2-1, 40.00x" in text
+    assert "Speed-ups: quality against cost" in (out / "index.html").read_text()
+
+
+def test_speedup_findings_keep_only_runs_as_good_as_base():
+    base = {"model": "base", "schedule": "0-0-50", "tflops": 0.1, "seconds": 2.0, "total": 70.0}
+    runs = [
+        base,
+        {"model": "p", "schedule": "4-4-3", "tflops": 0.005, "seconds": 0.2, "total": 66.0},  # 4 points down
+        {"model": "p", "schedule": "10-10-5", "tflops": 0.02, "seconds": 0.5, "total": 68.5},
+    ]
+    runs = speedup_runs([{**r, "sampler": "multistep"} for r in runs])
+    assert speedup_findings(runs) == [
+        "Cheapest multi-step run within 2 points of base 0-0-50: p 10-10-5, 5.00x fewer FLOPs, 4.00x less "
+        "CPU time (-1.5 points)."
+    ]
+    assert speedup_findings(runs[:2]) == ["No multi-step run is within 2 points of base 0-0-50."]
+
+
+def test_speedups_without_base_0_0_50_fail_in_one_line(records_file, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["report", "--results", str(records_file), "--speedups", str(records_file), "--out", str(out)]
+    assert main(args) == 2
+    assert "no base:0-0-50 run to measure against (found: toy:1-1-1, toy:0-0-2)" in capsys.readouterr().err
+    assert not out.exists()

@@ -237,6 +237,7 @@ def run_toy(args: argparse.Namespace) -> int:
             fields = {
                 "model_path": str(Path(model).resolve()),
                 "tflops": _tflops(pipe, plan),
+                "sampler": plan.sampler,  # multistep or fewstep: the speed-up table tells them apart
                 "device": device.type,
                 "batch_size": args.batch_size,
             }

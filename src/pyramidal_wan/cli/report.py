@@ -23,6 +23,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--results", nargs="+", required=True, metavar="RECORDS", help="JSON-lines records of evaluate"
     )
+    parser.add_argument(
+        "--speedups",
+        nargs="+",
+        default=[],
+        metavar="RECORDS",
+        help="also table these records as quality against cost, next to base 0-0-50 "
+        "(benchmarks/speedup_pareto.py)",
+    )
     parser.add_argument("--out", type=output_path, default="report", help="output folder (default report/)")
     parser.add_argument(
         "--markdown", type=output_path, help="also write the Markdown tables here (e.g. docs/results.md)"
@@ -64,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         pyramid=not args.no_pyramid,
         pyramid_run=args.pyramid_run,
         max_prompts=args.samples,
+        speedups=args.speedups,
     )
     print(
         f"wrote {paths['html']} and {paths['markdown']}" + (f" and {args.markdown}" if args.markdown else "")

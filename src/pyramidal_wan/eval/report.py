@@ -55,6 +55,8 @@ DIMENSION_HEADERS = {
     "frechet": "Frechet",
 }
 MAX_SAMPLE_PROMPTS = 4  # columns of the sample grid
+SPEEDUP_REFERENCE = ("base", "0-0-50")  # (model, schedule) every speed-up is measured against
+QUALITY_TOLERANCE = 2.0  # ToyBench points below the reference that still count as "as good"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ def toy_runs(records: Sequence[dict]) -> list[dict]:
                 ),
                 "n": len(group),
                 "tflops": _first(r.get("tflops") for r in group),
+                "sampler": _first(r.get("sampler") for r in group),  # None in older records
                 "semantic": overall["semantic"],
                 "quality": overall["quality"],
                 "total": overall["total"],
@@ -242,6 +245,86 @@ def vbench_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def speedup_runs(runs: Sequence[dict], reference: tuple[str, str] = SPEEDUP_REFERENCE) -> list[dict]:
+    """The runs with their cost and quality against the reference run (base 0-0-50): flops_x and time_x
+    (the reference's TFLOPs and seconds per video over the run's, seconds end to end: text, stages, decode)
+    and delta (ToyBench total points against it)."""
+    base = next((r for r in runs if (r["model"], r["schedule"]) == reference), None)
+    if base is None:
+        found = ", ".join(f"{r['model']}:{r['schedule']}" for r in runs) or "none"
+        raise InputError(
+            f"the speed-up records have no {reference[0]}:{reference[1]} run to measure against (found: "
+            f"{found}); run benchmarks/speedup_pareto.py"
+        )
+
+    def ratio(key: str, run: dict) -> float | None:  # None where a record lacks the field
+        return base[key] / run[key] if base[key] and run[key] else None
+
+    return [
+        {
+            **r,
+            "flops_x": ratio("tflops", r),
+            "time_x": ratio("seconds", r),
+            "delta": r["total"] - base["total"],
+        }
+        for r in runs
+    ]
+
+
+def speedup_table(runs: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the speed-up table: quality against cost per model x schedule (`speedup_runs`)."""
+    header = ["model", "run", "total ± se", "Δ base", "TFLOPs", "FLOPs x", "s / video", "time x", "videos"]
+    rows = [
+        [
+            r["model"],
+            r["schedule"],
+            _fmt_with_se(r["total"], r["total_se"]),
+            f"{r['delta']:+.1f}",
+            _fmt_tflops(r["tflops"]),
+            _fmt(r["flops_x"], 2),
+            _fmt(r["seconds"], 2),
+            _fmt(r["time_x"], 2),
+            str(r["n"]),
+        ]
+        for r in runs
+    ]
+    return header, rows
+
+
+def speedup_findings(runs: Sequence[dict], reference: tuple[str, str] = SPEEDUP_REFERENCE) -> list[str]:
+    """The speed-up targets in words: the cheapest multi-step run within QUALITY_TOLERANCE points of the
+    reference, and the largest end-to-end speed-up of a few-step run."""
+    others = [r for r in runs if (r["model"], r["schedule"]) != reference]
+    multistep = [r for r in others if r["sampler"] != "fewstep" and r["flops_x"] is not None]
+    good = [r for r in multistep if r["delta"] >= -QUALITY_TOLERANCE]
+    ref = f"{reference[0]} {reference[1]}"
+    if good:
+        best = max(good, key=lambda r: r["flops_x"])
+        lines = [
+            f"Cheapest multi-step run within {QUALITY_TOLERANCE:g} points of {ref}: {best['model']} "
+            f"{best['schedule']}, {best['flops_x']:.2f}x fewer FLOPs, {best['time_x']:.2f}x less CPU time "
+            f"({best['delta']:+.1f} points)."
+        ]
+    else:
+        lines = [f"No multi-step run is within {QUALITY_TOLERANCE:g} points of {ref}."]
+    few = [r for r in others if r["sampler"] == "fewstep" and r["time_x"] is not None]
+    if few:
+        best = max(few, key=lambda r: r["time_x"])
+        lines.append(
+            f"Largest few-step end-to-end speed-up (text + stages + decode): {best['model']} "
+            f"{best['schedule']}, {best['time_x']:.2f}x ({best['delta']:+.1f} points)."
+        )
+    return lines
+
+
+SPEEDUP_NOTE = (
+    "Runs: schedule, then a non-default within-stage solver (:dpm2m) and a step cache (+NAME). FLOPs x and "
+    "time x: base 0-0-50's TFLOPs and seconds per video (end to end: text, stages, decode; every row timed "
+    "in one run of benchmarks/speedup_pareto.py) over the run's. Δ base: ToyBench total points against "
+    "base 0-0-50 on the same prompts and seeds."
+)
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub Markdown table; text columns left-aligned, number columns right-aligned."""
     number = r"-?[\d.e+]+"
@@ -282,8 +365,9 @@ def toybench_note(runs: Sequence[dict]) -> str:
     )
 
 
-def markdown_report(runs: Sequence[dict], vbench: Sequence[dict] = ()) -> str:
-    """The Markdown tables of the report: a pure function of the run summaries."""
+def markdown_report(runs: Sequence[dict], vbench: Sequence[dict] = (), speedups: Sequence[dict] = ()) -> str:
+    """The Markdown tables of the report: a pure function of the run summaries (`speedups`: the runs of the
+    speed-up benchmark, `speedup_runs`)."""
     sections = [
         "<!-- Generated by `pyramidal-wan report` from `pyramidal-wan evaluate` records; regenerate, do not "
         "edit. -->",
@@ -305,6 +389,13 @@ def markdown_report(runs: Sequence[dict], vbench: Sequence[dict] = ()) -> str:
                 "Stage 0 is full resolution; text is prompt encoding, decode the last update and the VAE; "
                 "transformer: the seconds inside transformer forwards, part of the stages' time.",
             ]
+    if speedups:
+        sections += [
+            "## Speed-ups: quality against cost",
+            markdown_table(*speedup_table(speedups)),
+            " ".join(speedup_findings(speedups)),
+            SPEEDUP_NOTE,
+        ]
     if vbench:
         sections += [
             "## VBench",
@@ -464,7 +555,7 @@ def _html_samples(grid: dict) -> str:
     return f'<table class="samples"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
-def html_report(runs, vbench, grid: dict, pyramid_html: str) -> str:
+def html_report(runs, vbench, grid: dict, pyramid_html: str, speedups: Sequence[dict] = ()) -> str:
     """The report page: tables, figures, the sample grid and the pyramid section."""
     parts = [
         "<!DOCTYPE html>",
@@ -497,6 +588,12 @@ def html_report(runs, vbench, grid: dict, pyramid_html: str) -> str:
             '<p class="note">The same prompts and seeds for every model x schedule (GIFs saved by '
             "evaluate).</p>",
             _html_samples(grid),
+        ]
+    if speedups:
+        parts += [
+            "<h2>Speed-ups: quality against cost</h2>",
+            _html_table(*speedup_table(speedups)),
+            f'<p class="note">{html.escape(" ".join([*speedup_findings(speedups), SPEEDUP_NOTE]))}</p>',
         ]
     if vbench:
         parts += ["<h2>VBench</h2>", _html_table(*vbench_table(vbench))]
@@ -575,15 +672,18 @@ def write_report(
     pyramid: bool = True,
     pyramid_run: str | None = None,
     max_prompts: int = MAX_SAMPLE_PROMPTS,
+    speedups: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Path]:
     """Write the report folder (and a copy of the Markdown at `markdown`); return the main paths. A pure
-    function of the records and the files they name (samples, pyramid views): no model runs here."""
+    function of the records and the files they name (samples, pyramid views): no model runs here.
+    `speedups`: the records of the speed-up benchmark, tabled apart (their prompts and seeds differ)."""
     records = load_records(results)
     runs, vbench = toy_runs(records), vbench_runs(records)
+    speedup = speedup_runs(toy_runs(load_records(speedups))) if speedups else []
     chosen = pick_pyramid_run(runs, pyramid_run) if pyramid else None  # checked before any work
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    text = markdown_report(runs, vbench)
+    text = markdown_report(runs, vbench, speedup)
     grid = {"columns": [], "rows": []}
     if runs:
         plot_quality_vs_tflops(runs, out_dir / "figures")
@@ -599,10 +699,11 @@ def write_report(
         )
     paths = {"html": out_dir / "index.html", "markdown": out_dir / "results.md"}
     with atomic_path(paths["html"]) as tmp:
-        tmp.write_text(html_report(runs, vbench, grid, pyramid_html))
+        tmp.write_text(html_report(runs, vbench, grid, pyramid_html, speedup))
     for path in [paths["markdown"], *([Path(markdown)] if markdown else [])]:
         with atomic_path(path) as tmp:
             tmp.write_text(text)
     with atomic_path(out_dir / "runs.json") as tmp:
-        tmp.write_text(json.dumps({"toy": runs, "vbench": vbench}, indent=1, default=str) + "\n")
+        summaries = {"toy": runs, "vbench": vbench, "speedups": speedup}
+        tmp.write_text(json.dumps(summaries, indent=1, default=str) + "\n")
     return paths
