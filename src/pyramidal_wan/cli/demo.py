@@ -13,7 +13,7 @@ from pathlib import Path
 from pyramidal_wan.cli.options import output_path, positive_int
 from pyramidal_wan.errors import CheckpointError
 
-DEMO_PROMPT = "a red circle moving right on a dark blue background"
+DEMO_PROMPT = "a green striped circle moving right on a dark gray background"
 
 
 def register(subparsers) -> None:
