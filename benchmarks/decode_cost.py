@@ -9,9 +9,12 @@ and the PSNR / largest difference of the video against the float32 default decod
 - fp32 oneDNN: the pipeline's decode (`models.vae_speed.onednn_conv3d`);
 - + inference_mode: the same under `torch.inference_mode` instead of `no_grad`;
 - bf16 autocast: the oneDNN decode under bfloat16 autocast (not exact);
-- + tiling: diffusers' spatial tiling with tiles of half the frame (a memory saving, not a time one).
+- + tiling: diffusers' spatial tiling with tiles of half the frame (a memory saving, not a time one);
+- tiny decoder: `--decoder DIR`'s `TinyWanDecoder` in place of the VAE's decoder (not exact: its PSNR
+  against the VAE's video is what it loses; ToyBench scores that loss in `docs/results.md`).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/decode_cost.py --size 64 --size 128
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/decode_cost.py --size 64 --size 128 \
+        --decoder models/toy/tiny-decoder
 
 17x128x128 is the size of `pyramidal-wan bench`'s width-384 model, which decodes with the same VAE
 architecture. Wan's decoder is already chunked: it runs one latent frame at a time against a feature cache.
@@ -30,6 +33,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from pyramidal_wan.models.loading import quiet_loading
+from pyramidal_wan.models.tiny_decoder import load_folder_decoder
 from pyramidal_wan.models.vae_speed import onednn_conv3d
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 
@@ -40,8 +44,8 @@ def psnr(video: torch.Tensor, reference: torch.Tensor) -> float:
     return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(4.0 / mse)).item()
 
 
-def variants(fast, plain_vae, height: int, width: int):
-    """(name, vae, context) of every decode variant; the first is the reference."""
+def variants(fast, plain_vae, height: int, width: int, decoder=None):
+    """(name, vae, context, tiny decoder or None) of every decode variant; the first is the reference."""
     tiled = copy.deepcopy(plain_vae)
     tiled.enable_tiling(
         tile_sample_min_height=height // 2,
@@ -51,13 +55,14 @@ def variants(fast, plain_vae, height: int, width: int):
     )
     onednn_conv3d(tiled)
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
-    return [
-        ("fp32 default", plain_vae, torch.no_grad),
-        ("fp32 oneDNN", fast, torch.no_grad),
-        ("fp32 oneDNN + inference_mode", fast, torch.inference_mode),
-        ("bf16 autocast (oneDNN)", fast, lambda: _both(torch.no_grad(), bf16)),
-        ("fp32 oneDNN + tiling", tiled, torch.no_grad),
+    rows = [
+        ("fp32 default", plain_vae, torch.no_grad, None),
+        ("fp32 oneDNN", fast, torch.no_grad, None),
+        ("fp32 oneDNN + inference_mode", fast, torch.inference_mode, None),
+        ("bf16 autocast (oneDNN)", fast, lambda: _both(torch.no_grad(), bf16), None),
+        ("fp32 oneDNN + tiling", tiled, torch.no_grad, None),
     ]
+    return rows + ([("tiny decoder", fast, torch.no_grad, decoder)] if decoder is not None else [])
 
 
 @contextlib.contextmanager
@@ -73,7 +78,9 @@ def main() -> None:
     parser.add_argument("--model", default="models/toy/few-step")
     parser.add_argument("--size", type=int, action="append", help="square pixel size (default 64 and 128)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timed rounds (default 3)")
+    parser.add_argument("--decoder", help="also time this tiny decoder folder (e.g. models/toy/tiny-decoder)")
     args = parser.parse_args()
+    decoder = load_folder_decoder(args.model, args.decoder)
     torch.set_num_threads(1)
     quiet_loading()
     plain_vae = AutoencoderKLWan.from_pretrained(Path(args.model) / "vae").eval()
@@ -89,12 +96,13 @@ def main() -> None:
             generator=torch.Generator().manual_seed(0),
             output_type="latent",
         ).frames
-        rows = variants(fast_vae, plain_vae, size, size)
-        seconds = {name: [] for name, _, _ in rows}
+        rows = variants(fast_vae, plain_vae, size, size, decoder)
+        seconds = {name: [] for name, *_ in rows}
         videos = {}
         for _ in range(args.rounds + 1):  # the first round warms up
-            for name, vae, context in rows:
+            for name, vae, context, tiny in rows:
                 pipe.vae = vae
+                pipe.set_decoder(tiny)
                 with context():
                     start = time.process_time()
                     videos[name] = pipe.decode_latents(latents)
@@ -104,7 +112,7 @@ def main() -> None:
         reference_s = statistics.median(seconds[reference_name][1:])
         reference = videos[reference_name]
         frames = "x".join(map(str, reference.shape[2:]))
-        for name, _, _ in rows:
+        for name, *_ in rows:
             median = statistics.median(seconds[name][1:])
             diff = (videos[name].float() - reference.float()).abs().max().item()
             print(

@@ -5,8 +5,10 @@ family (base, pyramidal, few-step), then prints the table that `pyramidal-wan re
 docs/results.md (`eval.report.speedup_table`): per run, ToyBench total ± se, its difference to base
 0-0-50, TFLOPs and FLOPs speed-up, CPU seconds per video end to end (text, stages, decode) and that
 speed-up; then the issue's targets: the cheapest multi-step configuration within 2 points of base 0-0-50,
-and the best few-step end-to-end speed-up over it. A MagCache row first calibrates the model's ratios
-(`pyramidal-wan calibrate-magcache`, written to the model folder's magcache.json) unless they are there.
+and the best few-step end-to-end speed-up over it. The few-step rows run twice: decoded by the VAE and by
+the bundled tiny decoder (`models/toy/tiny-decoder`, `models.tiny_decoder`). A MagCache row first
+calibrates the model's ratios (`pyramidal-wan calibrate-magcache`, written to the model folder's
+magcache.json) unless they are there.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/speedup_pareto.py --prompts 4
 """
@@ -23,22 +25,24 @@ from pyramidal_wan.eval.report import markdown_table, speedup_findings, speedup_
 from pyramidal_wan.eval.toybench import read_records
 from pyramidal_wan.models.caching import MAG_RATIOS_FILE
 
-# (model folder name, solver, cache, schedules); the first run is the reference: base 0-0-50.
+# (model folder name, solver, cache, schedules, decoder folder name); the first run is the reference: base
+# 0-0-50.
 CONFIGS = (
-    ("base", None, None, ("0-0-50",)),
-    ("base", "dpm2m", None, ("0-0-20", "0-0-10")),
-    ("pyramidal", None, None, ("20-20-10", "10-10-5")),
-    ("pyramidal", "dpm2m", None, ("10-10-5", "6-6-4", "4-4-3")),
-    ("pyramidal", "dpm2m", "taylorseer", ("10-10-5",)),
-    ("pyramidal", None, "first-block", ("20-20-10",)),
-    ("pyramidal", None, "magcache", ("20-20-10",)),
-    ("pyramidal", "dpm2m", "magcache", ("10-10-5",)),
-    ("pyramidal", None, "fastercache", ("20-20-10",)),
-    ("few-step", None, None, ("2-2-1", "1-1-1")),
+    ("base", None, None, ("0-0-50",), None),
+    ("base", "dpm2m", None, ("0-0-20", "0-0-10"), None),
+    ("pyramidal", None, None, ("20-20-10", "10-10-5"), None),
+    ("pyramidal", "dpm2m", None, ("10-10-5", "6-6-4", "4-4-3"), None),
+    ("pyramidal", "dpm2m", "taylorseer", ("10-10-5",), None),
+    ("pyramidal", None, "first-block", ("20-20-10",), None),
+    ("pyramidal", None, "magcache", ("20-20-10",), None),
+    ("pyramidal", "dpm2m", "magcache", ("10-10-5",), None),
+    ("pyramidal", None, "fastercache", ("20-20-10",), None),
+    ("few-step", None, None, ("2-2-1", "1-1-1"), None),
+    ("few-step", None, None, ("2-2-1", "1-1-1"), "tiny-decoder"),
 )
 
 
-def run_config(models: Path, model, solver, cache, schedules, args) -> None:
+def run_config(models: Path, model, solver, cache, schedules, decoder, args) -> None:
     if cache == "magcache" and not (models / model / MAG_RATIOS_FILE).is_file():
         # MagCache needs the model's magnitude ratios: calibrated once, at the model's default schedule.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -56,6 +60,7 @@ def run_config(models: Path, model, solver, cache, schedules, args) -> None:
     command += [flag for schedule in schedules for flag in ("--schedule", schedule)]
     command += ["--solver", solver] if solver else []
     command += ["--cache", cache] if cache else []
+    command += ["--decoder", str(models / decoder)] if decoder else []
     with contextlib.redirect_stdout(io.StringIO()):  # evaluate's own table; ours follows
         if main(command) != 0:
             raise SystemExit(f"evaluate failed: {' '.join(command)}")
@@ -71,8 +76,8 @@ def main_cli() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/eval/pareto.jsonl", help="records (resumable)")
     args = parser.parse_args()
-    for model, solver, cache, schedules in CONFIGS:
-        run_config(Path(args.models), model, solver, cache, schedules, args)
+    for model, solver, cache, schedules, decoder in CONFIGS:
+        run_config(Path(args.models), model, solver, cache, schedules, decoder, args)
     runs = speedup_runs(toy_runs(read_records(args.out)))
     print(markdown_table(*speedup_table(runs)))
     print("\n".join(speedup_findings(runs)))

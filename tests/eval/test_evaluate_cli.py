@@ -98,6 +98,18 @@ def test_evaluate_names_runs_by_solver_and_cache(tmp_path, capsys):
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert record["schedule"] == "4-4-4:dpm2m+taylorseer"
     assert "4-4-4:dpm2m+taylorseer" in capsys.readouterr().out
+    # A tiny decoder is part of the run's name, and is checked against the model's VAE first.
+    from pyramidal_wan.models.tiny_decoder import TinyWanDecoder
+
+    TinyWanDecoder(channels=(8, 8, 8, 8), blocks=(0, 0, 0, 0), time_factors=(2, 2, 1)).save_pretrained(
+        tmp_path / "wide"
+    )
+    assert main([*common, "--schedule", "2-2-1", "--decoder", str(tmp_path / "wide")]) == 2
+    assert "use a decoder trained for this VAE" in capsys.readouterr().err
+    TinyWanDecoder().save_pretrained(tmp_path / "decoder")
+    few = ["--schedule", "2-2-1", "--prompts", "1", "--heldout", "0", "--decoder", str(tmp_path / "decoder")]
+    assert main([*common, *few]) == 0
+    assert json.loads(out.read_text().splitlines()[-1])["schedule"] == "2-2-1+tiny-decoder"
 
 
 def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):

@@ -131,6 +131,19 @@ def test_bench_command_builds_random_components_and_prints_json(capsys):
     assert [r["schedule"] for r in report["schedules"]] == ["0-0-5", "1-1-1"]
 
 
+def test_bench_times_the_decode_of_a_tiny_decoder(tmp_path, capsys):
+    from pyramidal_wan.models.tiny_decoder import TinyWanDecoder
+
+    TinyWanDecoder().save_pretrained(tmp_path / "decoder")
+    args = ["bench", *SMALL, "--transformer", "toy-wan", "--schedule", "1-1-1", "--json"]
+    assert main([*args, "--decoder", str(tmp_path / "decoder")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["decode_seconds"] > 0
+    assert main([*args, "--decoder", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a tiny-decoder folder" in err and len(err.splitlines()) == 1
+
+
 def test_random_components_default_to_the_bench_config():
     pipe = build_random_pipeline()
     config = pipe.transformer.config

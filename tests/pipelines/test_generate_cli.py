@@ -132,6 +132,7 @@ def test_bad_per_stage_guidance_is_a_one_line_error(
             "GiB for its pixels and latent",
         ),
         (["--model", "{tmp}/no-such-model"], "not found"),
+        (["--decoder", "{tmp}"], "is not a tiny-decoder folder (no config.json)"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_with_no_output(model_dir, tmp_path, capsys, args, message):
@@ -210,3 +211,16 @@ def test_mp4_and_gif_appear_together_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         export_video(frames, tmp_path / "v.mp4", gif=True)
     assert list(tmp_path.iterdir()) == []  # the MP4, written first, was not left behind
+
+
+def test_generate_decodes_with_a_tiny_decoder(model_dir, tmp_path, capsys):
+    from pyramidal_wan.models.tiny_decoder import TinyWanDecoder
+
+    TinyWanDecoder().save_pretrained(tmp_path / "decoder")
+    out = tmp_path / "video.mp4"
+    args = ["generate", PROMPT, "--model", str(model_dir), "--out", str(out), "--threads", "1"]
+    assert main([*args, "--decoder", str(tmp_path / "decoder")]) == 0
+    tiny = read_video(out)
+    assert tiny.shape == (17, 64, 64, 3)
+    assert main(args) == 0
+    assert not np.array_equal(read_video(out), tiny)  # the VAE's decoder made the other one

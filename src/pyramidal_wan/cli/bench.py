@@ -55,12 +55,13 @@ from pyramidal_wan.models.denoiser import TIMESTEP_SCALE, batched_cfg_pays
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.ppf import PPFTransformer
 from pyramidal_wan.models.presets import count_parameters, get_transformer_config
+from pyramidal_wan.models.tiny_decoder import load_folder_decoder, load_tiny_decoder
 from pyramidal_wan.pipelines import PyramidalWanPipeline, SamplingPlan
 from pyramidal_wan.pyramid import PyramidConfig, get_ppf_segments, is_baseline_schedule, parse_schedule
 from pyramidal_wan.pyramid.config import KINDS
 from pyramidal_wan.pyramid.sampling import BASELINE_SHIFT
 from pyramidal_wan.toy.text import TEXT_DIM, build_text_encoder, build_tokenizer, text_encoder_config
-from pyramidal_wan.toy.vae import build_vae
+from pyramidal_wan.toy.vae import VAE_ARCHITECTURE, build_vae
 
 # The toy architecture widened to 384 (6 heads of 64) with 2 blocks: see the module docstring.
 BENCH_TRANSFORMER: dict[str, Any] = {
@@ -146,6 +147,11 @@ def register(subparsers) -> None:
         metavar="BACKEND",
         help="also time every schedule with the transformer's repeated blocks compiled by torch.compile "
         "(BACKEND, default inductor), after one untimed video per schedule compiles each stage's graph",
+    )
+    parser.add_argument(
+        "--decoder",
+        help="a tiny decoder folder (TinyWanDecoder) that decodes in place of the VAE's decoder: the decode "
+        "and end-to-end columns then time it (default: the VAE's)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -555,6 +561,11 @@ def run(args: argparse.Namespace) -> int:
                 "a model folder is timed as saved, --kind picks the kind of random components"
             )
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    # A tiny decoder is checked against the VAE (the folder's, or the random components' toy VAE) first.
+    if args.model is not None:
+        decoder = load_folder_decoder(args.model, args.decoder)
+    else:
+        decoder = None if args.decoder is None else load_tiny_decoder(args.decoder, VAE_ARCHITECTURE)
     torch.set_num_threads(args.threads)
     quiet_loading()
     if args.model is not None:
@@ -564,6 +575,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         pipe = build_random_pipeline(args.transformer, kind=args.kind or "resolution")
         cast_like_from_pretrained(pipe.transformer if pipe.ppf is None else pipe.ppf, dtype)
+    pipe.set_decoder(decoder)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     report = compute_bench(pipe, args, device)

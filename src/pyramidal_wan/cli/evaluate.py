@@ -56,6 +56,11 @@ def register(subparsers) -> None:
         "ratios in the model folder) or fastercache (default: none)",
     )
     parser.add_argument(
+        "--decoder",
+        help="a tiny decoder folder (TinyWanDecoder) decoding in place of each model's VAE decoder; runs are "
+        "labelled SCHEDULE+tiny-decoder (default: the VAE's)",
+    )
+    parser.add_argument(
         "--prompts", type=non_negative_int, default=36, help="toy: train-split prompts (default 36)"
     )
     parser.add_argument(
@@ -105,13 +110,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _setup(args, models, schedules):
-    """(process state, device, dtype, {(model, schedule): plan}) with every setting checked first."""
+    """(process state, device, dtype, {(model, schedule): plan}, {model: tiny decoder or None}) with every
+    setting checked first."""
     import torch
     from accelerate import PartialState
 
     from pyramidal_wan.cli.generate import resolve_device, resolve_dtype
     from pyramidal_wan.models.caching import check_cache, check_folder_mag_ratios
     from pyramidal_wan.models.loading import quiet_loading
+    from pyramidal_wan.models.tiny_decoder import load_folder_decoder
     from pyramidal_wan.pipelines import plan_from_folder
 
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
@@ -121,21 +128,23 @@ def _setup(args, models, schedules):
         check_cache(args.cache, plan.sampler, plan.kind, plan.guidance_scale)
         if args.cache == "magcache":
             check_folder_mag_ratios(model, plan.steps)
+    decoders = {m: load_folder_decoder(m, args.decoder) for m in models}
     state = PartialState(cpu=device.type == "cpu")
     if device.type == "cuda":
         device = state.device  # each process its own GPU
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet_loading()
-    return state, device, dtype, plans
+    return state, device, dtype, plans, decoders
 
 
-def _load(model, device, dtype):
+def _load(model, device, dtype, decoder=None):
     from pyramidal_wan.pipelines import PyramidalWanPipeline
 
     pipe = PyramidalWanPipeline.from_pretrained(
         model, torch_dtype={"transformer": dtype, "text_encoder": dtype}
     )
+    pipe.set_decoder(decoder)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -192,13 +201,13 @@ def model_name(folder: str) -> str:
     return path.name
 
 
-def run_label(plan, cache: str | None = None) -> str:
-    """A run's name in records and tables: its schedule, then a non-default solver and a cache, e.g.
-    "10-10-5:dpm2m+taylorseer"."""
+def run_label(plan, cache: str | None = None, decoder: str | None = None) -> str:
+    """A run's name in records and tables: its schedule, then a non-default solver, a cache and a tiny
+    decoder, e.g. "10-10-5:dpm2m+taylorseer" or "2-2-1+tiny-decoder"."""
     label = plan.schedule
     if plan.sampler == "multistep" and plan.solver != "euler":
         label += f":{plan.solver}"
-    return label + (f"+{cache}" if cache else "")
+    return label + (f"+{cache}" if cache else "") + ("+tiny-decoder" if decoder else "")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -219,7 +228,7 @@ def run_toy(args: argparse.Namespace) -> int:
     if not args.out.endswith(".jsonl"):
         raise InputError(f"--out {args.out} must be a .jsonl records file for --suite toy")
     schedules = args.schedule or [None]
-    state, device, dtype, plans = _setup(args, args.model, schedules)
+    state, device, dtype, plans, decoders = _setup(args, args.model, schedules)
     prompts = [
         *(eval_prompts(args.prompts, "train") if args.prompts else []),
         *(eval_prompts(args.heldout, "heldout") if args.heldout else []),
@@ -230,7 +239,7 @@ def run_toy(args: argparse.Namespace) -> int:
     if args.vae_ceiling:
         runs.append(vae_ceiling(args.vae_ceiling, prompts, seeds, out, args.batch_size, state))
     for model in args.model:
-        pipe = _load(model, device, dtype)
+        pipe = _load(model, device, dtype, decoders[model])
         for schedule in schedules:
             plan = plans[(model, schedule)]
             name = model_name(model)
@@ -244,7 +253,7 @@ def run_toy(args: argparse.Namespace) -> int:
             if not (args.no_pyramid_view or is_baseline_schedule(plan.steps)):
                 fields["pyramid_view"] = pyramid_view(pipe, plan, out, name, prompts[0].caption(), state)
             generate = TimedGenerator(pipe, plan, device, args.cache)
-            label = run_label(plan, args.cache)
+            label = run_label(plan, args.cache, args.decoder)
             samples = SampleSaver(out, name, label, args.samples)
 
             def on_batch(indices, batch_seeds, videos, generate=generate, fields=fields, samples=samples):
@@ -391,14 +400,14 @@ def run_vbench(args: argparse.Namespace) -> int:
     prompts = vb.read_prompt_file(args.prompt_file) if custom else vb.standard_prompts(full_info, dimensions)
     names = {(p, i): vb.video_name(p, i) for p in prompts for i in range(per_prompt)}
     schedules = args.schedule or [None]
-    state, device, dtype, plans = _setup(args, args.model, schedules)
+    state, device, dtype, plans, decoders = _setup(args, args.model, schedules)
     out = Path(args.out)
     runs = []  # generate everything first, then free the models for the judges
     for model in args.model:
-        pipe = _load(model, device, dtype)
+        pipe = _load(model, device, dtype, decoders[model])
         for schedule in schedules:
             plan = plans[(model, schedule)]
-            folder = out / model_name(model) / run_label(plan, args.cache)
+            folder = out / model_name(model) / run_label(plan, args.cache, args.decoder)
             generate = TimedGenerator(pipe, plan, device, args.cache)
             seconds = generate_vbench_videos(generate, names, folder / "videos", args.batch_size, state)
             runs.append((model, plan, folder, _tflops(pipe, plan), _gather(state, seconds)))
@@ -407,7 +416,7 @@ def run_vbench(args: argparse.Namespace) -> int:
     state.wait_for_everyone()
     prompts_by_file = {n: p for (p, _), n in names.items()} if custom else None
     for model, plan, folder, tflops, timings in runs:
-        name = f"{model_name(model)}_{run_label(plan, args.cache)}"
+        name = f"{model_name(model)}_{run_label(plan, args.cache, args.decoder)}"
         # every process calls the judge: VBench splits the videos between ranks itself
         scores = vb.run_judge(
             vbench_module,
@@ -424,7 +433,7 @@ def run_vbench(args: argparse.Namespace) -> int:
             record = {
                 "suite": "vbench",
                 "model": model_name(model),
-                "schedule": run_label(plan, args.cache),
+                "schedule": run_label(plan, args.cache, args.decoder),
                 "model_path": str(Path(model).resolve()),
                 "mode": "custom_input" if custom else "vbench_standard",
                 "prompts": len(prompts),

@@ -161,6 +161,12 @@ def _register_train_vae(commands) -> None:
         help="what the decoder learns from while the encoder is frozen: a posterior sample (default) or the "
         "posterior mean, the latent the cache stores",
     )
+    parser.add_argument(
+        "--decoder",
+        choices=("wan", "tiny"),
+        help="what trains: the VAE itself (wan, default) or a tiny decoder (models.tiny_decoder) for the "
+        "frozen VAE given as --init, exported to OUT/decoder",
+    )
     parser.add_argument("--stats-clips", type=positive_int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=positive_int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -187,6 +193,7 @@ _TRAIN_VAE_FIELDS = (
     "checkpoint_every",
     "freeze_encoder_from",
     "decoder_latent",
+    "decoder",
     "init",
     "num_frames",
     "resolution",
@@ -212,6 +219,13 @@ def run_train_vae(args: argparse.Namespace) -> int:
     else:
         config = VAETrainConfig(**{k: v for k, v in given.items() if v is not None})
     metrics = train_vae(args.out, config, resume=args.resume)
+    if config.decoder == "tiny":
+        print(
+            f"tiny decoder at step {metrics['step']}: held-out reconstruction PSNR "
+            f"{metrics['psnr_heldout']:.2f} dB (the VAE's decoder: {metrics['psnr_heldout_vae_decoder']:.2f} "
+            f"dB); diffusers folder {args.out}/decoder"
+        )
+        return 0
     print(
         f"toy VAE at step {metrics['step']}: held-out reconstruction PSNR {metrics['psnr_heldout']:.2f} dB; "
         f"diffusers folder {args.out}/vae"

@@ -66,6 +66,7 @@ from pyramidal_wan.models.loading import PIPELINE_COMPONENTS, load_pipeline_comp
 from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
+from pyramidal_wan.models.tiny_decoder import TinyWanDecoder, check_decoder_fits
 from pyramidal_wan.models.vae_speed import onednn_conv3d
 from pyramidal_wan.models.wan_family import (
     EXPERT_COMPONENT,
@@ -202,6 +203,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         onednn_conv3d(vae)  # the same decode within float32 rounding, several times faster on a CPU
         # MagCache magnitude ratios per stage index (`models.caching`), read from a folder's magcache.json.
         self.mag_ratios: dict[int, list[float]] | None = None
+        # A `TinyWanDecoder` decoding in place of the VAE's decoder (`set_decoder`); not a saved component.
+        self.decoder: TinyWanDecoder | None = None
         self.vae_scale_factor_temporal = vae.config.scale_factor_temporal
         self.vae_scale_factor_spatial = vae.config.scale_factor_spatial
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor_spatial)
@@ -629,20 +632,35 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         like = torch.empty(0, device=device, dtype=dtype)
         return randn((batch_size, num_channels_latents, *latent_size), like, generator)
 
+    def set_decoder(self, decoder: TinyWanDecoder | None) -> None:
+        """Decode with `decoder` (a `TinyWanDecoder` trained for this VAE) instead of the VAE's decoder; None
+        restores the VAE's. It is not saved with the pipeline: it is a decode-time choice, like a cache."""
+        if decoder is not None:
+            check_decoder_fits(
+                decoder, self.vae.config.z_dim, self.vae_scale_factor_temporal, self.vae_scale_factor_spatial
+            )
+        self.decoder = decoder
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixel videos (B, 3, F, H, W) in [-1, 1] of normalised latents (B, C, T, H, W).
 
-        Un-normalises with the VAE's latent statistics exactly as WanPipeline does, then decodes. The VAE
-        given at construction has its float32 CPU 3D convolutions routed through oneDNN
-        (`models.vae_speed`: the same videos within float32 rounding, several times faster for small VAEs).
+        Un-normalises with the VAE's latent statistics exactly as WanPipeline does, then decodes, with the
+        VAE or the tiny decoder of `set_decoder`. The VAE given at construction has its float32 CPU 3D
+        convolutions routed through oneDNN (`models.vae_speed`: the same videos within float32 rounding,
+        several times faster for small VAEs).
         """
-        latents = latents.to(get_module_execution_device(self.vae), dtype=self.vae.dtype)
+        if self.decoder is not None:  # follows the latents' device: it is not a registered component
+            self.decoder.to(latents.device)
+        decoder = self.vae if self.decoder is None else self.decoder
+        latents = latents.to(get_module_execution_device(decoder), dtype=decoder.dtype)
         z_dim = self.vae.config.z_dim
         latents_mean = torch.tensor(self.vae.config.latents_mean).view(1, z_dim, 1, 1, 1)
         latents_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z_dim, 1, 1, 1)
         latents_mean = latents_mean.to(latents.device, latents.dtype)
         latents_std = latents_std.to(latents.device, latents.dtype)
         latents = latents / latents_std + latents_mean
+        if self.decoder is not None:
+            return self.decoder(latents)
         return self.vae.decode(latents, return_dict=False)[0]
 
     def encode_image(self, image: Image.Image, device: torch.device) -> torch.Tensor:

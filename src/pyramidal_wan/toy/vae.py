@@ -11,6 +11,11 @@
                                  measured on the current weights (what `WanPipeline` normalises with)
     out_dir/metrics.json         held-out PSNR, latent statistics and losses at the last checkpoint
 
+With `decoder="tiny"` the same trainer fits a `TinyWanDecoder` (`models.tiny_decoder`) to the frozen VAE
+of `init`: it decodes the encoder's posterior means of the same crops and learns the same L1 + MSE to the
+clips. It exports `out_dir/decoder/` (its diffusers folder) in place of `vae/`, and `metrics.json` gives
+its held-out PSNR next to the VAE decoder's.
+
 Training is exactly resumable: the clips of step s are a pure function of (seed, s), and the posterior-noise
 generator's state is saved as a tensor with the weights and optimiser state.
 """
@@ -33,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.tiny_decoder import TinyWanDecoder
 from pyramidal_wan.toy.world import Scene, WorldConfig, eval_prompts, seeded_scene
 from pyramidal_wan.utils.checkpoints import (
     Checkpoint,
@@ -122,6 +128,9 @@ class VAETrainConfig:
     # interior patterns), the old VAE already knows colours, edges and motion, so adapting it is far cheaper
     # than training from scratch.
     init: str | None = None
+    # What trains: "wan", the AutoencoderKLWan itself; "tiny", a TinyWanDecoder for the frozen VAE of
+    # `init` (encoder and decoder both fixed), decoding the posterior means, as the pipeline's latents are.
+    decoder: str = "wan"
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -141,6 +150,10 @@ class VAETrainConfig:
         latent_shape(self.crop_frames, self.crop_size, self.crop_size)
         if self.decoder_latent not in ("sample", "mean"):
             raise InputError(f"--decoder-latent must be sample or mean, got {self.decoder_latent!r}")
+        if self.decoder not in ("wan", "tiny"):
+            raise InputError(f"--decoder must be wan or tiny, got {self.decoder!r}")
+        if self.decoder == "tiny" and self.init is None:
+            raise InputError("--decoder tiny trains a decoder for an existing VAE: pass its folder as --init")
         if self.crop_centre not in ("random", "object"):
             raise InputError(f"--crop-centre must be random or object, got {self.crop_centre!r}")
         if self.crop_frames > self.num_frames or self.crop_size > self.resolution:
@@ -173,6 +186,7 @@ TRAJECTORY_FIELDS = (
     "logvar_init",
     "init",
     "decoder_latent",
+    "decoder",
 )
 
 
@@ -244,17 +258,18 @@ def compute_vae_loss(
     generator: torch.Generator | None = None,
     train_encoder: bool = True,
     decode_mean: bool = False,
+    decoder: TinyWanDecoder | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE per pixel) plus `kl_weight` times the mean per-element KL to N(0, I).
 
     video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`, or with
     `decode_mean` the posterior mean. Without `train_encoder` the encoder runs without a graph (the KL term
-    is then a constant, kept for the logs).
+    is then a constant, kept for the logs). `decoder` decodes in place of the VAE's own decoder.
     """
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         posterior = vae.encode(video).latent_dist
     latent = posterior.mean if decode_mean else posterior.sample(generator=generator)
-    recon = vae.decode(latent).sample  # (B, 3, F, H, W)
+    recon = vae.decode(latent).sample if decoder is None else decoder(latent)  # (B, 3, F, H, W)
     l1 = F.l1_loss(recon, video)
     mse = F.mse_loss(recon, video)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
@@ -286,12 +301,19 @@ def measure_latent_stats(
 
 
 @torch.no_grad()
-def reconstruction_psnr(vae: AutoencoderKLWan, scenes: Sequence[Scene], batch_size: int = 8) -> float:
-    """PSNR (dB, peak 1 on [0, 1] pixels) of decode(posterior mean) over all pixels of `scenes`' clips."""
+def reconstruction_psnr(
+    vae: AutoencoderKLWan,
+    scenes: Sequence[Scene],
+    batch_size: int = 8,
+    decoder: TinyWanDecoder | None = None,
+) -> float:
+    """PSNR (dB, peak 1 on [0, 1] pixels) of decode(posterior mean) over all pixels of `scenes`' clips,
+    decoded by the VAE or by `decoder`."""
     squared_error, count = 0.0, 0
     for i in range(0, len(scenes), batch_size):
         video = clip_batch(scenes[i : i + batch_size])
-        recon = vae.decode(vae.encode(video).latent_dist.mode()).sample
+        latent = vae.encode(video).latent_dist.mode()
+        recon = vae.decode(latent).sample if decoder is None else decoder(latent)
         squared_error += ((recon - video) / 2.0).pow(2).sum().item()
         count += video.numel()
     return -10.0 * math.log10(max(squared_error / count, 1e-12))
@@ -299,6 +321,8 @@ def reconstruction_psnr(vae: AutoencoderKLWan, scenes: Sequence[Scene], batch_si
 
 def trains_encoder(config: VAETrainConfig, step: int) -> bool:
     """Whether optimiser step `step` (0-based) updates the encoder (and the posterior's quant_conv)."""
+    if config.decoder == "tiny":
+        return False
     return config.freeze_encoder_from is None or step < config.freeze_encoder_from
 
 
@@ -316,7 +340,7 @@ def _learning_rate(config: VAETrainConfig, step: int) -> float:
 
 def _save_checkpoint(
     out_dir: Path,
-    vae: AutoencoderKLWan,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     step: int,
     generator: torch.Generator,
@@ -326,7 +350,7 @@ def _save_checkpoint(
     (`save_checkpoint_folder`): weights, optimiser state, step, generator state and loss history."""
 
     def write(folder: Path) -> None:
-        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, folder / "model.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "model.safetensors")
         torch.save(
             optimizer.state_dict(), folder / "optimizer.pt"
         )  # tensors and numbers: weights_only loads it
@@ -346,7 +370,7 @@ def _legacy_step(folder: Path) -> int:
 
 def _load_checkpoint(
     checkpoint: Checkpoint,
-    vae: AutoencoderKLWan,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
 ) -> tuple[int, list[dict]]:
@@ -357,12 +381,12 @@ def _load_checkpoint(
     state = load_checked(checkpoint, "state.safetensors", load_file)
     history = load_checked(checkpoint, "history.json", lambda p: json.loads(p.read_text()))
     try:
-        vae.load_state_dict(weights)
+        model.load_state_dict(weights)
         optimizer.load_state_dict(optimizer_state)
         generator.set_state(state["generator"])
     except (RuntimeError, ValueError, KeyError) as err:
         first_line = str(err).splitlines()[0] if str(err) else repr(err)
-        raise CheckpointError(f"{checkpoint.folder} does not fit this toy VAE: {first_line}") from err
+        raise CheckpointError(f"{checkpoint.folder} does not fit this run's model: {first_line}") from err
     return int(state["step"]), history
 
 
@@ -382,6 +406,20 @@ def export_vae(vae: AutoencoderKLWan, folder: Path, config: VAETrainConfig) -> d
     with atomic_path(folder) as tmp:
         vae.save_pretrained(tmp, safe_serialization=True)
     return {"psnr_heldout": psnr, "latents_mean": mean, "latents_std": std}
+
+
+def export_tiny_decoder(
+    decoder: TinyWanDecoder, vae: AutoencoderKLWan, folder: Path, config: VAETrainConfig
+) -> dict:
+    """Measure the tiny decoder's held-out PSNR next to the VAE decoder's, then write its diffusers folder."""
+    scenes = eval_prompts(config.eval_clips, "heldout", config.seed, config.world())
+    was_training = decoder.training
+    decoder.eval()
+    psnr = reconstruction_psnr(vae, scenes, decoder=decoder)
+    decoder.train(was_training)
+    with atomic_path(folder) as tmp:
+        decoder.save_pretrained(tmp, safe_serialization=True)
+    return {"psnr_heldout": psnr, "psnr_heldout_vae_decoder": reconstruction_psnr(vae, scenes)}
 
 
 def resume_config(out_dir: str | Path, **overrides) -> VAETrainConfig:
@@ -458,18 +496,27 @@ def _train_vae(
     else:
         mean_pixel = clip_batch(eval_prompts(64, "train", config.seed, config.world())).mean(dim=(0, 2, 3, 4))
         prepare_for_training(vae, mean_pixel, config.logvar_init)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # The model the optimiser trains: the VAE, or a tiny decoder for the frozen VAE.
+    decoder = None
+    if config.decoder == "tiny":
+        vae.eval().requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            decoder = TinyWanDecoder().train()
+    model = vae if decoder is None else decoder
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
     if resume:
         checkpoint = find_checkpoints(out_dir, "checkpoint", _legacy_step)[0]
-        step, history = _load_checkpoint(checkpoint, vae, optimizer, generator)
+        step, history = _load_checkpoint(checkpoint, model, optimizer, generator)
         _check_freeze_change(saved, config, step)
         log(f"resumed toy-VAE training at step {step}/{config.steps} from {out_dir / 'checkpoint'}")
     write_json(out_dir / "config.json", dataclasses.asdict(config))
     if not resume:
-        params = sum(p.numel() for p in vae.parameters())
-        log(f"toy-VAE: {params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} clips")
+        params = sum(p.numel() for p in model.parameters())
+        name = "toy-VAE" if decoder is None else "tiny decoder"
+        log(f"{name}: {params / 1e6:.2f} M parameters, {config.steps} steps of {config.batch_size} clips")
 
     metrics = {}
     smoothed = None
@@ -479,18 +526,20 @@ def _train_vae(
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(config, step)
         train_encoder = trains_encoder(config, step)
-        for param in encoder_parameters(vae):  # frozen parameters get no grad, so AdamW leaves them be
-            param.requires_grad_(train_encoder)
+        if decoder is None:
+            for param in encoder_parameters(vae):  # frozen parameters get no grad, so AdamW leaves them be
+                param.requires_grad_(train_encoder)
         loss, logs = compute_vae_loss(
             vae,
             training_batch(config, step),
             config.kl_weight,
             generator,
             train_encoder=train_encoder,
-            decode_mean=not train_encoder and config.decoder_latent == "mean",
+            decode_mean=decoder is not None or (not train_encoder and config.decoder_latent == "mean"),
+            decoder=decoder,
         )
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -500,14 +549,14 @@ def _train_vae(
         bar.set_postfix(loss=f"{smoothed:.4f}")
         if step % config.checkpoint_every == 0 or step == config.steps:
             seconds_per_step = (time.perf_counter() - started) / max(step - start_step, 1)
-            metrics = _checkpoint(out_dir, vae, optimizer, step, generator, history, config)
+            metrics = _checkpoint(out_dir, vae, decoder, optimizer, step, generator, history, config)
             metrics.update(loss_smoothed=smoothed, seconds_per_step=seconds_per_step)
             write_json(out_dir / "metrics.json", metrics)
             log(
                 f"step {step}/{config.steps}: loss {smoothed:.4f} (l1 {logs['l1']:.4f}, "
                 f"mse {logs['mse']:.5f}, kl {logs['kl']:.2f}), "
                 f"held-out PSNR {metrics['psnr_heldout']:.2f} dB, {seconds_per_step:.2f} s/step; "
-                f"saved {out_dir / 'vae'}"
+                f"saved {out_dir / ('vae' if decoder is None else 'decoder')}"
             )
     bar.close()
     if not metrics:  # resumed a finished run: report the exported state without retraining
@@ -518,13 +567,18 @@ def _train_vae(
 def _checkpoint(
     out_dir: Path,
     vae: AutoencoderKLWan,
+    decoder: TinyWanDecoder | None,
     optimizer: torch.optim.Optimizer,
     step: int,
     generator: torch.Generator,
     history: list[dict],
     config: VAETrainConfig,
 ) -> dict:
-    """Save the resume point, then export vae/ with measured statistics; returns the export's metrics."""
+    """Save the resume point, then export vae/ with measured statistics (or decoder/ with its PSNR);
+    returns the export's metrics."""
+    if decoder is not None:
+        _save_checkpoint(out_dir, decoder, optimizer, step, generator, history)
+        return {"step": step, **export_tiny_decoder(decoder, vae, out_dir / "decoder", config)}
     _save_checkpoint(out_dir, vae, optimizer, step, generator, history)
     return {"step": step, **export_vae(vae, out_dir / "vae", config)}
 

@@ -1,0 +1,165 @@
+"""The tiny decoder: shapes, causality, chunked decoding, folders, the pipeline's use of it, its training."""
+
+import json
+
+import pytest
+import torch
+from pipeline_helpers import PROMPT, SIZE, build_pipeline
+from safetensors.torch import load_file
+
+from pyramidal_wan.errors import CheckpointError, InputError
+from pyramidal_wan.models.tiny_decoder import TinyWanDecoder, load_folder_decoder, load_tiny_decoder
+from pyramidal_wan.toy.vae import VAETrainConfig, build_vae, resume_config, train_vae
+
+
+def decoder(seed: int = 0) -> TinyWanDecoder:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return TinyWanDecoder().eval()
+
+
+def latents(frames: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(2, 16, frames, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_decodes_wan_layout_to_pixels():
+    """T latent frames make 1 + 4 (T - 1) frames at 4x the size, in [-1, 1] (the toy VAE's factors)."""
+    model = decoder()
+    assert (model.temporal_factor, model.spatial_factor) == (4, 4)
+    video = model(latents(5))
+    assert video.shape == (2, 3, 17, 32, 32)
+    assert video.abs().max() <= 1.0
+    assert model(latents(1)).shape == (2, 3, 1, 32, 32)
+
+
+@torch.no_grad()
+def test_is_causal_in_time():
+    """Changing latent frame k leaves every pixel frame made before it (frames < 1 + 4 (k - 1)) as it was."""
+    model = decoder()
+    z = latents(5)
+    changed = z.clone()
+    changed[:, :, 3] += 1.0
+    a, b = model(z), model(changed)
+    first_affected = 1 + 4 * (3 - 1)
+    assert torch.equal(a[:, :, :first_affected], b[:, :, :first_affected])
+    assert not torch.allclose(a[:, :, first_affected:], b[:, :, first_affected:])
+
+
+@torch.no_grad()
+def test_chunked_decode_is_the_same_video():
+    model = decoder()
+    z = latents(5)
+    whole = model(z)
+    for chunk in (1, 2, 3):
+        torch.testing.assert_close(model(z, chunk_frames=chunk), whole, atol=1e-5, rtol=0)
+
+
+def test_rejects_misfit_inputs_and_architectures():
+    with pytest.raises(InputError, match="latents"):
+        decoder()(torch.zeros(1, 8, 2, 4, 4))
+    with pytest.raises(InputError, match="time factor per level"):
+        TinyWanDecoder(channels=(16, 8), blocks=(1, 1), time_factors=(2, 2))
+
+
+@torch.no_grad()
+def test_folder_round_trip_and_errors(tmp_path):
+    model = decoder(1)
+    model.save_pretrained(tmp_path / "dec")
+    loaded = load_tiny_decoder(tmp_path / "dec")
+    z = latents(2)
+    assert torch.equal(loaded(z), model(z))
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_tiny_decoder(tmp_path / "missing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a TinyWanDecoder folder"):
+        load_tiny_decoder(tmp_path / "bad")
+    # Against a VAE with other factors (Wan2.1's 8x space), it is refused with the reason.
+    with pytest.raises(InputError, match="4x space, the VAE 16 at 4x / 8x"):
+        load_tiny_decoder(
+            tmp_path / "dec", {"z_dim": 16, "scale_factor_temporal": 4, "scale_factor_spatial": 8}
+        )
+
+
+@torch.no_grad()
+def test_the_pipeline_decodes_with_it(tmp_path):
+    pipe = build_pipeline()
+    model = decoder()
+    z = torch.randn(1, 16, 5, 16, 16, generator=torch.Generator().manual_seed(0))
+    with_vae = pipe.decode_latents(z)
+    pipe.set_decoder(model)
+    # The same un-normalisation as the VAE path, then the tiny decoder.
+    mean = torch.tensor(pipe.vae.config.latents_mean).view(1, -1, 1, 1, 1)
+    std = torch.tensor(pipe.vae.config.latents_std).view(1, -1, 1, 1, 1)
+    expected = model(z * std + mean)
+    torch.testing.assert_close(pipe.decode_latents(z), expected, atol=1e-6, rtol=1e-5)
+    assert pipe.decode_latents(z).shape == with_vae.shape
+    video = pipe(PROMPT, schedule="1-1-1", guidance_scale=1.0, output_type="np", **SIZE).frames
+    assert video.shape == (1, 17, 64, 64, 3)
+    pipe.set_decoder(None)
+    torch.testing.assert_close(pipe.decode_latents(z), with_vae)
+    # Not a component: a saved folder is the same WanPipeline layout, without it.
+    pipe.set_decoder(model)
+    pipe.save_pretrained(tmp_path / "saved")
+    assert "decoder" not in json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    wide = TinyWanDecoder(channels=(16, 8, 8, 8), blocks=(1, 0, 0, 0), time_factors=(2, 2, 1))
+    with pytest.raises(InputError, match="trained for this VAE"):
+        pipe.set_decoder(wide)
+
+
+def test_load_folder_decoder_checks_the_model_folders_vae(tmp_path):
+    build_vae(0).save_pretrained(tmp_path / "model" / "vae")
+    decoder().save_pretrained(tmp_path / "dec")
+    assert load_folder_decoder(tmp_path / "model", None) is None
+    assert isinstance(load_folder_decoder(tmp_path / "model", tmp_path / "dec"), TinyWanDecoder)
+    with pytest.raises(CheckpointError, match="expected a VAE config.json"):
+        load_folder_decoder(tmp_path / "elsewhere", tmp_path / "dec")
+
+
+# The toy-VAE trainer's tiny settings (tests/toy/test_vae.py), with a tiny decoder for a frozen VAE.
+TINY = dict(
+    num_frames=5,
+    resolution=32,
+    crop_frames=5,
+    crop_size=16,
+    batch_size=1,
+    checkpoint_every=2,
+    warmup_steps=2,
+    stats_clips=2,
+    eval_clips=1,
+    decoder="tiny",
+)
+
+
+def quiet(_message):
+    return None
+
+
+def test_trains_against_the_frozen_vae_and_resumes_exactly(tmp_path):
+    build_vae(3).save_pretrained(tmp_path / "vae")
+    config = VAETrainConfig(steps=4, init=str(tmp_path / "vae"), **TINY)
+    metrics = train_vae(tmp_path / "a", config, progress=False, log=quiet)
+    assert metrics["step"] == 4 and metrics["psnr_heldout"] > 0 and "psnr_heldout_vae_decoder" in metrics
+    trained = load_tiny_decoder(tmp_path / "a" / "decoder")
+    assert not torch.equal(trained.conv_out.weight, decoder(config.seed).conv_out.weight)
+    # Only the decoder is in the checkpoint: the VAE (and so every latent) is untouched.
+    weights = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    assert set(weights) == set(trained.state_dict())
+    assert not (tmp_path / "a" / "vae").exists()
+
+    train_vae(
+        tmp_path / "b", VAETrainConfig(steps=2, init=str(tmp_path / "vae"), **TINY), progress=False, log=quiet
+    )
+    resumed = resume_config(tmp_path / "b", steps=4)
+    train_vae(tmp_path / "b", resumed, resume=True, progress=False, log=quiet)
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_tiny_decoder_needs_the_vae_it_decodes():
+    with pytest.raises(InputError, match="--init"):
+        VAETrainConfig(decoder="tiny")
+    with pytest.raises(InputError, match="--decoder must be wan or tiny"):
+        VAETrainConfig(decoder="small")
