@@ -38,8 +38,8 @@ row runs/toy/pyramidal/model 20-20-10 10-10-5 2-2-1   # 2-2-1: what the students
 # The control: the base trained 2000 more steps with its own objective (is the gain the pyramid's?).
 row runs/toy/base-more/model 0-0-50 0-0-13
 # Ablations (1000-step fine-tunes; compare with model-step1000), run when trained.
-row runs/toy/pyramidal-no-dist/model 20-20-10
-row runs/toy/pyramidal-latent/model 20-20-10
+row runs/toy/pyramidal-no-dist/model 20-20-10 10-10-5
+row runs/toy/pyramidal-latent/model 20-20-10 10-10-5
 
 # Few-step distillation: the Wan-DMD baselines from the base, the pyramidal students from the pyramidal model.
 row runs/toy/distill-dmd/model 0-0-2
