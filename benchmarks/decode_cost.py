@@ -6,9 +6,11 @@ seconds (process time: steadier than wall time on a shared machine), the speed-u
 and the PSNR / largest difference of the video against the float32 default decode:
 
 - fp32 default: PyTorch's own convolution choice (`slow_conv3d` for the toy VAE's small 3D convolutions);
-- fp32 oneDNN: the pipeline's decode (`models.vae_speed.onednn_conv3d`);
+- fp32 oneDNN convolutions: the 3D convolutions through oneDNN only (`models.vae_speed.onednn_conv3d`);
+- fp32 pipeline: the pipeline's decode, oneDNN convolutions and RMS norms as plain sums
+  (`models.vae_speed.fast_cpu_inference`);
 - + inference_mode: the same under `torch.inference_mode` instead of `no_grad`;
-- bf16 autocast: the oneDNN decode under bfloat16 autocast (not exact);
+- bf16 autocast: the pipeline's decode under bfloat16 autocast (not exact);
 - + tiling: diffusers' spatial tiling with tiles of half the frame (a memory saving, not a time one);
 - tiny decoder: `--decoder DIR`'s `TinyWanDecoder` in place of the VAE's decoder (not exact: its PSNR
   against the VAE's video is what it loses; ToyBench scores that loss in `docs/results.md`).
@@ -34,7 +36,7 @@ from diffusers import AutoencoderKLWan
 
 from pyramidal_wan.models.loading import quiet_loading
 from pyramidal_wan.models.tiny_decoder import load_folder_decoder
-from pyramidal_wan.models.vae_speed import onednn_conv3d
+from pyramidal_wan.models.vae_speed import fast_cpu_inference, onednn_conv3d
 from pyramidal_wan.pipelines import PyramidalWanPipeline
 
 
@@ -53,14 +55,17 @@ def variants(fast, plain_vae, height: int, width: int, decoder=None):
         tile_sample_stride_height=height // 4,
         tile_sample_stride_width=width // 4,
     )
-    onednn_conv3d(tiled)
+    fast_cpu_inference(tiled)
+    convolutions_only = copy.deepcopy(plain_vae)
+    onednn_conv3d(convolutions_only)
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     rows = [
         ("fp32 default", plain_vae, torch.no_grad, None),
-        ("fp32 oneDNN", fast, torch.no_grad, None),
-        ("fp32 oneDNN + inference_mode", fast, torch.inference_mode, None),
-        ("bf16 autocast (oneDNN)", fast, lambda: _both(torch.no_grad(), bf16), None),
-        ("fp32 oneDNN + tiling", tiled, torch.no_grad, None),
+        ("fp32 oneDNN convolutions", convolutions_only, torch.no_grad, None),
+        ("fp32 pipeline (+ norms as sums)", fast, torch.no_grad, None),
+        ("fp32 pipeline + inference_mode", fast, torch.inference_mode, None),
+        ("bf16 autocast (pipeline)", fast, lambda: _both(torch.no_grad(), bf16), None),
+        ("fp32 pipeline + tiling", tiled, torch.no_grad, None),
     ]
     return rows + ([("tiny decoder", fast, torch.no_grad, decoder)] if decoder is not None else [])
 
@@ -84,10 +89,10 @@ def main() -> None:
     torch.set_num_threads(1)
     quiet_loading()
     plain_vae = AutoencoderKLWan.from_pretrained(Path(args.model) / "vae").eval()
-    pipe = PyramidalWanPipeline.from_pretrained(args.model)  # routes its own VAE's convolutions
+    pipe = PyramidalWanPipeline.from_pretrained(args.model)  # routes its own VAE (fast_cpu_inference)
     pipe.set_progress_bar_config(disable=True)
     fast_vae = pipe.vae
-    print(f"{'size':>10}  {'variant':30} {'s/decode':>9} {'speed-up':>9} {'PSNR dB':>8} {'max |diff|':>11}")
+    print(f"{'size':>10}  {'variant':32} {'s/decode':>9} {'speed-up':>9} {'PSNR dB':>8} {'max |diff|':>11}")
     for size in args.size or (64, 128):
         latents = pipe(
             "a red circle moving left on a dark blue background",
@@ -116,7 +121,7 @@ def main() -> None:
             median = statistics.median(seconds[name][1:])
             diff = (videos[name].float() - reference.float()).abs().max().item()
             print(
-                f"{frames:>10}  {name:30} {median:9.3f} {reference_s / median:8.2f}x "
+                f"{frames:>10}  {name:32} {median:9.3f} {reference_s / median:8.2f}x "
                 f"{psnr(videos[name], reference):8.1f} {diff:11.2e}"
             )
 

@@ -1,13 +1,14 @@
-"""oneDNN 3D convolutions of a Wan VAE in CPU inference: the same decode, through the oneDNN kernel."""
+"""Fast CPU inference of a Wan VAE: oneDNN 3D convolutions and RMS norms as sums, the same decode."""
 
 import copy
 import pickle
 
 import pytest
 import torch
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 from torch.profiler import profile
 
-from pyramidal_wan.models.vae_speed import onednn_conv3d
+from pyramidal_wan.models.vae_speed import fast_cpu_inference, onednn_conv3d, sum_rms_norm
 from pyramidal_wan.toy.vae import build_vae
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch without oneDNN")
@@ -53,3 +54,44 @@ def test_training_keeps_pytorchs_convolution():
     assert "aten::slow_conv3d_forward" in kernels
     video.square().mean().backward()
     assert routed.decoder.conv_in.weight.grad is not None
+
+
+def kernels_of(vae, latents) -> tuple[set[str], torch.Tensor]:
+    with profile() as prof:
+        video = vae.decode(latents, return_dict=False)[0]
+    return {e.key for e in prof.key_averages()}, video
+
+
+def test_sum_rms_norm_decodes_the_same_without_the_vector_norm():
+    plain = build_vae(seed=0).eval()
+    with torch.no_grad():  # non-trivial gains and biases, so the test sees them used
+        for norm in plain.modules():
+            if isinstance(norm, WanRMS_norm):
+                norm.gamma.uniform_(0.5, 1.5)
+    summed = copy.deepcopy(plain)
+    count = sum(isinstance(m, WanRMS_norm) for m in summed.modules())
+    assert sum_rms_norm(summed) == count > 0
+    assert sum_rms_norm(summed) == 0  # idempotent
+    latents = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain_kernels, reference = kernels_of(plain, latents)
+        summed_kernels, video = kernels_of(summed, latents)
+        encoded = summed.encode(reference).latent_dist.mean
+        encoded_reference = plain.encode(reference).latent_dist.mean
+    assert "aten::linalg_vector_norm" in plain_kernels
+    assert "aten::linalg_vector_norm" not in summed_kernels
+    torch.testing.assert_close(video, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(encoded, encoded_reference, atol=1e-5, rtol=0)
+    # With gradients on, diffusers' own norm runs (training differentiates it).
+    kernels, video = kernels_of(summed, latents)
+    assert "aten::linalg_vector_norm" in kernels
+    video.square().mean().backward()
+    assert all(m.gamma.grad is not None for m in summed.decoder.modules() if isinstance(m, WanRMS_norm))
+
+
+def test_fast_cpu_inference_routes_both_once():
+    vae = build_vae(seed=0)
+    convs = sum(isinstance(m, torch.nn.Conv3d) for m in vae.modules())
+    norms = sum(isinstance(m, WanRMS_norm) for m in vae.modules())
+    assert fast_cpu_inference(vae) == convs + norms
+    assert fast_cpu_inference(vae) == 0

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.tiny_decoder import TinyWanDecoder, load_folder_decoder, load_tiny_decoder
-from pyramidal_wan.toy.vae import VAETrainConfig, build_vae, resume_config, train_vae
+from pyramidal_wan.toy.vae import VAETrainConfig, build_vae, compute_vae_loss, resume_config, train_vae
 
 
 def decoder(seed: int = 0) -> TinyWanDecoder:
@@ -163,3 +163,63 @@ def test_a_tiny_decoder_needs_the_vae_it_decodes():
         VAETrainConfig(decoder="tiny")
     with pytest.raises(InputError, match="--decoder must be wan or tiny"):
         VAETrainConfig(decoder="small")
+
+
+def test_distillation_targets_the_vae_decoders_video_of_the_noised_latent():
+    vae = build_vae(3).eval().requires_grad_(False)
+    vae.register_to_config(latents_std=[0.5] * 16)
+    video = torch.rand(2, 3, 5, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    seen = []
+
+    def vae_decoder(latent):  # a "tiny decoder" that is the VAE's own decoder, recording its inputs
+        seen.append(latent)
+        return vae.decode(latent).sample.clamp(-1, 1)
+
+    with torch.no_grad():
+        mean = vae.encode(video).latent_dist.mean
+        loss, logs = compute_vae_loss(vae, video, 0.0, decode_mean=True, decoder=vae_decoder, distill=True)
+        assert logs["l1"] == 0 and logs["mse"] == 0 and torch.equal(seen[-1], mean)
+        _, logs = compute_vae_loss(vae, video, 0.0, decode_mean=True, decoder=vae_decoder)
+        assert logs["l1"] > 0  # the clip is the target without distill
+        generator = torch.Generator().manual_seed(0)
+        _, logs = compute_vae_loss(
+            vae, video, 0.0, generator, decode_mean=True, decoder=vae_decoder, distill=True, latent_noise=1.0
+        )
+    noise = seen[-1] - mean
+    assert logs["l1"] == 0 and noise.abs().max() > 0
+    # Per clip a std of at most latent_noise x latents_std.
+    assert all(0 < noise[i].std() < 0.5 * 1.2 for i in range(2))
+
+
+def test_distilled_noised_training_from_a_decoder_resumes_exactly(tmp_path):
+    build_vae(3).save_pretrained(tmp_path / "vae")
+    decoder(5).save_pretrained(tmp_path / "start")
+    settings = dict(init=str(tmp_path / "vae"), decoder_target="vae", latent_noise=0.5, **TINY)
+    settings["init_decoder"] = str(tmp_path / "start")
+    train_vae(tmp_path / "a", VAETrainConfig(steps=3, **settings), progress=False, log=quiet)
+    train_vae(tmp_path / "b", VAETrainConfig(steps=1, **settings), progress=False, log=quiet)
+    train_vae(tmp_path / "b", resume_config(tmp_path / "b", steps=3), resume=True, progress=False, log=quiet)
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # It started from the given decoder: one step at the warm-up's first learning rate moves it little.
+    one = VAETrainConfig(steps=1, **{**settings, "lr": 1e-12})
+    train_vae(tmp_path / "c", one, progress=False, log=quiet)
+    start = decoder(5).state_dict()
+    c = load_file(tmp_path / "c" / "checkpoint" / "model.safetensors")
+    assert all(torch.allclose(c[k], start[k], atol=1e-6) for k in start)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(decoder_target="vae"), "add --decoder tiny"),
+        (dict(latent_noise=0.1, decoder="tiny", init="V"), "add --decoder-target vae"),
+        (dict(init_decoder="D"), "add --decoder tiny"),
+        (dict(decoder_target="teacher", decoder="tiny", init="V"), "must be clip or vae"),
+        (dict(latent_noise=-1.0, decoder="tiny", init="V", decoder_target="vae"), "non-negative"),
+    ],
+)
+def test_distillation_settings_are_checked(settings, message):
+    with pytest.raises(InputError, match=message):
+        VAETrainConfig(**settings)

@@ -55,6 +55,14 @@ def test_train_vae_command_and_resume(tmp_path, capsys):
             ["toy", "train-vae", "--out", "{tmp}", "--threads", "0"],
             "argument --threads: 0 must be at least 1",
         ),
+        (
+            ["toy", "train-vae", "--out", "{tmp}", "--latent-noise", "-0.5"],
+            "argument --latent-noise: -0.5 must be at least 0",
+        ),
+        (
+            ["toy", "train-vae", "--out", "{tmp}", "--decoder", "tiny", "--init", "V", "--latent-noise", "0.5"],
+            "add --decoder-target vae",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):

@@ -323,12 +323,12 @@ def vae_ceiling(vae_dir, prompts, seeds, out, batch_size, state) -> tuple[str, s
 
     from pyramidal_wan.eval.report import VAE_CEILING_PREFIX
     from pyramidal_wan.eval.toybench import run_toybench
-    from pyramidal_wan.models.vae_speed import onednn_conv3d
+    from pyramidal_wan.models.vae_speed import fast_cpu_inference
     from pyramidal_wan.toy.vae import load_vae
     from pyramidal_wan.utils.video import to_pixel_tensor, to_uint8_frames
 
     vae = load_vae(vae_dir)
-    onednn_conv3d(vae)  # as the pipeline decodes
+    fast_cpu_inference(vae)  # as the pipeline decodes
     scenes = {scene.caption(): scene for scene in prompts}
     timing = {}
 

@@ -9,6 +9,7 @@ import torch
 
 from pyramidal_wan.cli.options import (
     finite_float,
+    non_negative_float,
     non_negative_int,
     output_path,
     positive_float,
@@ -167,6 +168,21 @@ def _register_train_vae(commands) -> None:
         help="what trains: the VAE itself (wan, default) or a tiny decoder (models.tiny_decoder) for the "
         "frozen VAE given as --init, exported to OUT/decoder",
     )
+    parser.add_argument(
+        "--decoder-target",
+        choices=("clip", "vae"),
+        help="what a tiny decoder learns to reproduce: the clip (default) or the frozen VAE decoder's video "
+        "of the same latent (vae)",
+    )
+    parser.add_argument(
+        "--latent-noise",
+        type=non_negative_float,
+        help="tiny decoder, --decoder-target vae: per clip, noise of std up to this times the latents' std "
+        "on the decoded latent (default 0)",
+    )
+    parser.add_argument(
+        "--init-decoder", help="a tiny decoder folder to start from (default: random weights)"
+    )
     parser.add_argument("--stats-clips", type=positive_int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=positive_int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
@@ -194,6 +210,9 @@ _TRAIN_VAE_FIELDS = (
     "freeze_encoder_from",
     "decoder_latent",
     "decoder",
+    "decoder_target",
+    "latent_noise",
+    "init_decoder",
     "init",
     "num_frames",
     "resolution",

@@ -67,7 +67,7 @@ from pyramidal_wan.models.ppf import PPFTransformer, StageGuidance
 from pyramidal_wan.models.text import encode_prompts
 from pyramidal_wan.models.text import max_sequence_length as tokenizer_max_length
 from pyramidal_wan.models.tiny_decoder import TinyWanDecoder, check_decoder_fits
-from pyramidal_wan.models.vae_speed import onednn_conv3d
+from pyramidal_wan.models.vae_speed import fast_cpu_inference
 from pyramidal_wan.models.wan_family import (
     EXPERT_COMPONENT,
     IMAGE_ENCODER_COMPONENTS,
@@ -200,7 +200,7 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             expand_timesteps=expand_timesteps,
         )
         self.pyramid_config = PLAIN_MODEL_CONFIG if pyramid_config is None else pyramid_config
-        onednn_conv3d(vae)  # the same decode within float32 rounding, several times faster on a CPU
+        fast_cpu_inference(vae)  # the same decode within float32 rounding, several times faster on a CPU
         # MagCache magnitude ratios per stage index (`models.caching`), read from a folder's magcache.json.
         self.mag_ratios: dict[int, list[float]] | None = None
         # A `TinyWanDecoder` decoding in place of the VAE's decoder (`set_decoder`); not a saved component.
@@ -646,8 +646,8 @@ class PyramidalWanPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
         Un-normalises with the VAE's latent statistics exactly as WanPipeline does, then decodes, with the
         VAE or the tiny decoder of `set_decoder`. The VAE given at construction has its float32 CPU 3D
-        convolutions routed through oneDNN (`models.vae_speed`: the same videos within float32 rounding,
-        several times faster for small VAEs).
+        convolutions routed through oneDNN and its RMS norms computed as plain sums (`models.vae_speed`:
+        the same videos within float32 rounding, several times faster for small VAEs).
         """
         if self.decoder is not None:  # follows the latents' device: it is not a registered component
             self.decoder.to(latents.device)

@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pyramidal_wan.errors import CheckpointError, InputError
-from pyramidal_wan.models.tiny_decoder import TinyWanDecoder
+from pyramidal_wan.models.tiny_decoder import TinyWanDecoder, load_tiny_decoder
+from pyramidal_wan.models.vae_speed import fast_cpu_inference
 from pyramidal_wan.toy.world import Scene, WorldConfig, eval_prompts, seeded_scene
 from pyramidal_wan.utils.checkpoints import (
     Checkpoint,
@@ -131,6 +132,17 @@ class VAETrainConfig:
     # What trains: "wan", the AutoencoderKLWan itself; "tiny", a TinyWanDecoder for the frozen VAE of
     # `init` (encoder and decoder both fixed), decoding the posterior means, as the pipeline's latents are.
     decoder: str = "wan"
+    # What a tiny decoder learns to reproduce: "clip", the rendered clip; or "vae", the frozen VAE decoder's
+    # video of the same latent. A generator's latents lie off the encoder's manifold, and a tiny decoder
+    # fitted only to clips decodes them its own way (measured on the few-step model: yellow objects came out
+    # green, with grey blotches beside them); copying the VAE decoder copies its behaviour there too.
+    decoder_target: str = "clip"
+    # Tiny decoder only, with decoder_target "vae": Gaussian noise added to the decoded latent, per clip a
+    # std drawn uniformly in [0, latent_noise] times each channel's latents_std, so the decoder also sees
+    # latents off the encoder's manifold.
+    latent_noise: float = 0.0
+    # A TinyWanDecoder folder to start the tiny decoder from (default: random weights).
+    init_decoder: str | None = None
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -154,6 +166,22 @@ class VAETrainConfig:
             raise InputError(f"--decoder must be wan or tiny, got {self.decoder!r}")
         if self.decoder == "tiny" and self.init is None:
             raise InputError("--decoder tiny trains a decoder for an existing VAE: pass its folder as --init")
+        if self.decoder_target not in ("clip", "vae"):
+            raise InputError(f"--decoder-target must be clip or vae, got {self.decoder_target!r}")
+        if not 0.0 <= self.latent_noise < float("inf"):
+            raise InputError(f"--latent-noise must be a non-negative number, got {self.latent_noise}")
+        tiny_only = {
+            "--decoder-target vae": self.decoder_target == "vae",
+            "--latent-noise": self.latent_noise > 0,
+            "--init-decoder": self.init_decoder is not None,
+        }
+        if self.decoder != "tiny" and any(tiny_only.values()):
+            given = ", ".join(flag for flag, on in tiny_only.items() if on)
+            raise InputError(f"{given} train a tiny decoder: add --decoder tiny")
+        if self.latent_noise > 0 and self.decoder_target != "vae":
+            raise InputError(
+                "--latent-noise perturbs latents whose clip is then no target: add --decoder-target vae"
+            )
         if self.crop_centre not in ("random", "object"):
             raise InputError(f"--crop-centre must be random or object, got {self.crop_centre!r}")
         if self.crop_frames > self.num_frames or self.crop_size > self.resolution:
@@ -187,6 +215,9 @@ TRAJECTORY_FIELDS = (
     "init",
     "decoder_latent",
     "decoder",
+    "decoder_target",
+    "latent_noise",
+    "init_decoder",
 )
 
 
@@ -259,19 +290,31 @@ def compute_vae_loss(
     train_encoder: bool = True,
     decode_mean: bool = False,
     decoder: TinyWanDecoder | None = None,
+    distill: bool = False,
+    latent_noise: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Reconstruction (L1 + MSE per pixel) plus `kl_weight` times the mean per-element KL to N(0, I).
 
     video: (B, 3, F, H, W) in [-1, 1]. The latent is a posterior sample drawn with `generator`, or with
     `decode_mean` the posterior mean. Without `train_encoder` the encoder runs without a graph (the KL term
-    is then a constant, kept for the logs). `decoder` decodes in place of the VAE's own decoder.
+    is then a constant, kept for the logs). `decoder` decodes in place of the VAE's own decoder; with
+    `distill` its target is the VAE decoder's video of the same latent instead of `video`, and with
+    `latent_noise` that latent first gets Gaussian noise (`VAETrainConfig.latent_noise`).
     """
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         posterior = vae.encode(video).latent_dist
     latent = posterior.mean if decode_mean else posterior.sample(generator=generator)
+    if latent_noise > 0:
+        std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
+        scale = latent_noise * torch.rand(latent.shape[0], 1, 1, 1, 1, generator=generator) * std
+        latent = latent + scale * torch.randn(latent.shape, generator=generator)
     recon = vae.decode(latent).sample if decoder is None else decoder(latent)  # (B, 3, F, H, W)
-    l1 = F.l1_loss(recon, video)
-    mse = F.mse_loss(recon, video)
+    target = video
+    if distill:
+        with torch.no_grad():
+            target = vae.decode(latent).sample.clamp(-1.0, 1.0)
+    l1 = F.l1_loss(recon, target)
+    mse = F.mse_loss(recon, target)
     kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
     loss = l1 + mse + kl_weight * kl
     return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
@@ -500,9 +543,13 @@ def _train_vae(
     decoder = None
     if config.decoder == "tiny":
         vae.eval().requires_grad_(False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            decoder = TinyWanDecoder().train()
+        fast_cpu_inference(vae)  # the frozen VAE decodes the distillation targets in inference
+        if config.init_decoder is not None:
+            decoder = load_tiny_decoder(config.init_decoder, vae.config).train()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.seed)
+                decoder = TinyWanDecoder().train()
     model = vae if decoder is None else decoder
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
@@ -537,6 +584,8 @@ def _train_vae(
             train_encoder=train_encoder,
             decode_mean=decoder is not None or (not train_encoder and config.decoder_latent == "mean"),
             decoder=decoder,
+            distill=config.decoder_target == "vae",
+            latent_noise=config.latent_noise,
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
