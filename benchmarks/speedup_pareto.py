@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 from pathlib import Path
 
 from pyramidal_wan.cli import main
@@ -42,7 +43,7 @@ CONFIGS = (
 )
 
 
-def run_config(models: Path, model, solver, cache, schedules, decoder, args) -> None:
+def run_config(models: Path, model, solver, cache, schedules, decoder, args, prompts, heldout, batch) -> None:
     if cache == "magcache" and not (models / model / MAG_RATIOS_FILE).is_file():
         # MagCache needs the model's magnitude ratios: calibrated once, at the model's default schedule.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -51,9 +52,11 @@ def run_config(models: Path, model, solver, cache, schedules, decoder, args) -> 
     command = ["evaluate", "--model", str(models / model), "--out", args.out, "--samples", "0"]
     command += [
         "--prompts",
-        str(args.prompts),
+        str(prompts),
         "--heldout",
-        str(args.heldout),
+        str(heldout),
+        "--batch-size",
+        str(batch),
         "--threads",
         str(args.threads),
     ]
@@ -75,9 +78,23 @@ def main_cli() -> None:
     parser.add_argument("--heldout", type=int, default=0, help="held-out prompts per run (default 0)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/eval/pareto.jsonl", help="records (resumable)")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="interleaved rounds, each a batch of every run (default 4)"
+    )
     args = parser.parse_args()
-    for model, solver, cache, schedules, decoder in CONFIGS:
-        run_config(Path(args.models), model, solver, cache, schedules, decoder, args)
+    # Round k evaluates the next share of the prompts for every run, so each row's seconds are measured
+    # across the whole benchmark: a machine that slows for a minute (a shared 2-core VM does, 1.5x) touches
+    # every row alike instead of the rows that happened to run then.
+    batch = max(math.ceil(args.prompts / args.rounds), math.ceil(args.heldout / args.rounds), 1)
+    for k in range(1, args.rounds + 1):
+        prompts, heldout = (
+            math.ceil(k * args.prompts / args.rounds),
+            math.ceil(k * args.heldout / args.rounds),
+        )
+        for model, solver, cache, schedules, decoder in CONFIGS:
+            run_config(
+                Path(args.models), model, solver, cache, schedules, decoder, args, prompts, heldout, batch
+            )
     runs = speedup_runs(toy_runs(read_records(args.out)))
     print(markdown_table(*speedup_table(runs)))
     print("\n".join(speedup_findings(runs)))

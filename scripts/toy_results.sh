@@ -45,6 +45,11 @@ row runs/toy/pyramidal-latent/model 20-20-10 10-10-5
 row runs/toy/distill-dmd/model 0-0-2
 row runs/toy/distill-dmd-1step/model 0-0-1
 row runs/toy/distill-dmd-ot/model 2-2-1 1-1-1
+# The same student decoded by the bundled tiny decoder instead of the VAE's (its quality cost, issue 17).
+if [[ -f runs/toy/distill-dmd-ot/model/model_index.json ]]; then
+    "$PW" evaluate --suite toy --model runs/toy/distill-dmd-ot/model --schedule 2-2-1 \
+        --decoder models/toy/tiny-decoder --seeds "$SEEDS" --out "$RECORDS" --threads "$THREADS"
+fi
 row runs/toy/distill-dmd-pt/model 2-2-1
 row runs/toy/distill-dmd-pt-star/model 2-2-1
 row runs/toy/distill-adv-o/model 2-2-1
@@ -55,7 +60,7 @@ row runs/toy/ppf/model 20-20-10
 row runs/toy/ppf-dmd/model 2-2-1
 
 # Speed-ups (issue 17): solvers x caches x schedules on the bundled family (models/toy), 36 training-caption
-# prompts, one seed, every row timed in this one run.
+# prompts, one seed, every row timed in this one run (in interleaved rounds).
 SPEEDUPS=${SPEEDUPS:-runs/eval/pareto.jsonl}
 OMP_NUM_THREADS=$THREADS .venv/bin/python benchmarks/speedup_pareto.py --threads "$THREADS" --out "$SPEEDUPS"
 

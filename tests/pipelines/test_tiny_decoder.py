@@ -218,8 +218,20 @@ def test_distilled_noised_training_from_a_decoder_resumes_exactly(tmp_path):
         (dict(init_decoder="D"), "add --decoder tiny"),
         (dict(decoder_target="teacher", decoder="tiny", init="V"), "must be clip or vae"),
         (dict(latent_noise=-1.0, decoder="tiny", init="V", decoder_target="vae"), "non-negative"),
+        (dict(tiny_channels=(32, 16, 8)), "add --decoder tiny"),
+        (dict(tiny_channels=(32, 16), decoder="tiny", init="V"), "three positive channel counts"),
     ],
 )
 def test_distillation_settings_are_checked(settings, message):
     with pytest.raises(InputError, match=message):
         VAETrainConfig(**settings)
+
+
+def test_a_narrower_tiny_decoder_trains_and_exports_its_channels(tmp_path):
+    build_vae(3).save_pretrained(tmp_path / "vae")
+    config = VAETrainConfig(steps=2, init=str(tmp_path / "vae"), tiny_channels=(16, 8, 8), **TINY)
+    train_vae(tmp_path / "run", config, progress=False, log=quiet)
+    assert load_tiny_decoder(tmp_path / "run" / "decoder").config.channels == [16, 8, 8]
+    resumed = resume_config(tmp_path / "run", steps=3)  # config.json holds a list; the run still resumes
+    assert resumed.tiny_channels == (16, 8, 8)
+    train_vae(tmp_path / "run", resumed, resume=True, progress=False, log=quiet)

@@ -63,6 +63,10 @@ def test_train_vae_command_and_resume(tmp_path, capsys):
             ["toy", "train-vae", "--out", "{tmp}", "--decoder", "tiny", "--init", "V", "--latent-noise", "0.5"],
             "add --decoder-target vae",
         ),
+        (
+            ["toy", "train-vae", "--out", "{tmp}", "--tiny-channels", "32,x"],
+            "argument --tiny-channels: '32,x' is not a comma-separated list of integers",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):

@@ -183,11 +183,27 @@ def _register_train_vae(commands) -> None:
     parser.add_argument(
         "--init-decoder", help="a tiny decoder folder to start from (default: random weights)"
     )
+    parser.add_argument(
+        "--tiny-channels",
+        type=channel_list,
+        help="a new tiny decoder's channels per level, comma-separated (default 64,32,16)",
+    )
     parser.add_argument("--stats-clips", type=positive_int, help="clips for latent statistics (default 256)")
     parser.add_argument("--eval-clips", type=positive_int, help="held-out clips for the PSNR (default 32)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run_train_vae)
+
+
+def channel_list(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, e.g. 64,32,16."""
+    try:
+        channels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not all(c > 0 for c in channels):
+        raise argparse.ArgumentTypeError(f"{text}: channel counts must be positive")
+    return channels
 
 
 def run_make_dataset(args: argparse.Namespace) -> int:
@@ -213,6 +229,7 @@ _TRAIN_VAE_FIELDS = (
     "decoder_target",
     "latent_noise",
     "init_decoder",
+    "tiny_channels",
     "init",
     "num_frames",
     "resolution",

@@ -143,6 +143,9 @@ class VAETrainConfig:
     latent_noise: float = 0.0
     # A TinyWanDecoder folder to start the tiny decoder from (default: random weights).
     init_decoder: str | None = None
+    # A new tiny decoder's feature channels per level (TinyWanDecoder's `channels`; three levels for the
+    # toy VAE's 4x space). Fewer channels decode faster and reconstruct worse.
+    tiny_channels: tuple[int, ...] = (64, 32, 16)
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -166,6 +169,12 @@ class VAETrainConfig:
             raise InputError(f"--decoder must be wan or tiny, got {self.decoder!r}")
         if self.decoder == "tiny" and self.init is None:
             raise InputError("--decoder tiny trains a decoder for an existing VAE: pass its folder as --init")
+        object.__setattr__(self, "tiny_channels", tuple(self.tiny_channels))  # a list in config.json
+        if len(self.tiny_channels) != 3 or not all(isinstance(c, int) and c > 0 for c in self.tiny_channels):
+            raise InputError(
+                f"--tiny-channels takes three positive channel counts (the toy VAE's 4x space is three "
+                f"levels), e.g. 64,32,16; got {','.join(map(str, self.tiny_channels))}"
+            )
         if self.decoder_target not in ("clip", "vae"):
             raise InputError(f"--decoder-target must be clip or vae, got {self.decoder_target!r}")
         if not 0.0 <= self.latent_noise < float("inf"):
@@ -174,6 +183,7 @@ class VAETrainConfig:
             "--decoder-target vae": self.decoder_target == "vae",
             "--latent-noise": self.latent_noise > 0,
             "--init-decoder": self.init_decoder is not None,
+            "--tiny-channels": self.tiny_channels != (64, 32, 16),
         }
         if self.decoder != "tiny" and any(tiny_only.values()):
             given = ", ".join(flag for flag, on in tiny_only.items() if on)
@@ -218,6 +228,7 @@ TRAJECTORY_FIELDS = (
     "decoder_target",
     "latent_noise",
     "init_decoder",
+    "tiny_channels",
 )
 
 
@@ -549,7 +560,7 @@ def _train_vae(
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.seed)
-                decoder = TinyWanDecoder().train()
+                decoder = TinyWanDecoder(channels=config.tiny_channels).train()
     model = vae if decoder is None else decoder
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
