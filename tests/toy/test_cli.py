@@ -60,7 +60,8 @@ def test_train_vae_command_and_resume(tmp_path, capsys):
             "argument --latent-noise: -0.5 must be at least 0",
         ),
         (
-            ["toy", "train-vae", "--out", "{tmp}", "--decoder", "tiny", "--init", "V", "--latent-noise", "0.5"],
+            ["toy", "train-vae", "--out", "{tmp}", "--decoder", "tiny", "--init", "V"]
+            + ["--latent-noise", "0.5"],
             "add --decoder-target vae",
         ),
         (
