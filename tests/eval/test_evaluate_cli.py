@@ -106,10 +106,10 @@ def test_evaluate_names_runs_by_solver_and_cache(tmp_path, capsys):
     )
     assert main([*common, "--schedule", "2-2-1", "--decoder", str(tmp_path / "wide")]) == 2
     assert "use a decoder trained for this VAE" in capsys.readouterr().err
-    TinyWanDecoder().save_pretrained(tmp_path / "decoder")
-    few = ["--schedule", "2-2-1", "--prompts", "1", "--heldout", "0", "--decoder", str(tmp_path / "decoder")]
-    assert main([*common, *few]) == 0
-    assert json.loads(out.read_text().splitlines()[-1])["schedule"] == "2-2-1+tiny-decoder"
+    TinyWanDecoder().save_pretrained(tmp_path / "tiny-decoder-small")
+    few = ["--schedule", "2-2-1", "--prompts", "1", "--heldout", "0"]
+    assert main([*common, *few, "--decoder", str(tmp_path / "tiny-decoder-small")]) == 0
+    assert json.loads(out.read_text().splitlines()[-1])["schedule"] == "2-2-1+tiny-decoder-small"
 
 
 def test_vae_ceiling_scores_reconstructions_of_real_clips(tmp_path, capsys):

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--decoder",
         help="a tiny decoder folder (TinyWanDecoder) decoding in place of each model's VAE decoder; runs are "
-        "labelled SCHEDULE+tiny-decoder (default: the VAE's)",
+        "labelled SCHEDULE+NAME, NAME the folder's name (default: the VAE's)",
     )
     parser.add_argument(
         "--prompts", type=non_negative_int, default=36, help="toy: train-split prompts (default 36)"
@@ -203,11 +203,11 @@ def model_name(folder: str) -> str:
 
 def run_label(plan, cache: str | None = None, decoder: str | None = None) -> str:
     """A run's name in records and tables: its schedule, then a non-default solver, a cache and a tiny
-    decoder, e.g. "10-10-5:dpm2m+taylorseer" or "2-2-1+tiny-decoder"."""
+    decoder's folder name, e.g. "10-10-5:dpm2m+taylorseer" or "2-2-1+tiny-decoder"."""
     label = plan.schedule
     if plan.sampler == "multistep" and plan.solver != "euler":
         label += f":{plan.solver}"
-    return label + (f"+{cache}" if cache else "") + ("+tiny-decoder" if decoder else "")
+    return label + (f"+{cache}" if cache else "") + (f"+{Path(decoder).name}" if decoder else "")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -319,7 +319,7 @@ def speedup_findings(runs: Sequence[dict], reference: tuple[str, str] = SPEEDUP_
 
 SPEEDUP_NOTE = (
     "Runs: schedule, then a non-default within-stage solver (:dpm2m), a step cache (+NAME) and the tiny "
-    "decoder in place of the VAE's (+tiny-decoder). FLOPs x and "
+    "decoder in place of the VAE's (+ its folder name: +tiny-decoder, +tiny-decoder-small). FLOPs x and "
     "time x: base 0-0-50's TFLOPs and seconds per video (end to end: text, stages, decode; every row timed "
     "in one run of benchmarks/speedup_pareto.py) over the run's. Δ base: ToyBench total points against "
     "base 0-0-50 on the same prompts and seeds."
