@@ -45,10 +45,12 @@ row runs/toy/pyramidal-latent/model 20-20-10 10-10-5
 row runs/toy/distill-dmd/model 0-0-2
 row runs/toy/distill-dmd-1step/model 0-0-1
 row runs/toy/distill-dmd-ot/model 2-2-1 1-1-1
-# The same student decoded by the bundled tiny decoder instead of the VAE's (its quality cost, issue 17).
+# The same student decoded by the bundled tiny decoders instead of the VAE's (their quality cost, issue 17).
 if [[ -f runs/toy/distill-dmd-ot/model/model_index.json ]]; then
-    "$PW" evaluate --suite toy --model runs/toy/distill-dmd-ot/model --schedule 2-2-1 \
-        --decoder models/toy/tiny-decoder --seeds "$SEEDS" --out "$RECORDS" --threads "$THREADS"
+    for decoder in models/toy/tiny-decoder models/toy/tiny-decoder-small; do
+        "$PW" evaluate --suite toy --model runs/toy/distill-dmd-ot/model --schedule 2-2-1 \
+            --decoder "$decoder" --seeds "$SEEDS" --out "$RECORDS" --threads "$THREADS"
+    done
 fi
 row runs/toy/distill-dmd-pt/model 2-2-1
 row runs/toy/distill-dmd-pt-star/model 2-2-1

@@ -247,7 +247,9 @@ def test_speedup_table_measures_every_run_against_base_0_0_50(tmp_path):
     assert "| pyramidal | 10-10-5:dpm2m | 100.0 ± 0.0 | +0.0 | 0.01 | 10.00 | 0.25 | 8.00 | 4 |" in text
     assert "| few-step | 2-2-1 | 100.0 ± 0.0 | +0.0 | 0.002 | 50.00 | 0.05 | 40.00 | 4 |" in text
     assert "within 2 points of base 0-0-50: pyramidal 10-10-5:dpm2m, 10.00x fewer FLOPs" in text
-    assert "few-step end-to-end speed-up (text + stages + decode): few-step 2-2-1, 40.00x" in text
+    assert (
+        "Few-step end-to-end speed-ups (text + stages + decode): few-step 2-2-1 40.00x (+0.0 points)." in text
+    )
     assert "Speed-ups: quality against cost" in (out / "index.html").read_text()
 
 
@@ -264,6 +266,16 @@ def test_speedup_findings_keep_only_runs_as_good_as_base():
         "CPU time (-1.5 points)."
     ]
     assert speedup_findings(runs[:2]) == ["No multi-step run is within 2 points of base 0-0-50."]
+    # Every few-step run is listed, smallest speed-up first: the cheaper decoder's quality cost shows.
+    few = [
+        {"model": "f", "schedule": "2-2-1+tiny", "tflops": 0.002, "seconds": 0.05, "total": 64.0},
+        {"model": "f", "schedule": "2-2-1", "tflops": 0.002, "seconds": 0.2, "total": 69.0},
+    ]
+    runs = speedup_runs([{**base, "sampler": "multistep"}, *({**r, "sampler": "fewstep"} for r in few)])
+    assert speedup_findings(runs)[1] == (
+        "Few-step end-to-end speed-ups (text + stages + decode): f 2-2-1 10.00x (-1.0 points); "
+        "f 2-2-1+tiny 40.00x (-6.0 points)."
+    )
 
 
 def test_speedups_without_base_0_0_50_fail_in_one_line(records_file, tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The tiny decoder: shapes, causality, chunked decoding, folders, the pipeline's use of it, its training."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -235,3 +236,26 @@ def test_a_narrower_tiny_decoder_trains_and_exports_its_channels(tmp_path):
     resumed = resume_config(tmp_path / "run", steps=3)  # config.json holds a list; the run still resumes
     assert resumed.tiny_channels == (16, 8, 8)
     train_vae(tmp_path / "run", resumed, resume=True, progress=False, log=quiet)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["tiny-decoder", "tiny-decoder-small"])
+def test_the_bundled_tiny_decoders_decode_the_bundled_few_step_model(name):
+    """models/toy ships its tiny decoders: each fits the family's VAE and decodes a few-step video close to
+    the VAE decoder's (the toy's ToyBench cost of each is in docs/toy.md)."""
+    from pyramidal_wan.pipelines import PyramidalWanPipeline
+
+    model = REPO / "models" / "toy" / "few-step"
+    tiny = load_folder_decoder(model, REPO / "models" / "toy" / name)
+    pipe = PyramidalWanPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe(PROMPT, generator=torch.Generator().manual_seed(0), output_type="latent").frames
+    with torch.no_grad():
+        reference = pipe.decode_latents(latents)
+        pipe.set_decoder(tiny)
+        video = pipe.decode_latents(latents)
+    assert video.shape == reference.shape
+    psnr = 10 * torch.log10(4.0 / (video - reference).square().mean())
+    assert psnr > 22  # measured 27.3 dB (tiny-decoder) on the benchmark's video; random weights give ~10
