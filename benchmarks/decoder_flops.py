@@ -3,8 +3,8 @@
 Counts every convolution and matmul of one decode with `torch.utils.flop_counter` on the meta device (no
 weights are allocated, so Wan2.1's VAE at 81x480x832 counts in seconds on a CPU):
 
-- toy, 17x64x64: the toy VAE (`toy.vae.VAE_ARCHITECTURE`) and the toy's `TinyWanDecoder` (its defaults, the
-  architecture of `models/toy/tiny-decoder`);
+- toy, 17x64x64: the toy VAE (`toy.vae.VAE_ARCHITECTURE`) and the toy's `TinyWanDecoder`s (its defaults, the
+  architecture of `models/toy/tiny-decoder`, and channels 32-16-8, `models/toy/tiny-decoder-small`);
 - Wan2.1, 81x480x832: diffusers' default `AutoencoderKLWan` (Wan2.1's VAE: base_dim 96, dim_mult
   [1, 2, 4, 4], 8x space) and a `TinyWanDecoder` with four levels (WAN_TINY below, 8x space, 4x time).
   The Wan-size tiny decoder is an architecture counted, not a trained model: its quality is unmeasured.
@@ -39,6 +39,11 @@ def main() -> None:
         rows = [
             ("toy VAE decoder", lambda z: toy_vae.decode(z).sample, (1, LATENT_CHANNELS, 5, 16, 16)),
             ("toy tiny decoder", TinyWanDecoder(), (1, LATENT_CHANNELS, 5, 16, 16)),
+            (
+                "toy tiny decoder, small",
+                TinyWanDecoder(channels=(32, 16, 8)),
+                (1, LATENT_CHANNELS, 5, 16, 16),
+            ),
             ("Wan2.1 VAE decoder", lambda z: wan_vae.decode(z).sample, (1, 16, 21, 60, 104)),
             ("Wan2.1-size tiny decoder", TinyWanDecoder(**WAN_TINY), (1, 16, 21, 60, 104)),
         ]

@@ -5,11 +5,11 @@ family (base, pyramidal, few-step), then prints the table that `pyramidal-wan re
 docs/results.md (`eval.report.speedup_table`): per run, ToyBench total ± se, its difference to base
 0-0-50, TFLOPs and FLOPs speed-up, CPU seconds per video end to end (text, stages, decode) and that
 speed-up; then the issue's targets: the cheapest multi-step configuration within 2 points of base 0-0-50,
-and the best few-step end-to-end speed-up over it. The few-step rows run three times: decoded by the VAE
+and every few-step end-to-end speed-up over it. The few-step rows run three times: decoded by the VAE
 and by the two bundled tiny decoders (`models.tiny_decoder`: `models/toy/tiny-decoder`, channels 64-32-16,
-and `models/toy/tiny-decoder-small`, 32-16-8). The runs go in interleaved rounds (`--rounds`). A MagCache row first
-calibrates the model's ratios (`pyramidal-wan calibrate-magcache`, written to the model folder's
-magcache.json) unless they are there.
+and `models/toy/tiny-decoder-small`, 32-16-8). The runs go in interleaved rounds (`--rounds`). A MagCache
+row first calibrates the model's ratios (`pyramidal-wan calibrate-magcache`, written to the model
+folder's magcache.json) unless they are there.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/speedup_pareto.py --prompts 4
 """
