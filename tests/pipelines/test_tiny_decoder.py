@@ -221,6 +221,7 @@ def test_distilled_noised_training_from_a_decoder_resumes_exactly(tmp_path):
         (dict(latent_noise=-1.0, decoder="tiny", init="V", decoder_target="vae"), "non-negative"),
         (dict(tiny_channels=(32, 16, 8)), "add --decoder tiny"),
         (dict(tiny_channels=(32, 16), decoder="tiny", init="V"), "three positive channel counts"),
+        (dict(tiny_channels=(32, 16, 8), decoder="tiny", init="V", init_decoder="D"), "drop --tiny-channels"),
     ],
 )
 def test_distillation_settings_are_checked(settings, message):

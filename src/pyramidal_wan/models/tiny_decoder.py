@@ -1,9 +1,9 @@
 """A tiny causal video decoder for Wan latents, in the style of the community's tiny Wan decoders.
 
 Wan's VAE decoder runs 3D convolutions one latent frame at a time against a feature cache. On a few-step
-model it dominates the video's cost (the toy's DMD-OT 2-2-1: decode 0.156 s, all stages 0.018 s; Wan2.1's
-decoder at 81x480x832: 275 TFLOPs, `benchmarks/decoder_flops.py`). `TinyWanDecoder` replaces it with 2D
-convolutions over every frame at once:
+model it dominates the video's cost (the toy's DMD-OT 2-2-1 in the speed-up table of docs/results.md:
+decode 0.116 s, all stages 0.025 s; Wan2.1's decoder at 81x480x832: 275 TFLOPs,
+`benchmarks/decoder_flops.py`). `TinyWanDecoder` replaces it with 2D convolutions over every frame at once:
 
 - time mixes only through `MemoryBlock`s, which see their own input one frame earlier (causal, like Wan's
   cache), so a clip decodes in one batched pass, or in chunks of latent frames carrying one frame of state;

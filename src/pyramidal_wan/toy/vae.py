@@ -134,8 +134,9 @@ class VAETrainConfig:
     decoder: str = "wan"
     # What a tiny decoder learns to reproduce: "clip", the rendered clip; or "vae", the frozen VAE decoder's
     # video of the same latent. A generator's latents lie off the encoder's manifold, and a tiny decoder
-    # fitted only to clips decodes them its own way (measured on the few-step model: yellow objects came out
-    # green, with grey blotches beside them); copying the VAE decoder copies its behaviour there too.
+    # fitted only to clips decodes them its own way (seen on the few-step model: yellow objects came out
+    # green, with grey blotches beside them). On the toy, copying the VAE decoder did not score better
+    # (docs/toy.md, "The tiny decoder").
     decoder_target: str = "clip"
     # Tiny decoder only, with decoder_target "vae": Gaussian noise added to the decoded latent, per clip a
     # std drawn uniformly in [0, latent_noise] times each channel's latents_std, so the decoder also sees
@@ -188,6 +189,8 @@ class VAETrainConfig:
         if self.decoder != "tiny" and any(tiny_only.values()):
             given = ", ".join(flag for flag, on in tiny_only.items() if on)
             raise InputError(f"{given} train a tiny decoder: add --decoder tiny")
+        if self.init_decoder is not None and self.tiny_channels != (64, 32, 16):
+            raise InputError("--init-decoder's folder sets its own channels: drop --tiny-channels")
         if self.latent_noise > 0 and self.decoder_target != "vae":
             raise InputError(
                 "--latent-noise perturbs latents whose clip is then no target: add --decoder-target vae"
