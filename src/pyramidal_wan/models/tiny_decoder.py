@@ -150,8 +150,8 @@ class TinyWanDecoder(ModelMixin, ConfigMixin):
             if level > 0:
                 x = self.grows[level - 1](x)
                 n = x.shape[1]
-                # Channels-last: PyTorch's CPU nearest upsampling of contiguous NCHW is ~10x slower (it was
-                # a third of the toy decode); the values are the same.
+                # Channels-last: PyTorch's CPU nearest upsampling of contiguous NCHW is several times
+                # slower (a third of the toy decode in a profile); the values are the same.
                 up = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
                 up = F.interpolate(up, scale_factor=2.0, mode="nearest")
                 x = F.relu(self.ups[level - 1](up))

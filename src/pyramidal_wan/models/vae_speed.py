@@ -12,10 +12,10 @@ times faster (`benchmarks/decode_cost.py`: 2.3-3.6x on the toy VAE's decode, the
 already pass the heuristic at most sizes, and accelerators never take this path.
 
 Wan's `WanRMS_norm` normalises over channels with `F.normalize`, i.e. `torch.linalg.vector_norm` over dim 1
-of a (B, C, T, H, W) tensor. On a CPU that strided norm is 4-28x slower than the same sum of squares as a
-plain reduction (measured on the toy VAE's activations, 16-64 channels), and it was 42% of the toy decode
-after the oneDNN routing. `sum_rms_norm` computes `x / max(||x||, 1e-12)` as
-`x * rsqrt(max(sum(x^2), 1e-24))` instead.
+of a (B, C, T, H, W) tensor. On a CPU that strided norm is far slower than the same sum of squares as a
+plain reduction, and after the oneDNN routing it was the largest part of the toy decode in a profile.
+`sum_rms_norm` computes `x / max(||x||, 1e-12)` as `x * rsqrt(max(sum(x^2), 1e-24))` instead (the toy
+decode 1.4x faster, `benchmarks/decode_cost.py`).
 
 Measured and not kept (same benchmark, one run): bfloat16 autocast on top of oneDNN (PSNR 78 dB against
 float32, no faster on this CPU, which lacks bfloat16 instructions), `torch.inference_mode` instead of
