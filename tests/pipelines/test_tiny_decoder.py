@@ -222,6 +222,8 @@ def test_distilled_noised_training_from_a_decoder_resumes_exactly(tmp_path):
         (dict(tiny_channels=(32, 16, 8)), "add --decoder tiny"),
         (dict(tiny_channels=(32, 16), decoder="tiny", init="V"), "three positive channel counts"),
         (dict(tiny_channels=(32, 16, 8), decoder="tiny", init="V", init_decoder="D"), "drop --tiny-channels"),
+        (dict(latents="L"), "add --decoder tiny"),
+        (dict(latents="L", decoder="tiny", init="V"), "add --decoder-target vae"),
     ],
 )
 def test_distillation_settings_are_checked(settings, message):
@@ -260,3 +262,64 @@ def test_the_bundled_tiny_decoders_decode_the_bundled_few_step_model(name):
     assert video.shape == reference.shape
     psnr = 10 * torch.log10(4.0 / (video - reference).square().mean())
     assert psnr > 22  # measured 27.3 dB (tiny-decoder) on the benchmark's video; random weights give ~10
+
+
+def test_sample_latents_writes_the_pipelines_raw_latents(tmp_path):
+    from pyramidal_wan.toy.vae import sample_latents
+
+    pipe = build_pipeline()
+    pipe.vae.register_to_config(latents_mean=[0.5] * 16, latents_std=[2.0] * 16)
+    pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "latents.safetensors"
+    latents = sample_latents(tmp_path / "model", out, 3, schedule="0-0-2", batch_size=2, progress=False)
+    assert latents.shape == (3, 16, 5, 16, 16) and torch.equal(load_file(out)["latents"], latents)
+    again = sample_latents(tmp_path / "model", tmp_path / "again.safetensors", 3, "0-0-2", batch_size=2)
+    assert torch.equal(again, latents)  # seeded: the same file twice
+    # Raw latents: the pipeline's normalised latents times latents_std plus latents_mean.
+    normalised = (latents - 0.5) / 2.0
+    assert normalised.std() < 0.7 * latents.std()
+
+
+def test_latent_batches_crop_generated_latents_from_frame_0(tmp_path):
+    from pyramidal_wan.toy.vae import latent_batch, load_latents
+
+    latents = torch.randn(4, 16, 5, 16, 16, generator=torch.Generator().manual_seed(0))
+    config = VAETrainConfig(init="V", decoder_target="vae", latents="L", **TINY)
+    batch = latent_batch(latents, config, step=3)
+    assert batch.shape == (1, 16, 2, 4, 4)  # TINY crops: 5 frames (2 latent frames) of 16x16 (4x4 latent)
+    assert torch.equal(batch, latent_batch(latents, config, step=3))
+    assert any(not torch.equal(batch, latent_batch(latents, config, step=s)) for s in range(4, 8))
+    assert any(
+        torch.equal(batch[0], c[:, :2, y : y + 4, x : x + 4])
+        for c in latents
+        for y in range(13)
+        for x in range(13)
+    )
+    from safetensors.torch import save_file
+
+    save_file(
+        {"latents": latents[:, :8].contiguous()}, tmp_path / "eight.safetensors"
+    )  # 8 channels: not this VAE's
+    with pytest.raises(InputError, match="do not hold"):
+        load_latents(tmp_path / "eight.safetensors", config, z_dim=16)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(InputError, match="not a latents file"):
+        load_latents(tmp_path / "junk.safetensors", config, z_dim=16)
+
+
+def test_a_decoder_trains_on_generated_latents_and_resumes_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    build_vae(3).save_pretrained(tmp_path / "vae")
+    save_file({"latents": torch.randn(6, 16, 5, 16, 16)}, tmp_path / "latents.safetensors")
+    settings = dict(
+        init=str(tmp_path / "vae"), decoder_target="vae", latents=str(tmp_path / "latents.safetensors")
+    )
+    settings.update(TINY)
+    train_vae(tmp_path / "a", VAETrainConfig(steps=3, **settings), progress=False, log=quiet)
+    train_vae(tmp_path / "b", VAETrainConfig(steps=1, **settings), progress=False, log=quiet)
+    train_vae(tmp_path / "b", resume_config(tmp_path / "b", steps=3), resume=True, progress=False, log=quiet)
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv_out.weight"], decoder(0).state_dict()["conv_out.weight"])

@@ -65,6 +65,15 @@ def test_train_vae_command_and_resume(tmp_path, capsys):
             "add --decoder-target vae",
         ),
         (
+            ["toy", "train-vae", "--out", "{tmp}", "--decoder", "tiny", "--init", "V", "--decoder-target"]
+            + ["vae", "--latents", "{tmp}.safetensors"],
+            "not a latents file",
+        ),
+        (
+            ["toy", "sample-latents", "--model", "{tmp}", "--n", "2", "--out", "{tmp}.safetensors"],
+            "not found; expected a diffusers Wan pipeline folder",
+        ),
+        (
             ["toy", "train-vae", "--out", "{tmp}", "--tiny-channels", "32,x"],
             "argument --tiny-channels: '32,x' is not a comma-separated list of integers",
         ),
@@ -75,6 +84,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, argv, message):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # nothing written, not even a run lock
 
 
 def test_unknown_split_is_an_argparse_error(tmp_path):

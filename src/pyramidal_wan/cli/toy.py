@@ -29,6 +29,7 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
     _register_make_dataset(commands)
     _register_train_vae(commands)
+    _register_sample_latents(commands)
     _register_assemble(commands)
     _register_bundle(commands)
 
@@ -184,6 +185,11 @@ def _register_train_vae(commands) -> None:
         "--init-decoder", help="a tiny decoder folder to start from (default: random weights)"
     )
     parser.add_argument(
+        "--latents",
+        help="tiny decoder, --decoder-target vae: learn from crops of a generator's latents (a toy "
+        "sample-latents file) instead of the encoder's latents of rendered clips",
+    )
+    parser.add_argument(
         "--tiny-channels",
         type=channel_list,
         help="a new tiny decoder's channels per level, comma-separated (default 64,32,16)",
@@ -204,6 +210,37 @@ def channel_list(text: str) -> tuple[int, ...]:
     if not all(c > 0 for c in channels):
         raise argparse.ArgumentTypeError(f"{text}: channel counts must be positive")
     return channels
+
+
+def _register_sample_latents(commands) -> None:
+    parser = commands.add_parser(
+        "sample-latents",
+        help="generate toy videos and save their raw latents (what a tiny decoder learns from)",
+        description=(
+            "Generate N videos of training-split toy captions with a model folder and write their raw "
+            "latents (un-normalised with the VAE's latents_mean / latents_std) to a safetensors file, for "
+            "toy train-vae --decoder tiny --decoder-target vae --latents FILE."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="a pipeline folder, e.g. models/toy/few-step")
+    parser.add_argument("--out", type=output_path, required=True, help="the .safetensors file to write")
+    parser.add_argument("--n", type=positive_int, required=True, help="number of videos")
+    parser.add_argument("--schedule", help="steps per stage (default: the model's)")
+    parser.add_argument("--seed", type=int, default=1, help="caption and noise seed (default 1)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="videos per call (default 16)")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    parser.set_defaults(func=run_sample_latents)
+
+
+def run_sample_latents(args: argparse.Namespace) -> int:
+    """Run `toy sample-latents`."""
+    from pyramidal_wan.toy.vae import sample_latents
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    latents = sample_latents(args.model, args.out, args.n, args.schedule, args.seed, args.batch_size)
+    print(f"wrote {args.out}: latents {tuple(latents.shape)}")
+    return 0
 
 
 def run_make_dataset(args: argparse.Namespace) -> int:
@@ -230,6 +267,7 @@ _TRAIN_VAE_FIELDS = (
     "latent_noise",
     "init_decoder",
     "tiny_channels",
+    "latents",
     "init",
     "num_frames",
     "resolution",

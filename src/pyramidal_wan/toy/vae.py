@@ -34,13 +34,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pyramidal_wan.errors import CheckpointError, InputError
 from pyramidal_wan.models.tiny_decoder import TinyWanDecoder, load_tiny_decoder
 from pyramidal_wan.models.vae_speed import fast_cpu_inference
-from pyramidal_wan.toy.world import Scene, WorldConfig, eval_prompts, seeded_scene
+from pyramidal_wan.toy.world import DEFAULT_WORLD, Scene, WorldConfig, eval_prompts, seeded_scene
 from pyramidal_wan.utils.checkpoints import (
     Checkpoint,
     find_checkpoints,
@@ -147,6 +148,10 @@ class VAETrainConfig:
     # A new tiny decoder's feature channels per level (TinyWanDecoder's `channels`; three levels for the
     # toy VAE's 4x space). Fewer channels decode faster and reconstruct worse.
     tiny_channels: tuple[int, ...] = (64, 32, 16)
+    # Tiny decoder, decoder_target "vae": a file of a generator's raw latents (`toy sample-latents`) whose
+    # crops the decoder learns from instead of the encoder's latents of rendered clips, so it copies the VAE
+    # decoder on the latents it will decode in use.
+    latents: str | None = None
     checkpoint_every: int = 100  # steps between checkpoints (each also exports vae/ and metrics)
     stats_clips: int = 256  # clips for the latent mean / std measurement
     eval_clips: int = 32  # held-out clips for the reconstruction PSNR
@@ -185,12 +190,15 @@ class VAETrainConfig:
             "--latent-noise": self.latent_noise > 0,
             "--init-decoder": self.init_decoder is not None,
             "--tiny-channels": self.tiny_channels != (64, 32, 16),
+            "--latents": self.latents is not None,
         }
         if self.decoder != "tiny" and any(tiny_only.values()):
             given = ", ".join(flag for flag, on in tiny_only.items() if on)
             raise InputError(f"{given} train a tiny decoder: add --decoder tiny")
         if self.init_decoder is not None and self.tiny_channels != (64, 32, 16):
             raise InputError("--init-decoder's folder sets its own channels: drop --tiny-channels")
+        if self.latents is not None and self.decoder_target != "vae":
+            raise InputError("--latents have no clips to reproduce: add --decoder-target vae")
         if self.latent_noise > 0 and self.decoder_target != "vae":
             raise InputError(
                 "--latent-noise perturbs latents whose clip is then no target: add --decoder-target vae"
@@ -209,6 +217,7 @@ class VAETrainConfig:
 
 
 _CROP_STREAM = 2  # seed-sequence tag of the crop offsets (the world uses 0 and 1 for clips and prompts)
+_LATENT_STREAM = 3  # seed-sequence tag of the generated-latent crops
 
 # Changing any of these changes the sequence of weights, so a resumed run must keep them.
 TRAJECTORY_FIELDS = (
@@ -232,6 +241,7 @@ TRAJECTORY_FIELDS = (
     "latent_noise",
     "init_decoder",
     "tiny_channels",
+    "latents",
 )
 
 
@@ -257,6 +267,78 @@ def training_batch(config: VAETrainConfig, step: int) -> torch.Tensor:
         frames = scene.render()
         crops.append(frames[t : t + config.crop_frames, y : y + config.crop_size, x : x + config.crop_size])
     return to_pixel_tensor(np.stack(crops))
+
+
+def latent_batch(latents: torch.Tensor, config: VAETrainConfig, step: int) -> torch.Tensor:
+    """Crops of generated raw latents (N, C, T, H, W) for step `step`: (B, C, t, h, w), the latent size of
+    a training crop, from latent frame 0 (Wan's first latent frame is a single frame) at a random place.
+
+    A pure function of (seed, step), like `training_batch`.
+    """
+    frames = (config.crop_frames - 1) // 4 + 1
+    size = config.crop_size // 4
+    rng = np.random.default_rng([_LATENT_STREAM, config.seed, step])
+    index = rng.integers(0, latents.shape[0], config.batch_size)
+    rows = rng.integers(0, latents.shape[3] - size + 1, config.batch_size)
+    columns = rng.integers(0, latents.shape[4] - size + 1, config.batch_size)
+    return torch.stack(
+        [latents[i, :, :frames, y : y + size, x : x + size] for i, y, x in zip(index, rows, columns)]
+    )
+
+
+@torch.no_grad()
+def sample_latents(
+    model: str | Path,
+    out: str | Path,
+    n: int,
+    schedule: str | None = None,
+    seed: int = 1,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Generate `n` videos of training-split toy captions with the pipeline folder `model` (its default
+    schedule unless `schedule`) and write their raw latents (what a decoder takes: the pipeline's
+    normalised latents times `latents_std` plus `latents_mean`) to `out` as safetensors {"latents"}.
+
+    Captions follow `seeded_scene(seed, i, "train")`, the clip stream of training, not ToyBench's prompts;
+    each batch draws its noise from a generator seeded with (seed, first index). Returns the latents.
+    """
+    from pyramidal_wan.pipelines import PyramidalWanPipeline
+
+    pipe = PyramidalWanPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    config = pipe.vae.config
+    std = torch.tensor(config.latents_std).view(1, -1, 1, 1, 1)
+    mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1, 1)
+    captions = [seeded_scene(seed, i, "train", DEFAULT_WORLD).caption() for i in range(n)]
+    batches = []
+    for start in tqdm(range(0, n, batch_size), desc="sample-latents", disable=not progress):
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([seed, start]).generate_state(1)[0])
+        )
+        latents = pipe(
+            captions[start : start + batch_size], schedule=schedule, generator=generator, output_type="latent"
+        ).frames
+        batches.append(latents.float() * std + mean)
+    latents = torch.cat(batches).contiguous()
+    with atomic_path(out) as tmp:
+        save_file({"latents": latents}, tmp)
+    return latents
+
+
+def load_latents(path: str | Path, config: VAETrainConfig, z_dim: int) -> torch.Tensor:
+    """The `latents` tensor of a `toy sample-latents` file, checked against the run's crops and VAE."""
+    try:
+        latents = load_file(path)["latents"]
+    except (OSError, KeyError, ValueError, SafetensorError) as err:
+        raise InputError(f"{path}: not a latents file ({err}); write one with toy sample-latents") from None
+    frames, size = (config.crop_frames - 1) // 4 + 1, config.crop_size // 4
+    if latents.ndim != 5 or latents.shape[1] != z_dim or latents.shape[2] < frames or latents.shape[3] < size:
+        raise InputError(
+            f"{path}: latents of shape {tuple(latents.shape)} do not hold ({z_dim}-channel) crops of "
+            f"{frames} frames x {size}x{size}; sample them at this VAE's channels and the crop size"
+        )
+    return latents.float()
 
 
 def crop_offsets(
@@ -318,18 +400,42 @@ def compute_vae_loss(
     with torch.set_grad_enabled(train_encoder and torch.is_grad_enabled()):
         posterior = vae.encode(video).latent_dist
     latent = posterior.mean if decode_mean else posterior.sample(generator=generator)
+    if distill:
+        return distill_decoder_loss(vae, decoder, latent, generator, latent_noise, posterior)
+    recon = vae.decode(latent).sample if decoder is None else decoder(latent)  # (B, 3, F, H, W)
+    return _reconstruction_loss(recon, video, posterior, kl_weight)
+
+
+def distill_decoder_loss(
+    vae: AutoencoderKLWan,
+    decoder: TinyWanDecoder,
+    latent: torch.Tensor,
+    generator: torch.Generator | None = None,
+    latent_noise: float = 0.0,
+    posterior=None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L1 + MSE of `decoder`'s video of raw `latent` against the frozen VAE decoder's video of it.
+
+    With `latent_noise`, the latent first gets Gaussian noise of std drawn per clip in [0, latent_noise]
+    times each channel's `latents_std` (`VAETrainConfig.latent_noise`). `posterior` only feeds the logged KL.
+    """
     if latent_noise > 0:
         std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
         scale = latent_noise * torch.rand(latent.shape[0], 1, 1, 1, 1, generator=generator) * std
         latent = latent + scale * torch.randn(latent.shape, generator=generator)
-    recon = vae.decode(latent).sample if decoder is None else decoder(latent)  # (B, 3, F, H, W)
-    target = video
-    if distill:
-        with torch.no_grad():
-            target = vae.decode(latent).sample.clamp(-1.0, 1.0)
+    with torch.no_grad():
+        target = vae.decode(latent).sample.clamp(-1.0, 1.0)
+    return _reconstruction_loss(decoder(latent), target, posterior, 0.0)
+
+
+def _reconstruction_loss(recon, target, posterior, kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
     l1 = F.l1_loss(recon, target)
     mse = F.mse_loss(recon, target)
-    kl = 0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean()
+    kl = (
+        torch.zeros(())
+        if posterior is None
+        else (0.5 * (posterior.mean.pow(2) + posterior.var - 1.0 - posterior.logvar).mean())
+    )
     loss = l1 + mse + kl_weight * kl
     return loss, {"loss": loss.item(), "l1": l1.item(), "mse": mse.item(), "kl": kl.item()}
 
@@ -537,14 +643,20 @@ def train_vae(
     """
     out_dir = Path(out_dir)
     _resolve_config(out_dir, config, resume)  # before anything is written, even the lock
+    latents = None if config.latents is None else load_latents(config.latents, config, LATENT_CHANNELS)
     with run_lock(out_dir):
         if resume:
             recover_checkpoints(out_dir, "checkpoint", _legacy_step)
-        return _train_vae(out_dir, config, _resolve_config(out_dir, config, resume), progress, log)
+        return _train_vae(out_dir, config, _resolve_config(out_dir, config, resume), latents, progress, log)
 
 
 def _train_vae(
-    out_dir: Path, config: VAETrainConfig, saved: VAETrainConfig | None, progress: bool, log
+    out_dir: Path,
+    config: VAETrainConfig,
+    saved: VAETrainConfig | None,
+    latents: torch.Tensor | None,
+    progress: bool,
+    log,
 ) -> dict:
     resume = saved is not None
     vae = build_vae(config.seed).train()
@@ -590,17 +702,22 @@ def _train_vae(
         if decoder is None:
             for param in encoder_parameters(vae):  # frozen parameters get no grad, so AdamW leaves them be
                 param.requires_grad_(train_encoder)
-        loss, logs = compute_vae_loss(
-            vae,
-            training_batch(config, step),
-            config.kl_weight,
-            generator,
-            train_encoder=train_encoder,
-            decode_mean=decoder is not None or (not train_encoder and config.decoder_latent == "mean"),
-            decoder=decoder,
-            distill=config.decoder_target == "vae",
-            latent_noise=config.latent_noise,
-        )
+        if latents is not None:
+            loss, logs = distill_decoder_loss(
+                vae, decoder, latent_batch(latents, config, step), generator, config.latent_noise
+            )
+        else:
+            loss, logs = compute_vae_loss(
+                vae,
+                training_batch(config, step),
+                config.kl_weight,
+                generator,
+                train_encoder=train_encoder,
+                decode_mean=decoder is not None or (not train_encoder and config.decoder_latent == "mean"),
+                decoder=decoder,
+                distill=config.decoder_target == "vae",
+                latent_noise=config.latent_noise,
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
