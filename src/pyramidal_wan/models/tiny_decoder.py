@@ -2,7 +2,7 @@
 
 Wan's VAE decoder runs 3D convolutions one latent frame at a time against a feature cache. On a few-step
 model it dominates the video's cost (the toy's DMD-OT 2-2-1 in the speed-up table of docs/results.md:
-decode 0.116 s, all stages 0.025 s; Wan2.1's decoder at 81x480x832: 275 TFLOPs,
+decode 0.077 s, all stages 0.014 s; Wan2.1's decoder at 81x480x832: 275 TFLOPs,
 `benchmarks/decoder_flops.py`). `TinyWanDecoder` replaces it with 2D convolutions over every frame at once:
 
 - time mixes only through `MemoryBlock`s, which see their own input one frame earlier (causal, like Wan's

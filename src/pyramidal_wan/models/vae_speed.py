@@ -7,7 +7,7 @@ PyTorch picks its im2col fallback (`aten::slow_conv3d`) for a float32 3D convolu
 N x C x T x H > 20480 (aten's `use_mkldnn` heuristic). Wan's VAE decodes causally, one latent frame at a
 time against a feature cache, so the convolutions of a small VAE (the toy's 16-64 channels over 1-3 frames)
 all take the fallback. oneDNN (`aten::mkldnn_convolution`) computes the same float32 convolution several
-times faster (`benchmarks/decode_cost.py`: 2.3-3.6x on the toy VAE's decode, the videos within 2.2e-6);
+times faster (`benchmarks/decode_cost.py`: 1.8-3.6x on the toy VAE's decode, the videos within 2.2e-6);
 `onednn_conv3d` routes a VAE's 3D convolutions there in inference. Full-size Wan VAEs (96-384 channels)
 already pass the heuristic at most sizes, and accelerators never take this path.
 
