@@ -192,17 +192,23 @@ def test_distillation_targets_the_vae_decoders_video_of_the_noised_latent():
     assert all(0 < noise[i].std() < 0.5 * 1.2 for i in range(2))
 
 
-def test_distilled_noised_training_from_a_decoder_resumes_exactly(tmp_path):
-    build_vae(3).save_pretrained(tmp_path / "vae")
-    decoder(5).save_pretrained(tmp_path / "start")
-    settings = dict(init=str(tmp_path / "vae"), decoder_target="vae", latent_noise=0.5, **TINY)
-    settings["init_decoder"] = str(tmp_path / "start")
+def train_three_steps_then_check_resume(tmp_path, settings) -> dict:
+    """Train 3 steps in one go and 1 + 2 with a resume; assert the same weights; return them."""
     train_vae(tmp_path / "a", VAETrainConfig(steps=3, **settings), progress=False, log=quiet)
     train_vae(tmp_path / "b", VAETrainConfig(steps=1, **settings), progress=False, log=quiet)
     train_vae(tmp_path / "b", resume_config(tmp_path / "b", steps=3), resume=True, progress=False, log=quiet)
     a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
     b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    return a
+
+
+def test_distilled_noised_training_from_a_decoder_resumes_exactly(tmp_path):
+    build_vae(3).save_pretrained(tmp_path / "vae")
+    decoder(5).save_pretrained(tmp_path / "start")
+    settings = dict(init=str(tmp_path / "vae"), decoder_target="vae", latent_noise=0.5, **TINY)
+    settings["init_decoder"] = str(tmp_path / "start")
+    train_three_steps_then_check_resume(tmp_path, settings)
     # It started from the given decoder: one step at the warm-up's first learning rate moves it little.
     one = VAETrainConfig(steps=1, **{**settings, "lr": 1e-12})
     train_vae(tmp_path / "c", one, progress=False, log=quiet)
@@ -316,10 +322,5 @@ def test_a_decoder_trains_on_generated_latents_and_resumes_exactly(tmp_path):
         init=str(tmp_path / "vae"), decoder_target="vae", latents=str(tmp_path / "latents.safetensors")
     )
     settings.update(TINY)
-    train_vae(tmp_path / "a", VAETrainConfig(steps=3, **settings), progress=False, log=quiet)
-    train_vae(tmp_path / "b", VAETrainConfig(steps=1, **settings), progress=False, log=quiet)
-    train_vae(tmp_path / "b", resume_config(tmp_path / "b", steps=3), resume=True, progress=False, log=quiet)
-    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
-    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = train_three_steps_then_check_resume(tmp_path, settings)
     assert not torch.equal(a["conv_out.weight"], decoder(0).state_dict()["conv_out.weight"])
