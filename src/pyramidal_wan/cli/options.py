@@ -58,6 +58,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def channel_list(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, e.g. 64,32,16."""
+    try:
+        channels = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not all(c > 0 for c in channels):
+        raise argparse.ArgumentTypeError(f"{text}: channel counts must be positive")
+    return channels
+
+
 def output_path(text: str) -> str:
     """A file or folder the command will write: nothing above it is a file and its nearest existing folder
     takes new entries (whether an existing output may be replaced is the command's own check)."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from pyramidal_wan.cli.options import (
+    channel_list,
     finite_float,
     non_negative_float,
     non_negative_int,
@@ -199,17 +200,6 @@ def _register_train_vae(commands) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     parser.set_defaults(func=run_train_vae)
-
-
-def channel_list(text: str) -> tuple[int, ...]:
-    """Comma-separated positive integers, e.g. 64,32,16."""
-    try:
-        channels = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not all(c > 0 for c in channels):
-        raise argparse.ArgumentTypeError(f"{text}: channel counts must be positive")
-    return channels
 
 
 def _register_sample_latents(commands) -> None:
